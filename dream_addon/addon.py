@@ -1,0 +1,27 @@
+"""Registration of the Dream extension (imports bpy; everything else in dream_addon that
+does not need Blender stays importable without it)."""
+
+import bpy
+
+from . import operators, preferences, properties, session, ui
+
+classes = preferences.classes + properties.classes + operators.classes + ui.classes
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.dream = bpy.props.PointerProperty(type=properties.DreamSceneProperties)
+    bpy.types.STATUSBAR_HT_header.append(ui.panels.draw_status_bar)
+    # No network and no process start here: the connection opens on first use.
+    bpy.app.timers.register(session.drain_timer, first_interval=0.25, persistent=True)
+
+
+def unregister():
+    if bpy.app.timers.is_registered(session.drain_timer):
+        bpy.app.timers.unregister(session.drain_timer)
+    session.SESSION.stop_backend()
+    bpy.types.STATUSBAR_HT_header.remove(ui.panels.draw_status_bar)
+    del bpy.types.Scene.dream
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,59 @@
+"""Image datablocks for results: created so they survive save and reopen, written fast."""
+
+from __future__ import annotations
+
+import bpy
+import numpy as np
+
+
+def new_result_image(name: str, width: int, height: int):
+    """A float RGBA image (linear light) with a fake user and channel-packed alpha."""
+    image = bpy.data.images.new(name, width, height, alpha=True, float_buffer=True)
+    # Colour space and alpha mode before any pixel is written: changing them later wipes
+    # generated pixels. Float buffers are linear whatever the setting says, and a packed
+    # "sRGB" float image is decoded again on load; packed STRAIGHT ones come back premultiplied.
+    image.colorspace_settings.name = "Linear Rec.709"
+    image.alpha_mode = "CHANNEL_PACKED"
+    image.use_fake_user = True
+    return image
+
+
+def write_pixels(image_name: str, rgba: np.ndarray, *, flipped: bool, final: bool = False):
+    """Write an (H, W, 4) array into the image; ``flipped`` means rows are already bottom-up.
+
+    Previews may be smaller or larger than the image; they are skipped if the size differs.
+    The final result is packed into the .blend so it is saved with it.
+    """
+    image = bpy.data.images.get(image_name)
+    if image is None:  # the user deleted it while generating: keep the result on disk only
+        return False
+    height, width = rgba.shape[:2]
+    if tuple(image.size) != (width, height):
+        if not final:
+            return False
+        image.scale(width, height)
+    if not flipped:
+        rgba = rgba[::-1]
+    flat = np.ascontiguousarray(rgba, dtype=np.float32).reshape(-1)
+    image.pixels.foreach_set(flat)
+    if final:
+        image.pack()
+    image.update()
+    return True
+
+
+def assign_material(obj, image, name: str):
+    """A new material whose base colour is ``image``, put in the active slot of ``obj``."""
+    material = bpy.data.materials.new(name)
+    material.use_nodes = True
+    nodes = material.node_tree.nodes
+    bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None) or nodes.new("ShaderNodeBsdfPrincipled")
+    texture = nodes.new("ShaderNodeTexImage")
+    texture.image = image
+    texture.location = (bsdf.location.x - 350, bsdf.location.y)
+    material.node_tree.links.new(texture.outputs["Color"], bsdf.inputs["Base Color"])
+    if obj.material_slots and obj.active_material_index < len(obj.material_slots):
+        obj.material_slots[obj.active_material_index].material = material
+    else:
+        obj.data.materials.append(material)
+    return material

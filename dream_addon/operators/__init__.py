@@ -1,0 +1,3 @@
+from . import backend, generate
+
+classes = backend.classes + generate.classes

@@ -1,0 +1,60 @@
+"""Add-on preferences: where the backend is, how to launch it, and its status and log."""
+
+import bpy
+
+from . import protocol
+from .session import SESSION
+
+
+ADDON_PACKAGE = __package__.rsplit(".", 1)[0]  # the extension's module, parent of dream_addon
+
+
+def get_preferences():
+    return bpy.context.preferences.addons[ADDON_PACKAGE].preferences
+
+
+class DreamPreferences(bpy.types.AddonPreferences):
+    bl_idname = ADDON_PACKAGE
+
+    host: bpy.props.StringProperty(name="Host", default="127.0.0.1",
+                                   description="Backend address; the backend listens on loopback only")
+    port: bpy.props.IntProperty(name="Port", default=protocol.DEFAULT_PORT, min=0, max=65535,
+                                description="TCP port; 0 lets Start pick a free one")
+    token: bpy.props.StringProperty(name="Token", default="", subtype="PASSWORD",
+                                    description="Token of a backend started outside Blender (its token file); "
+                                                "not needed when Start launches it")
+    python_path: bpy.props.StringProperty(name="Python", default="", subtype="FILE_PATH",
+                                          description="Interpreter with torch and diffusers installed, "
+                                                      "used by Start")
+    model: bpy.props.StringProperty(name="Model", default="tiny",
+                                    description="Diffusers folder or hub id to serve; 'tiny' is the offline test model")
+    device: bpy.props.EnumProperty(name="Device", default="auto", items=[
+        ("auto", "Auto", "CUDA, then Apple MPS, then CPU"), ("cuda", "CUDA", ""), ("mps", "MPS", ""),
+        ("cpu", "CPU", "")])
+    output_dir: bpy.props.StringProperty(name="Output Folder", default="", subtype="DIR_PATH",
+                                         description="Where the backend writes every result (empty: its default)")
+
+    def draw(self, context):
+        layout = self.layout
+        col = layout.column()
+        col.prop(self, "python_path")
+        col.prop(self, "model")
+        col.prop(self, "device")
+        col.prop(self, "output_dir")
+        row = col.row()
+        row.prop(self, "host")
+        row.prop(self, "port")
+        col.prop(self, "token")
+        row = layout.row()
+        row.operator("dream.backend_start", icon="PLAY")
+        row.operator("dream.backend_stop", icon="PAUSE")
+        row.operator("dream.backend_reconnect", icon="FILE_REFRESH")
+        box = layout.box()
+        box.label(text=SESSION.status, icon="INFO")
+        if SESSION.backend is not None:
+            box.label(text="Process: " + SESSION.backend.describe())
+            for line in list(SESSION.backend.tail)[-8:]:
+                box.label(text=line[:160])
+
+
+classes = (DreamPreferences,)

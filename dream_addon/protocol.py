@@ -1,0 +1,348 @@
+"""Dream wire protocol v1, shared by the generator backend and the Blender add-on.
+
+Standard library and numpy only: this module runs inside Blender's Python too.
+
+A frame is a fixed binary header, a UTF-8 JSON object and raw payload bytes::
+
+    magic b"DREM" | version u16 | flags u16 | json_len u32 | payload_len u64   (network order)
+
+The JSON object always has a string ``type``. Arrays (images, masks) travel in the
+payload, back to back in the order listed under the JSON key ``arrays``; each entry
+names its ``dtype`` and ``shape``, so sizes are checked before any byte is trusted.
+The full specification is docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+MAGIC = b"DREM"
+HEADER = struct.Struct("!4sHHIQ")
+HEADER_SIZE = HEADER.size  # 20 bytes
+
+DTYPES = {"uint8": np.dtype("uint8"), "float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
+
+DEFAULT_PORT = 9470
+TOKEN_ENV = "DREAM_BACKEND_TOKEN"
+READY_PREFIX = "DREAM_BACKEND_READY "  # the line `serve` prints on stdout once it listens
+
+
+# --------------------------------------------------------------------------- limits
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds on every size the protocol carries."""
+
+    max_json_bytes: int = 1 << 20  # 1 MiB of JSON per frame
+    max_payload_bytes: int = 1 << 30  # 1 GiB: a 8192² float32 RGBA image
+    max_arrays: int = 16
+    max_array_dim: int = 8192
+    max_array_ndim: int = 4
+
+
+DEFAULT_LIMITS = Limits()
+
+
+# --------------------------------------------------------------------------- errors
+class ProtocolError(Exception):
+    """A structured error that can be sent to the peer as an ``error`` message.
+
+    ``fatal`` errors leave the stream out of step (bad header, truncated frame):
+    the connection must be closed after reporting them.
+    """
+
+    def __init__(self, code, message, *, field=None, allowed=None, fatal=False, job_id=None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.allowed = allowed
+        self.fatal = fatal
+        self.job_id = job_id
+
+    def to_message(self):
+        msg = {"type": "error", "code": self.code, "message": self.message}
+        if self.field is not None:
+            msg["field"] = self.field
+        if self.allowed is not None:
+            msg["allowed"] = self.allowed
+        if self.job_id is not None:
+            msg["job_id"] = self.job_id
+        return msg
+
+
+class ConnectionClosed(Exception):
+    """The peer closed the connection cleanly between two frames."""
+
+
+# --------------------------------------------------------------------------- framing
+def _describe_arrays(arrays):
+    descriptors, buffers, total = [], [], 0
+    for name, array in (arrays or {}).items():
+        array = np.ascontiguousarray(array)
+        dtype_name = next((k for k, v in DTYPES.items() if v == array.dtype), None)
+        if dtype_name is None:
+            raise ProtocolError("bad_array", f"array {name!r}: dtype {array.dtype} is not one of {sorted(DTYPES)}",
+                                field=f"arrays.{name}", allowed=sorted(DTYPES))
+        descriptors.append({"name": name, "dtype": dtype_name, "shape": list(array.shape)})
+        buffers.append(memoryview(array).cast("B"))
+        total += array.nbytes
+    return descriptors, buffers, total
+
+
+def encode_frame(message: dict, arrays: dict | None = None) -> list:
+    """Return the buffers of one frame (header, JSON, then each array, uncopied)."""
+    descriptors, buffers, payload_len = _describe_arrays(arrays)
+    body = dict(message)
+    if descriptors:
+        body["arrays"] = descriptors
+    else:
+        body.pop("arrays", None)
+    data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return [HEADER.pack(MAGIC, PROTOCOL_VERSION, 0, len(data), payload_len), data, *buffers]
+
+
+def send_frame(sock: socket.socket, message: dict, arrays: dict | None = None) -> None:
+    for buffer in encode_frame(message, arrays):
+        if len(buffer):
+            sock.sendall(buffer)
+
+
+def frame_bytes(message: dict, arrays: dict | None = None) -> bytes:
+    return b"".join(bytes(b) for b in encode_frame(message, arrays))
+
+
+def _recv_exactly(sock, view, *, at_boundary=False):
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            if at_boundary and got == 0:
+                raise ConnectionClosed()
+            raise ProtocolError("truncated_frame", f"connection closed after {got} of {len(view)} bytes",
+                                fatal=True)
+        got += n
+
+
+def parse_header(raw: bytes, limits: Limits = DEFAULT_LIMITS):
+    """Check a 20-byte header; return (version, json_len, payload_len)."""
+    magic, version, _flags, json_len, payload_len = HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise ProtocolError("bad_magic", f"frame does not start with {MAGIC!r}: not a Dream peer", fatal=True)
+    if json_len == 0 or json_len > limits.max_json_bytes:
+        raise ProtocolError("frame_too_large", f"JSON part of {json_len} bytes; allowed 1..{limits.max_json_bytes}",
+                            field="json_len", allowed={"min": 1, "max": limits.max_json_bytes}, fatal=True)
+    if payload_len > limits.max_payload_bytes:
+        raise ProtocolError("frame_too_large",
+                            f"payload of {payload_len} bytes; allowed at most {limits.max_payload_bytes}",
+                            field="payload_len", allowed={"max": limits.max_payload_bytes}, fatal=True)
+    return version, json_len, payload_len
+
+
+def parse_json(raw: bytes) -> dict:
+    try:
+        message = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError("bad_json", f"JSON part is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("bad_json", "JSON part must be an object with a string 'type'", field="type")
+    return message
+
+
+def split_payload(message: dict, payload: np.ndarray, limits: Limits = DEFAULT_LIMITS) -> dict:
+    """Turn the payload into named numpy views following message['arrays']."""
+    descriptors = message.pop("arrays", [])
+    if not isinstance(descriptors, list) or len(descriptors) > limits.max_arrays:
+        raise ProtocolError("bad_array", f"'arrays' must be a list of at most {limits.max_arrays} entries",
+                            field="arrays", allowed={"max_items": limits.max_arrays})
+    arrays, offset = {}, 0
+    for i, d in enumerate(descriptors):
+        where = f"arrays[{i}]"
+        if not isinstance(d, dict) or not isinstance(d.get("name"), str) or d["name"] in arrays:
+            raise ProtocolError("bad_array", f"{where} needs a unique string 'name'", field=f"{where}.name")
+        if d.get("dtype") not in DTYPES:
+            raise ProtocolError("bad_array", f"{where}.dtype must be one of {sorted(DTYPES)}",
+                                field=f"{where}.dtype", allowed=sorted(DTYPES))
+        shape = d.get("shape")
+        if (not isinstance(shape, list) or not 1 <= len(shape) <= limits.max_array_ndim
+                or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= limits.max_array_dim
+                           for s in shape)):
+            raise ProtocolError("bad_array",
+                                f"{where}.shape must be 1..{limits.max_array_ndim} integers in 1..{limits.max_array_dim}",
+                                field=f"{where}.shape",
+                                allowed={"ndim": [1, limits.max_array_ndim], "dim": [1, limits.max_array_dim]})
+        dtype = DTYPES[d["dtype"]]
+        nbytes = math.prod(shape) * dtype.itemsize
+        if offset + nbytes > payload.nbytes:
+            raise ProtocolError("bad_array", f"{where} needs {nbytes} bytes but the payload ends first",
+                                field=f"{where}.shape")
+        arrays[d["name"]] = payload[offset:offset + nbytes].view(dtype).reshape(shape)
+        offset += nbytes
+    if offset != payload.nbytes:
+        raise ProtocolError("bad_array", f"payload has {payload.nbytes} bytes but arrays describe {offset}",
+                            field="arrays")
+    return arrays
+
+
+def recv_frame(sock: socket.socket, limits: Limits = DEFAULT_LIMITS):
+    """Read one frame; return (message, arrays). Raises ConnectionClosed at a clean EOF.
+
+    A frame of another protocol version is still read whole (its lengths are in the
+    fixed header) and reported as a non-fatal ``version_mismatch`` error.
+    """
+    raw = bytearray(HEADER_SIZE)
+    _recv_exactly(sock, memoryview(raw), at_boundary=True)
+    version, json_len, payload_len = parse_header(bytes(raw), limits)
+    raw_json = bytearray(json_len)
+    _recv_exactly(sock, memoryview(raw_json))
+    payload = np.empty(payload_len, dtype=np.uint8)
+    if payload_len:
+        _recv_exactly(sock, memoryview(payload))
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError("version_mismatch",
+                            f"peer speaks protocol {version}; this side speaks {PROTOCOL_VERSION}",
+                            field="protocol", allowed=[PROTOCOL_VERSION])
+    message = parse_json(bytes(raw_json))
+    return message, split_payload(message, payload, limits)
+
+
+def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS):
+    """Decode one whole frame held in memory (tests, tools)."""
+    if len(data) < HEADER_SIZE:
+        raise ProtocolError("truncated_frame", f"{len(data)} bytes is shorter than the header", fatal=True)
+    version, json_len, payload_len = parse_header(data[:HEADER_SIZE], limits)
+    end = HEADER_SIZE + json_len + payload_len
+    if len(data) != end:
+        raise ProtocolError("truncated_frame", f"frame announces {end} bytes but has {len(data)}", fatal=True)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError("version_mismatch", f"peer speaks protocol {version}", field="protocol",
+                            allowed=[PROTOCOL_VERSION])
+    message = parse_json(data[HEADER_SIZE:HEADER_SIZE + json_len])
+    payload = np.frombuffer(data, dtype=np.uint8, offset=HEADER_SIZE + json_len, count=payload_len)
+    return message, split_payload(message, payload, limits)
+
+
+# --------------------------------------------------------------------------- job parameters
+@dataclass(frozen=True)
+class Field:
+    """One job parameter: its type, bounds and default. ``None`` default means required."""
+
+    kind: str  # "str", "int", "float", "bool", "choice"
+    default: object = None
+    min: float | None = None
+    max: float | None = None
+    multiple_of: int | None = None
+    choices: tuple = ()
+    max_length: int | None = None
+    required: bool = False
+    doc: str = ""
+
+    def allowed(self):
+        if self.kind == "choice":
+            return list(self.choices)
+        out = {}
+        for key in ("min", "max", "multiple_of", "max_length"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out or None
+
+
+SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "pndm")
+OUTPUT_DTYPES = ("uint8", "float16", "float32")
+MAX_SEED = 2**32 - 1
+
+
+def txt2img_fields(max_size: int = 2048) -> dict:
+    """The txt2img parameters; ``max_size`` is the server's configured largest side."""
+    return {
+        "prompt": Field("str", required=True, max_length=4000, doc="What to generate"),
+        "negative_prompt": Field("str", "", max_length=4000, doc="What to steer away from"),
+        "seed": Field("int", 0, min=0, max=MAX_SEED, doc="Starting-noise seed"),
+        "steps": Field("int", 20, min=1, max=200, doc="Denoising steps"),
+        "guidance": Field("float", 7.5, min=0.0, max=50.0, doc="Classifier-free guidance scale"),
+        "width": Field("int", 512, min=64, max=max_size, multiple_of=8, doc="Width in pixels"),
+        "height": Field("int", 512, min=64, max=max_size, multiple_of=8, doc="Height in pixels"),
+        "scheduler": Field("choice", "default", choices=SCHEDULERS, doc="Sampler"),
+        "model": Field("str", "", max_length=1000, doc="Model name from the welcome message; empty = default"),
+        "preview_interval": Field("float", 0.5, min=0.0, max=60.0,
+                                  doc="Seconds between previews; 0 turns previews off"),
+        "output_dtype": Field("choice", "float32", choices=OUTPUT_DTYPES, doc="dtype of result arrays"),
+        "flip_y": Field("bool", False, doc="Send rows bottom to top (Blender's order)"),
+        "linear": Field("bool", False, doc="Send linear-light values instead of sRGB (Blender float images)"),
+    }
+
+
+def validate_params(params, fields: dict) -> dict:
+    """Check ``params`` against ``fields``; return a complete dict with defaults filled in."""
+    if not isinstance(params, dict):
+        raise ProtocolError("invalid_param", "'params' must be an object", field="params")
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise ProtocolError("invalid_param", f"params.{unknown[0]} is not a parameter; allowed: {sorted(fields)}",
+                            field=f"params.{unknown[0]}", allowed=sorted(fields))
+    out = {}
+    for name, spec in fields.items():
+        where = f"params.{name}"
+        if name not in params:
+            if spec.required:
+                raise ProtocolError("invalid_param", f"{where} is required", field=where, allowed=spec.allowed())
+            out[name] = spec.default
+            continue
+        value = params[name]
+        bad = lambda what: ProtocolError("invalid_param", f"{where} {what}", field=where,  # noqa: E731
+                                         allowed=spec.allowed())
+        if spec.kind == "str":
+            if not isinstance(value, str):
+                raise bad("must be a string")
+            if spec.max_length is not None and len(value) > spec.max_length:
+                raise bad(f"is longer than {spec.max_length} characters")
+        elif spec.kind == "bool":
+            if not isinstance(value, bool):
+                raise bad("must be true or false")
+        elif spec.kind == "choice":
+            if value not in spec.choices:
+                raise bad(f"must be one of {list(spec.choices)}, got {value!r}")
+        elif spec.kind in ("int", "float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad(f"must be a number, got {type(value).__name__}")
+            if spec.kind == "int":
+                if isinstance(value, float) and not value.is_integer():
+                    raise bad(f"must be an integer, got {value}")
+                value = int(value)
+            else:
+                value = float(value)
+                if not math.isfinite(value):
+                    raise bad("must be finite")
+            if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
+                extra = f" and a multiple of {spec.multiple_of}" if spec.multiple_of else ""
+                raise bad(f"must be between {spec.min} and {spec.max}{extra}, got {value}")
+            if spec.multiple_of and value % spec.multiple_of:
+                raise bad(f"must be a multiple of {spec.multiple_of}, got {value}")
+        out[name] = value
+    return out
+
+
+JOB_ID_MAX = 128
+
+
+def validate_job_id(job_id) -> str:
+    if (not isinstance(job_id, str) or not 1 <= len(job_id) <= JOB_ID_MAX
+            or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in job_id) or job_id.startswith(".")):
+        raise ProtocolError("invalid_param",
+                            f"job_id must be 1..{JOB_ID_MAX} characters of letters, digits, '-', '_' or '.', "
+                            "not starting with '.'", field="job_id")
+    return job_id
+
+
+# --------------------------------------------------------------------------- message types
+CLIENT_MESSAGES = ("hello", "submit", "cancel", "status", "fetch", "shutdown", "ping")
+SERVER_MESSAGES = ("welcome", "accepted", "queued", "started", "progress", "preview", "result", "error",
+                   "cancelled", "status", "pong", "bye")
+JOB_EVENTS = ("accepted", "queued", "started", "progress", "preview", "result", "error", "cancelled")
+TERMINAL_EVENTS = ("result", "error", "cancelled")

@@ -1,0 +1,254 @@
+"""Main-thread state of the add-on: the backend connection, the jobs, and the drain function.
+
+The client worker thread never touches bpy. Everything that changes Blender data
+happens here, in ``drain()``, which a persistent ``bpy.app.timers`` callback calls in
+the UI (and which scripts and tests call directly: timers never fire in background mode).
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import bpy
+
+from . import blender_images, protocol
+from .client import ClientWorker, describe_error
+from .supervisor import BackendProcess
+
+ACTIVE_STATES = ("submitting", "queued", "running")
+# Blender float images hold linear light, rows bottom to top: the backend converts on its device.
+BLENDER_OUTPUT = {"output_dtype": "float32", "flip_y": True, "linear": True}
+
+
+@dataclass
+class JobView:
+    """What the add-on knows of one job it submitted."""
+
+    job_id: str
+    params: dict
+    image_name: str
+    state: str = "submitting"
+    step: int = 0
+    total: int = 0
+    stage: str = ""
+    eta: float | None = None
+    position: int = 0
+    message: str = ""
+    submitted: float = field(default_factory=time.time)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def progress_text(self) -> str:
+        if self.state == "queued":
+            return f"Queued (position {self.position})"
+        if self.state == "running":
+            eta = f", {self.eta:.1f} s left" if self.eta is not None else ""
+            return f"{self.stage.capitalize() or 'Running'} {self.step}/{self.total}{eta}"
+        return self.message or self.state.capitalize()
+
+
+class Session:
+    def __init__(self):
+        self.worker: ClientWorker | None = None
+        self.backend: BackendProcess | None = None
+        self.welcome: dict | None = None
+        self.jobs: dict[str, JobView] = {}
+        self.status = "Not connected"
+        self.last_error = ""
+        self.longest_drain_s = 0.0
+        self.events = queue.Queue()  # events of the supervisor (ready) for the main thread
+
+    # ------------------------------------------------------------------ connection
+    def connection_settings(self, prefs):
+        """(host, port, token): a backend we launched wins over the typed address."""
+        if self.backend is not None and self.backend.state == BackendProcess.RUNNING:
+            info = self.backend.ready_info
+            return info["host"], info["port"], self.backend.token
+        return prefs.host, prefs.port, prefs.token
+
+    def connect(self, prefs):
+        """Open a new connection on the worker thread (never blocks the UI)."""
+        if self.worker is not None:
+            self.worker.stop()
+        host, port, token = self.connection_settings(prefs)
+        self.welcome = None
+        self.status = f"Connecting to {host}:{port}"
+        self.worker = ClientWorker(host, port, token).start()
+        # Jobs that were in flight when a connection dropped: ask for them again by id.
+        for job in self.jobs.values():
+            if job.state == "lost":
+                self.worker.send({"type": "fetch", "job_id": job.job_id, "output": BLENDER_OUTPUT})
+                job.state, job.message = "running", "Reconnected; fetching"
+
+    def ensure_connected(self, prefs):
+        if self.worker is None or (not self.worker.connected and not self.worker.thread.is_alive()):
+            self.connect(prefs)
+
+    def start_backend(self, prefs, log_path=None):
+        if self.backend is not None:
+            self.backend.stop()
+        self.backend = BackendProcess(
+            prefs.python_path or "python3", prefs.port, models=[prefs.model or "tiny"],
+            output_dir=prefs.output_dir or None, device=prefs.device, log_path=log_path,
+            on_ready=lambda info: self.events.put(("backend_ready", info)))
+        self.backend.start()
+        self.status = "Starting backend"
+
+    def stop_backend(self):
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+        if self.backend is not None:
+            self.backend.stop()
+        self.status = "Backend stopped"
+        self._lose_active_jobs("backend_died", "The backend was stopped.")
+
+    # ------------------------------------------------------------------ jobs
+    def submit(self, prefs, params: dict, image_name: str) -> JobView:
+        self.ensure_connected(prefs)
+        job = JobView(job_id=f"blender-{uuid.uuid4().hex[:16]}", params=params, image_name=image_name,
+                      total=params["steps"])
+        self.jobs[job.job_id] = job
+        self.worker.send({"type": "submit", "job_id": job.job_id, "kind": "txt2img", "params": params})
+        return job
+
+    def cancel(self, job_id: str):
+        job = self.jobs.get(job_id)
+        if job is None or not job.active:
+            return False
+        if self.worker is not None:
+            self.worker.send({"type": "cancel", "job_id": job_id})
+        job.message = "Cancelling"
+        return True
+
+    def active_jobs(self):
+        return [job for job in self.jobs.values() if job.active]
+
+    def _lose_active_jobs(self, code, text):
+        for job in self.active_jobs():
+            job.state = "lost" if code == "connection_lost" else "error"
+            job.message = describe_error({"code": code, "message": text})
+            self.last_error = job.message
+
+    # ------------------------------------------------------------------ draining
+    def drain(self, timeout: float = 0.0, max_seconds: float = 0.04) -> int:
+        """Apply queued events on the main thread; return how many were handled.
+
+        ``timeout`` > 0 waits that long for the first event (scripts and tests); the UI
+        timer passes 0. Previews are coalesced: only the newest one per job is written.
+        """
+        started = time.perf_counter()
+        handled = 0
+        while True:
+            try:
+                kind, info = self.events.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "backend_ready":
+                self.status = f"Backend running on {info['host']}:{info['port']} ({info['device']})"
+                self._reconnect_after_start()
+        batch = []
+        if self.worker is not None:
+            events = self.worker.events
+            try:
+                batch.append(events.get(timeout=timeout) if timeout > 0 else events.get_nowait())
+                while time.perf_counter() - started < max_seconds:
+                    batch.append(events.get_nowait())
+            except queue.Empty:
+                pass
+        newest_preview = {m.get("job_id"): i for i, (m, _) in enumerate(batch) if m["type"] == "preview"}
+        for i, (message, arrays) in enumerate(batch):
+            if message["type"] == "preview" and newest_preview.get(message.get("job_id")) != i:
+                continue
+            self._apply(message, arrays)
+            handled += 1
+        self.longest_drain_s = max(self.longest_drain_s, time.perf_counter() - started)
+        return handled
+
+    def _reconnect_after_start(self):
+        from .preferences import get_preferences
+
+        self.connect(get_preferences())
+
+    def wait_for(self, job_id: str, timeout: float = 120.0) -> JobView:
+        """Drain until ``job_id`` finishes (scripts and tests; the UI never waits)."""
+        deadline = time.monotonic() + timeout
+        job = self.jobs[job_id]
+        while job.active and time.monotonic() < deadline:
+            self.drain(timeout=min(0.5, max(deadline - time.monotonic(), 0.01)))
+            if self.worker is None or (not self.worker.thread.is_alive() and self.worker.events.empty()):
+                self.drain()
+                break
+        return job
+
+    def _apply(self, message, arrays):
+        kind = message["type"]
+        if kind == "connected":
+            self.welcome = message["welcome"]
+            self.status = f"Connected to backend {self.welcome['server_version']} on {self.welcome['device']}"
+            self.last_error = ""
+            return
+        if kind == "connection_error":
+            self.status = message["message"]
+            self.last_error = message["message"]
+            for job in self.active_jobs():
+                job.state, job.message = "error", message["message"]
+            return
+        if kind == "disconnected":
+            self.status = "Disconnected: " + message["message"]
+            backend_gone = self.backend is None or self.backend.state != BackendProcess.RUNNING
+            self._lose_active_jobs("backend_died" if backend_gone else "connection_lost",
+                                   f"Connection lost ({message['message']}).")
+            return
+        job = self.jobs.get(message.get("job_id"))
+        if job is None:
+            if kind == "error":
+                self.last_error = describe_error(message)
+            return
+        if kind == "queued":
+            job.state, job.position = "queued", message["position"]
+        elif kind == "started":
+            job.state = "running"
+        elif kind == "progress":
+            job.state = "running"
+            job.step, job.total, job.stage, job.eta = message["step"], message["total"], message["stage"], message["eta"]
+        elif kind == "preview":
+            blender_images.write_pixels(job.image_name, arrays["image"], flipped=message.get("flip_y", False))
+        elif kind == "result":
+            blender_images.write_pixels(job.image_name, arrays["image"], flipped=message.get("flip_y", False),
+                                        final=True)
+            job.state, job.step, job.message = "done", job.total, f"Done in {sum(message['timings'].values()):.1f} s"
+        elif kind == "cancelled":
+            job.state, job.message = "cancelled", f"Cancelled at step {message.get('step', 0)}"
+        elif kind == "error":
+            job.state, job.message = "error", describe_error(message)
+            self.last_error = job.message
+
+
+SESSION = Session()
+
+
+def drain_timer():
+    """The persistent timer: drain, redraw what shows progress, come back soon while busy."""
+    handled = SESSION.drain()
+    if handled:
+        for window in bpy.context.window_manager.windows:
+            for area in window.screen.areas:
+                if area.type in ("VIEW_3D", "IMAGE_EDITOR", "PREFERENCES", "STATUSBAR"):
+                    area.tag_redraw()
+    return 0.05 if SESSION.active_jobs() else 0.25
+
+
+def result_params(props, prefs_model: str = "") -> dict:
+    """The txt2img parameters shown in the panel, as the backend expects them."""
+    return protocol.validate_params({
+        "prompt": props.prompt, "negative_prompt": props.negative_prompt, "seed": props.seed,
+        "steps": props.steps, "guidance": round(props.guidance, 4), "width": props.width, "height": props.height,
+        "scheduler": props.scheduler, "model": prefs_model, **BLENDER_OUTPUT,
+        "preview_interval": props.preview_interval,
+    }, protocol.txt2img_fields(max_size=8192))

@@ -1,0 +1,3 @@
+from . import panels
+
+classes = panels.classes

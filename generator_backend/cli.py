@@ -1,0 +1,93 @@
+"""Command line: `python -m generator_backend serve` (or `generator-backend serve`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from dream_addon import protocol
+
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "dream"
+
+
+def write_private(path: Path, text: str):
+    """Write ``text`` to a file only the current user can read."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="generator-backend", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the backend server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback only by default)")
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="allow a non-loopback --host (anyone with the token can then run jobs)")
+    serve.add_argument("--port", type=int, default=protocol.DEFAULT_PORT, help="TCP port; 0 picks a free one")
+    serve.add_argument("--model", action="append", dest="models", metavar="[NAME=]SOURCE",
+                       help="local diffusers folder, hub id, or 'tiny' (the offline test model); repeatable, "
+                            "the first is the default (default: tiny)")
+    serve.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    serve.add_argument("--output-dir", type=Path, default=default_data_dir() / "outputs",
+                       help="where every result is written before it is sent")
+    serve.add_argument("--models-dir", type=Path, default=None, help="where built-in models are built and cached")
+    serve.add_argument("--token-file", type=Path, default=default_data_dir() / "backend.token",
+                       help=f"file the token is written to (mode 600); ${protocol.TOKEN_ENV} sets the token instead")
+    serve.add_argument("--max-size", type=int, default=2048, help="largest width or height accepted (multiple of 8)")
+    serve.add_argument("--preload", action="store_true", help="load the default model before accepting jobs")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    tiny = sub.add_parser("build-tiny-model", help="build the offline tiny model into a folder")
+    tiny.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def serve(args) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from .models import ModelManager
+    from .server import Server
+
+    if args.max_size % 8 or not 64 <= args.max_size <= 8192:
+        print("--max-size must be a multiple of 8 in 64..8192", file=sys.stderr)
+        return 2
+    token = os.environ.get(protocol.TOKEN_ENV) or secrets.token_urlsafe(32)
+    if not os.environ.get(protocol.TOKEN_ENV):
+        write_private(args.token_file, token)
+    models = ModelManager(args.models or ["tiny"], device=args.device, models_dir=args.models_dir)
+    try:
+        server = Server(models, args.output_dir, token, host=args.host, port=args.port,
+                        allow_remote=args.allow_remote, max_size=args.max_size)
+    except (ValueError, OSError) as exc:
+        logging.getLogger("generator_backend").error("cannot start: %s", exc)
+        return 2
+    if args.preload:
+        models.get()
+    ready = {"host": server.host, "port": server.port, "pid": os.getpid(), "device": models.device,
+             "token_file": None if os.environ.get(protocol.TOKEN_ENV) else str(args.token_file),
+             "output_dir": str(args.output_dir)}
+    print(protocol.READY_PREFIX + json.dumps(ready), flush=True)
+    server.serve_forever()
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        return serve(args)
+    from .tiny_model import build_tiny_model
+
+    print(build_tiny_model(args.out))
+    return 0

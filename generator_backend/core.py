@@ -1,0 +1,179 @@
+"""The denoising core: one loop that every technique runs through.
+
+With no modifiers it reproduces diffusers' StableDiffusionPipeline exactly (same
+model, seed, scheduler and settings). The stages read top to bottom:
+
+    1. encode prompts → 2. timesteps → 3. starting latents → 4. denoise
+    (UNet → guidance → scheduler step) → 5. decode
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .schedulers import make_scheduler
+
+
+@dataclass
+class Components:
+    """The model parts the loop needs, already on their device."""
+
+    unet: object
+    vae: object
+    text_encoder: object
+    tokenizer: object
+    scheduler: object  # the model's own scheduler; only its config is used
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_pipeline(cls, pipe, device, dtype):
+        return cls(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler,
+                   torch.device(device), dtype)
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 20
+    guidance: float = 7.5
+    width: int = 512
+    height: int = 512
+    scheduler: str = "default"
+
+
+class Cancelled(Exception):
+    """Raised from a step callback to stop the loop between two steps."""
+
+
+def encode_prompt(c: Components, text: str) -> torch.Tensor:
+    """CLIP text embedding of one prompt, padded to the tokenizer's maximum length."""
+    tokens = c.tokenizer(text, padding="max_length", max_length=c.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt")
+    mask = None
+    if getattr(c.text_encoder.config, "use_attention_mask", False):
+        mask = tokens.attention_mask.to(c.device)
+    return c.text_encoder(tokens.input_ids.to(c.device), attention_mask=mask)[0].to(c.dtype)
+
+
+def step_kwargs(scheduler, generator) -> dict:
+    """Extra scheduler.step arguments: eta=0 for DDIM, the generator for ancestral samplers."""
+    params = inspect.signature(scheduler.step).parameters
+    kwargs = {}
+    if "eta" in params:
+        kwargs["eta"] = 0.0
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs
+
+
+@torch.no_grad()
+def generate(c: Components, req: GenerationRequest, on_step=None) -> torch.Tensor:
+    """Run text-to-image; return the decoded image as a (H, W, 3) float32 tensor in [0, 1].
+
+    ``on_step(step, total, latents)`` is called after every denoising step; it may raise
+    ``Cancelled`` to stop the job within one step.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(req.seed)
+    use_cfg = req.guidance > 1.0 and c.unet.config.time_cond_proj_dim is None
+
+    # 1. Encode prompts: [unconditional, conditional] so one UNet call serves both.
+    embeds = encode_prompt(c, req.prompt)
+    if use_cfg:
+        embeds = torch.cat([encode_prompt(c, req.negative_prompt), embeds])
+
+    # 2. Timesteps, from a scheduler of the job's own (no state shared between jobs).
+    scheduler = make_scheduler(req.scheduler, c.scheduler)
+    scheduler.set_timesteps(req.steps, device=c.device)
+    timesteps = scheduler.timesteps
+    extra = step_kwargs(scheduler, generator)
+
+    # 3. Starting latents, drawn on the CPU so a seed means the same noise on every device.
+    f = c.vae_scale_factor
+    shape = (1, c.unet.config.in_channels, req.height // f, req.width // f)
+    latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(c.device, c.dtype)
+    latents = latents * scheduler.init_noise_sigma
+
+    # 4. Denoise: UNet → guidance → scheduler step.
+    for i, t in enumerate(timesteps):
+        model_input = torch.cat([latents] * 2) if use_cfg else latents
+        model_input = scheduler.scale_model_input(model_input, t)
+        noise_pred = c.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        if use_cfg:
+            uncond, cond = noise_pred.chunk(2)
+            noise_pred = uncond + req.guidance * (cond - uncond)
+        latents = scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
+        if on_step is not None:
+            on_step(i + 1, len(timesteps), latents)
+
+    # 5. Decode to pixels in [0, 1].
+    image = c.vae.decode(latents / c.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+    return (image[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).float()
+
+
+# Linear map from SD latents to RGB, a cheap preview that needs no VAE decode.
+SD_LATENT_RGB = torch.tensor([
+    [0.3512, 0.2297, 0.3227],
+    [0.3250, 0.4974, 0.2350],
+    [-0.2829, 0.1762, 0.2721],
+    [-0.2120, -0.2616, -0.7177],
+])
+
+
+@torch.no_grad()
+def latent_preview(latents: torch.Tensor, scale: int) -> torch.Tensor:
+    """Approximate RGB of the first latent, upsampled ``scale``× by nearest neighbour: (H, W, 3)."""
+    lat = latents[0].float()
+    if lat.shape[0] == 4:
+        rgb = torch.einsum("chw,cr->hwr", lat, SD_LATENT_RGB.to(lat.device))
+        rgb = (rgb + 1) / 2
+    else:  # unknown latent space: show the first channels, normalised
+        rgb = lat[:3].permute(1, 2, 0)
+        rgb = (rgb - rgb.amin()) / (rgb.amax() - rgb.amin() + 1e-6)
+        if rgb.shape[-1] < 3:
+            rgb = rgb[..., :1].expand(-1, -1, 3)
+    rgb = rgb.clamp(0, 1)
+    return rgb.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+
+
+def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    """The sRGB decoding curve (IEC 61966-2-1)."""
+    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def to_rgba(image: torch.Tensor, dtype: str, flip_y: bool, linear: bool = False):
+    """Convert (H, W, 3) sRGB float in [0, 1] to a numpy RGBA array of ``dtype``, on the device."""
+    if linear:
+        image = srgb_to_linear(image.float())
+    alpha = torch.ones_like(image[..., :1])
+    rgba = torch.cat([image, alpha], dim=-1)
+    if flip_y:
+        rgba = rgba.flip(0)
+    if dtype == "uint8":
+        rgba = (rgba * 255).round().to(torch.uint8)
+    elif dtype == "float16":
+        rgba = rgba.half()
+    else:
+        rgba = rgba.float()
+    return rgba.contiguous().cpu().numpy()
+
+
+class StepTimer:
+    """Running estimate of the remaining time of a job from its step durations."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def eta(self, step: int, total: int) -> float:
+        elapsed = time.perf_counter() - self.start
+        return elapsed / max(step, 1) * (total - step)

@@ -1,0 +1,169 @@
+"""Jobs: their state, the on-disk store of results, and the worker that runs them in order."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from dream_addon import protocol
+
+log = logging.getLogger("generator_backend.jobs")
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "error", "cancelled"
+FINISHED = (DONE, FAILED, CANCELLED)
+OUTPUT_FIELDS = ("output_dtype", "flip_y", "linear")  # how a result is delivered; a fetch may choose again
+
+
+class Job:
+    def __init__(self, job_id: str, kind: str, params: dict):
+        self.job_id = job_id
+        self.kind = kind
+        self.params = params
+        self.state = QUEUED
+        self.created = time.time()
+        self.timings = {}
+        self.step = 0
+        self.total = params.get("steps", 0)
+        self.error = None  # the error message dict when state is FAILED
+        self.cancel_requested = threading.Event()
+        self.subscribers = {}  # connection -> how it wants the result (None: as the job's params say)
+        self._lock = threading.Lock()
+
+    def subscribe(self, connection, output=None):
+        with self._lock:
+            if output is not None or connection not in self.subscribers:
+                self.subscribers[connection] = output
+
+    def unsubscribe(self, connection):
+        with self._lock:
+            self.subscribers.pop(connection, None)
+
+    def emit_result(self, make_frame):
+        """Send the result to each subscriber, encoded once per distinct output format."""
+        with self._lock:
+            subscribers = list(self.subscribers.items())
+        frames = {}
+        for connection, output in subscribers:
+            output = output or {k: self.params[k] for k in OUTPUT_FIELDS}
+            key = tuple(sorted(output.items()))
+            if key not in frames:
+                frames[key] = make_frame(output)
+            connection.send(*frames[key])
+
+    def emit(self, message: dict, arrays=None, coalesce: bool = False):
+        """Send an event about this job to every subscribed connection."""
+        message = {"job_id": self.job_id, **message}
+        with self._lock:
+            subscribers = list(self.subscribers)
+        for connection in subscribers:
+            connection.send(message, arrays, coalesce_key=(self.job_id, message["type"]) if coalesce else None)
+
+    def summary(self) -> dict:
+        return {"job_id": self.job_id, "kind": self.kind, "state": self.state, "step": self.step,
+                "total": self.total, "created": self.created}
+
+
+def _write_atomic(path: Path, write):
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class JobStore:
+    """Results on disk: <output>/<job_id>/result.png (for people), result.npy (exact floats)
+    and result.json (every parameter, seed, model and timings). Written before sending."""
+
+    def __init__(self, output_dir):
+        self.root = Path(output_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / protocol.validate_job_id(job_id)
+
+    def save_result(self, job: Job, image: np.ndarray, model: str) -> dict:
+        """Persist a finished job; ``image`` is (H, W, 3) float32 in [0, 1], rows top to bottom."""
+        from PIL import Image
+
+        folder = self.job_dir(job.job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomic(folder / "result.npy", lambda p: np.save(open(p, "wb"), image))
+        png = (image * 255).round().clip(0, 255).astype(np.uint8)
+        _write_atomic(folder / "result.png", lambda p: Image.fromarray(png).save(p, format="PNG"))
+        meta = {"job_id": job.job_id, "kind": job.kind, "state": DONE, "params": job.params, "model": model,
+                "seed": job.params.get("seed"), "width": image.shape[1], "height": image.shape[0],
+                "created": job.created, "timings": job.timings, "files": ["result.png", "result.npy"]}
+        self.save_meta(job.job_id, meta)
+        return meta
+
+    def save_meta(self, job_id: str, meta: dict):
+        folder = self.job_dir(job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomic(folder / "result.json", lambda p: p.write_text(json.dumps(meta, indent=1)))
+
+    def load_meta(self, job_id: str):
+        try:
+            return json.loads((self.job_dir(job_id) / "result.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def load_image(self, job_id: str) -> np.ndarray:
+        return np.load(self.job_dir(job_id) / "result.npy")
+
+
+class JobQueue:
+    """FIFO of queued jobs; one worker takes them one at a time."""
+
+    def __init__(self, max_queued: int = 256):
+        self.max_queued = max_queued
+        self._queue = deque()
+        self._cond = threading.Condition()
+        self.running = None
+        self.closed = False
+
+    def put(self, job: Job) -> int:
+        """Queue ``job``; return its position (0 = next to run)."""
+        with self._cond:
+            if len(self._queue) >= self.max_queued:
+                raise protocol.ProtocolError("queue_full", f"{len(self._queue)} jobs are queued; the limit is "
+                                             f"{self.max_queued}", job_id=job.job_id)
+            self._queue.append(job)
+            self._cond.notify()
+            return len(self._queue) - 1 + (self.running is not None)
+
+    def take(self):
+        with self._cond:
+            while not self._queue and not self.closed:
+                self._cond.wait()
+            if self.closed:
+                return None
+            self.running = self._queue.popleft()
+            return self.running
+
+    def done(self):
+        with self._cond:
+            self.running = None
+
+    def remove(self, job: Job) -> bool:
+        with self._cond:
+            try:
+                self._queue.remove(job)
+                return True
+            except ValueError:
+                return False
+
+    def positions(self):
+        with self._cond:
+            offset = 1 if self.running is not None else 0
+            return [(job, i + offset) for i, job in enumerate(self._queue)]
+
+    def close(self):
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()

@@ -1,0 +1,97 @@
+"""Models: named sources (local diffusers folders or hub ids), loaded lazily and cached."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+log = logging.getLogger("generator_backend.models")
+
+BUILTIN_MODELS = ("tiny",)
+
+
+def pick_device(requested: str = "auto") -> str:
+    """'auto' takes CUDA, then Apple MPS, then the CPU."""
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def parse_model_spec(spec: str):
+    """'NAME=SOURCE' or 'SOURCE' (named after its last path part or hub id)."""
+    if "=" in spec:
+        name, source = spec.split("=", 1)
+    else:
+        source = spec
+        name = spec if spec in BUILTIN_MODELS else os.path.basename(os.path.normpath(spec)) or spec
+    return name.strip(), source.strip()
+
+
+class ModelLoadError(Exception):
+    pass
+
+
+class ModelManager:
+    """Maps model names to sources; loads each on first use, on one device, and keeps it."""
+
+    def __init__(self, specs, device="auto", models_dir=None):
+        self.sources = dict(parse_model_spec(s) for s in specs)
+        if not self.sources:
+            raise ValueError("at least one --model is needed")
+        self.default = next(iter(self.sources))
+        self.device = pick_device(device)
+        self.models_dir = models_dir
+        self._loaded = {}
+        self._lock = threading.Lock()
+
+    @property
+    def dtype(self):
+        import torch
+
+        return torch.float32 if self.device == "cpu" else torch.float16
+
+    def names(self):
+        return list(self.sources)
+
+    def resolve(self, name: str) -> str:
+        return name or self.default
+
+    def get(self, name: str = ""):
+        """Return the Components of ``name``, loading them on first use."""
+        name = self.resolve(name)
+        with self._lock:
+            if name not in self._loaded:
+                self._loaded[name] = self._load(name)
+            return self._loaded[name]
+
+    def _load(self, name):
+        import torch
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import logging as dlogging
+
+        from .core import Components
+        from .tiny_model import ensure_tiny_model
+
+        dlogging.disable_progress_bar()
+        source = self.sources[name]
+        if source == "tiny":
+            source = str(ensure_tiny_model(self.models_dir))
+        log.info("loading model %s from %s on %s", name, source, self.device)
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                source, torch_dtype=self.dtype, safety_checker=None, feature_extractor=None,
+                requires_safety_checker=False)
+        except Exception as exc:  # any loader failure becomes one clear message
+            log.exception("model %s failed to load", name)
+            raise ModelLoadError(f"model {name!r} could not be loaded from {source!r}: {exc}") from None
+        pipe.to(self.device)
+        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+            module.eval().requires_grad_(False)
+        return Components.from_pipeline(pipe, torch.device(self.device), self.dtype)

@@ -1,0 +1,106 @@
+"""Runs one job on the device: parameters in, events out, result saved before it is sent."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .core import Cancelled, GenerationRequest, StepTimer, generate, latent_preview, to_rgba
+from .jobs import CANCELLED, DONE, FAILED, RUNNING, Job, JobQueue, JobStore
+from .models import ModelLoadError, ModelManager
+
+log = logging.getLogger("generator_backend.runner")
+
+
+def result_frame(store: JobStore, meta: dict, image, output: dict):
+    """The ``result`` message and its image array, delivered as ``output`` asks (dtype, flip, linear)."""
+    message = {"type": "result", "job_id": meta["job_id"], "width": meta["width"], "height": meta["height"],
+               "seed": meta["seed"], "model": meta["model"], "timings": meta["timings"],
+               "path": str(store.job_dir(meta["job_id"])), **{k: output[k] for k in ("flip_y", "linear")}}
+    return message, {"image": to_rgba(image, output["output_dtype"], output["flip_y"], output["linear"])}
+
+
+class Worker(threading.Thread):
+    """Takes jobs from the queue one at a time and runs them on the model manager's device."""
+
+    def __init__(self, queue: JobQueue, models: ModelManager, store: JobStore):
+        super().__init__(name="dream-worker", daemon=True)
+        self.queue, self.models, self.store = queue, models, store
+
+    def run(self):
+        while (job := self.queue.take()) is not None:
+            try:
+                self.execute(job)
+            finally:
+                self.queue.done()
+                for queued, position in self.queue.positions():
+                    queued.emit({"type": "queued", "position": position})
+
+    def execute(self, job: Job):
+        if job.cancel_requested.is_set():
+            return self._cancelled(job)
+        job.state = RUNNING
+        job.emit({"type": "started", "total": job.total})
+        p = job.params
+        try:
+            job.emit({"type": "progress", "step": 0, "total": job.total, "stage": "loading", "eta": None})
+            t0 = time.perf_counter()
+            components = self.models.get(p["model"])
+            model_name = self.models.resolve(p["model"])
+            job.timings["load_s"] = round(time.perf_counter() - t0, 4)
+            request = GenerationRequest(prompt=p["prompt"], negative_prompt=p["negative_prompt"], seed=p["seed"],
+                                        steps=p["steps"], guidance=p["guidance"], width=p["width"],
+                                        height=p["height"], scheduler=p["scheduler"])
+            t1 = time.perf_counter()
+            image = generate(components, request, on_step=self._step_callback(job, components))
+            if job.cancel_requested.is_set():
+                raise Cancelled()
+            job.timings["generate_s"] = round(time.perf_counter() - t1, 4)
+            job.emit({"type": "progress", "step": job.total, "total": job.total, "stage": "saving", "eta": 0.0})
+            meta = self.store.save_result(job, image.cpu().numpy(), model_name)
+            job.state = DONE
+            job.emit_result(lambda output: result_frame(self.store, meta, image, output))
+            return meta
+        except Cancelled:
+            return self._cancelled(job)
+        except ModelLoadError as exc:
+            self._failed(job, "model_load_failed", str(exc))
+        except Exception as exc:  # the backend must survive any job; details go to the log
+            log.exception("job %s failed", job.job_id)
+            self._failed(job, "job_failed", f"{type(exc).__name__}: {exc}")
+
+    def _step_callback(self, job: Job, components):
+        timer = StepTimer()
+        interval = job.params["preview_interval"]
+        last_preview = [time.perf_counter()]
+
+        def on_step(step, total, latents):
+            job.step, job.total = step, total
+            if job.cancel_requested.is_set():
+                raise Cancelled()
+            job.emit({"type": "progress", "step": step, "total": total, "stage": "denoise",
+                      "eta": round(timer.eta(step, total), 3)}, coalesce=True)
+            now = time.perf_counter()
+            if interval > 0 and step < total and now - last_preview[0] >= interval:
+                last_preview[0] = now
+                preview = latent_preview(latents, components.vae_scale_factor)
+                p = job.params
+                job.emit({"type": "preview", "step": step, "width": preview.shape[1], "height": preview.shape[0],
+                          "flip_y": p["flip_y"], "linear": p["linear"]},
+                         {"image": to_rgba(preview, p["output_dtype"], p["flip_y"], p["linear"])}, coalesce=True)
+
+        return on_step
+
+    def _cancelled(self, job: Job):
+        job.state = CANCELLED
+        self.store.save_meta(job.job_id, {"job_id": job.job_id, "kind": job.kind, "state": CANCELLED,
+                                          "params": job.params, "step": job.step})
+        job.emit({"type": "cancelled", "step": job.step})
+
+    def _failed(self, job: Job, code: str, message: str):
+        job.state = FAILED
+        job.error = {"type": "error", "code": code, "message": message}
+        self.store.save_meta(job.job_id, {"job_id": job.job_id, "kind": job.kind, "state": FAILED,
+                                          "params": job.params, "error": job.error})
+        job.emit(job.error)

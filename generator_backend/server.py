@@ -1,0 +1,378 @@
+"""The socket server: authenticated connections on loopback, dispatching to the job queue.
+
+Each connection has a reader thread (frames in) and a writer thread (an outbox of
+frames out), so a slow client never stalls the worker; a newer preview or progress
+event replaces an unsent older one of the same job.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import socket
+import threading
+from collections import deque
+
+from dream_addon import protocol
+from dream_addon.protocol import ProtocolError
+
+from . import __version__
+from .jobs import CANCELLED, DONE, FAILED, FINISHED, OUTPUT_FIELDS, QUEUED, RUNNING, Job, JobQueue, JobStore
+from .runner import Worker, result_frame
+
+log = logging.getLogger("generator_backend.server")
+
+HELLO_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 32
+MAX_JOBS_IN_MEMORY = 1000
+MAX_OUTBOX_BYTES = 1 << 30
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Connection:
+    def __init__(self, server: "Server", sock: socket.socket, address):
+        self.server, self.sock, self.address = server, sock, address
+        self._outbox = deque()
+        self._outbox_bytes = 0
+        self._cond = threading.Condition()
+        self.closed = False
+        self.reader = threading.Thread(target=self._read_loop, name=f"dream-read-{address}", daemon=True)
+        self.writer = threading.Thread(target=self._write_loop, name=f"dream-write-{address}", daemon=True)
+
+    def start(self):
+        self.writer.start()  # first: the reader joins it when it ends
+        self.reader.start()
+
+    # ------------------------------------------------------------------ sending
+    def send(self, message, arrays=None, coalesce_key=None):
+        frame = protocol.encode_frame(message, arrays)
+        size = sum(len(b) for b in frame)
+        with self._cond:
+            if self.closed:
+                return
+            if coalesce_key is not None:
+                for i, (key, old, old_size) in enumerate(self._outbox):
+                    if key == coalesce_key:  # replace the stale preview/progress in place
+                        self._outbox[i] = (key, frame, size)
+                        self._outbox_bytes += size - old_size
+                        self._cond.notify()
+                        return
+                if self._outbox_bytes + size > MAX_OUTBOX_BYTES:
+                    return  # previews are optional: drop them for a client that does not keep up
+            self._outbox.append((coalesce_key, frame, size))
+            self._outbox_bytes += size
+            self._cond.notify()
+
+    def _write_loop(self):
+        while True:
+            with self._cond:
+                while not self._outbox and not self.closed:
+                    self._cond.wait()
+                if not self._outbox:
+                    return
+                _, frame, size = self._outbox.popleft()
+                self._outbox_bytes -= size
+            try:
+                for buffer in frame:
+                    if len(buffer):
+                        self.sock.sendall(buffer)
+            except OSError:
+                self.close()
+                return
+
+    def close_after_flush(self):
+        """Stop reading; the writer sends what is queued, then the socket closes."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    def close(self):
+        with self._cond:
+            self.closed = True
+            self._outbox.clear()
+            self._cond.notify_all()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ reading
+    def _read_loop(self):
+        try:
+            self._handshake()
+            while not self.closed:
+                try:
+                    message, arrays = protocol.recv_frame(self.sock, self.server.limits)
+                except ProtocolError as exc:
+                    self.send(exc.to_message())
+                    if exc.fatal:
+                        break
+                    continue
+                self._dispatch_safely(message, arrays)
+        except (protocol.ConnectionClosed, OSError):
+            pass
+        except ProtocolError as exc:  # handshake failures
+            self.send(exc.to_message())
+        finally:
+            self.close_after_flush()
+            self.writer.join(timeout=10)
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.server.forget(self)
+
+    def _handshake(self):
+        self.sock.settimeout(HELLO_TIMEOUT_S)
+        try:
+            message, _ = protocol.recv_frame(self.sock, self.server.limits)
+        except socket.timeout:
+            raise ProtocolError("handshake_timeout", f"no hello within {HELLO_TIMEOUT_S:.0f} s") from None
+        self.sock.settimeout(None)
+        if message.get("type") != "hello":
+            raise ProtocolError("handshake_required", "the first message must be 'hello'", field="type",
+                                allowed=["hello"])
+        if message.get("protocol") != protocol.PROTOCOL_VERSION:
+            raise ProtocolError("version_mismatch",
+                                f"client speaks protocol {message.get('protocol')!r}; this backend speaks "
+                                f"{protocol.PROTOCOL_VERSION}", field="protocol", allowed=[protocol.PROTOCOL_VERSION])
+        token = message.get("token")
+        if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.server.token.encode()):
+            log.warning("connection from %s refused: wrong token", self.address)
+            raise ProtocolError("auth_failed", "wrong or missing token", field="token")
+        log.info("client %r connected from %s", message.get("client"), self.address)
+        self.send(self.server.welcome())
+
+    def _dispatch_safely(self, message, arrays):
+        try:
+            handler = getattr(self, "on_" + message["type"], None)
+            if handler is None or message["type"] not in protocol.CLIENT_MESSAGES or message["type"] == "hello":
+                raise ProtocolError("unknown_type", f"unknown message type {message['type']!r}", field="type",
+                                    allowed=[t for t in protocol.CLIENT_MESSAGES if t != "hello"])
+            handler(message, arrays)
+        except ProtocolError as exc:
+            if exc.job_id is None and isinstance(message.get("job_id"), str):
+                exc.job_id = message["job_id"][:protocol.JOB_ID_MAX]
+            self.send(exc.to_message())
+        except Exception:  # never a traceback over the socket: it goes to the log
+            log.exception("error handling %r", message.get("type"))
+            self.send({"type": "error", "code": "internal", "message": "internal error; see the backend log"})
+
+    # ------------------------------------------------------------------ handlers
+    def on_ping(self, message, arrays):
+        self.send({"type": "pong"})
+
+    def on_submit(self, message, arrays):
+        job_id = protocol.validate_job_id(message.get("job_id"))
+        kind = message.get("kind", "txt2img")
+        if kind not in self.server.job_fields:
+            raise ProtocolError("invalid_param", f"kind must be one of {sorted(self.server.job_fields)}",
+                                field="kind", allowed=sorted(self.server.job_fields), job_id=job_id)
+        try:
+            params = protocol.validate_params(message.get("params", {}), self.server.job_fields[kind])
+        except ProtocolError as exc:
+            exc.job_id = job_id
+            raise
+        if params["model"] and params["model"] not in self.server.models.sources:
+            raise ProtocolError("invalid_param", f"params.model {params['model']!r} is not served here",
+                                field="params.model", allowed=self.server.models.names(), job_id=job_id)
+        self.server.submit(self, job_id, kind, params)
+
+    def on_cancel(self, message, arrays):
+        job_id = protocol.validate_job_id(message.get("job_id"))
+        self.server.cancel(self, job_id)
+
+    def on_status(self, message, arrays):
+        job_id = message.get("job_id")
+        if job_id is None:
+            self.send({"type": "status", "server": self.server.welcome(), "jobs": self.server.job_summaries()})
+        else:
+            self.send({"type": "status", "job": self.server.job_summary(protocol.validate_job_id(job_id))})
+
+    def on_fetch(self, message, arrays):
+        job_id = protocol.validate_job_id(message.get("job_id"))
+        output = protocol.validate_params(message.get("output", {}), {
+            k: v for k, v in protocol.txt2img_fields().items() if k in OUTPUT_FIELDS})
+        self.server.fetch(self, job_id, output)
+
+    def on_shutdown(self, message, arrays):
+        self.send({"type": "bye"})
+        self.server.request_shutdown()
+
+
+class Server:
+    def __init__(self, models, output_dir, token: str, host="127.0.0.1", port=protocol.DEFAULT_PORT,
+                 allow_remote=False, max_size=2048):
+        if not is_loopback(host) and not allow_remote:
+            raise ValueError(f"refusing to listen on {host}: only loopback addresses are allowed "
+                             "unless --allow-remote is given")
+        if not is_loopback(host):
+            log.warning("listening on %s: any machine that reaches it and knows the token can run jobs", host)
+        self.models = models
+        self.store = JobStore(output_dir)
+        self.token = token
+        self.max_size = max_size
+        self.limits = protocol.Limits(max_payload_bytes=min(protocol.DEFAULT_LIMITS.max_payload_bytes,
+                                                            8 * 16 * max_size * max_size),
+                                      max_array_dim=max(max_size, 64))
+        self.job_fields = {"txt2img": protocol.txt2img_fields(max_size)}
+        self.jobs = {}
+        self.queue = JobQueue()
+        self.worker = Worker(self.queue, models, self.store)
+        self.connections = set()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((host, port))
+        self.listener.listen(16)
+        self.host, self.port = self.listener.getsockname()[:2]
+
+    def welcome(self) -> dict:
+        return {"type": "welcome", "protocol": protocol.PROTOCOL_VERSION, "server_version": __version__,
+                "device": self.models.device,
+                "models": [{"name": n, "default": n == self.models.default} for n in self.models.names()],
+                "capabilities": {"job_kinds": sorted(self.job_fields), "schedulers": list(protocol.SCHEDULERS),
+                                 "output_dtypes": list(protocol.OUTPUT_DTYPES), "max_size": self.max_size,
+                                 "max_payload_bytes": self.limits.max_payload_bytes}}
+
+    # ------------------------------------------------------------------ lifecycle
+    def serve_forever(self):
+        self.worker.start()
+        self.listener.settimeout(0.5)
+        log.info("listening on %s:%s", self.host, self.port)
+        while not self._stopped.is_set():
+            try:
+                sock, address = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connection = Connection(self, sock, address)
+            with self._lock:
+                if len(self.connections) >= MAX_CONNECTIONS:
+                    protocol.send_frame(sock, {"type": "error", "code": "busy",
+                                               "message": f"at most {MAX_CONNECTIONS} connections"})
+                    sock.close()
+                    continue
+                self.connections.add(connection)
+            connection.start()
+        self._teardown()
+
+    def request_shutdown(self):
+        self._stopped.set()
+
+    def _teardown(self):
+        self.listener.close()
+        with self._lock:
+            running = self.queue.running
+            queued = [job for job, _ in self.queue.positions()]
+            connections = list(self.connections)
+        for job in queued + ([running] if running else []):
+            job.cancel_requested.set()
+        self.queue.close()
+        self.worker.join(timeout=60)
+        for connection in connections:
+            connection.close_after_flush()
+        for connection in connections:
+            connection.writer.join(timeout=5)
+        log.info("backend stopped")
+
+    def forget(self, connection):
+        with self._lock:
+            self.connections.discard(connection)
+            jobs = list(self.jobs.values())
+        for job in jobs:
+            job.unsubscribe(connection)
+
+    # ------------------------------------------------------------------ jobs
+    def _remember(self, job):
+        self.jobs[job.job_id] = job
+        if len(self.jobs) > MAX_JOBS_IN_MEMORY:  # older finished jobs stay reachable on disk
+            for old_id, old in list(self.jobs.items()):
+                if old.state in FINISHED:
+                    del self.jobs[old_id]
+                    break
+
+    def submit(self, connection, job_id, kind, params):
+        with self._lock:
+            job = self.jobs.get(job_id)
+            meta = None if job else self.store.load_meta(job_id)
+            if job is None and meta is None:
+                job = Job(job_id, kind, params)
+                job.subscribe(connection)
+                self._remember(job)
+                connection.send({"type": "accepted", "job_id": job_id, "duplicate": False})
+                position = self.queue.put(job)
+                job.emit({"type": "queued", "position": position})
+                return
+        # The same job id again: never run it twice; replay its state to this connection.
+        original = job.params if job else meta.get("params")
+        if original != params:
+            raise ProtocolError("job_id_conflict", f"job {job_id!r} exists with other parameters; use a new job_id",
+                                field="job_id", job_id=job_id)
+        connection.send({"type": "accepted", "job_id": job_id, "duplicate": True})
+        self.fetch(connection, job_id, {k: params[k] for k in OUTPUT_FIELDS})
+
+    def cancel(self, connection, job_id):
+        with self._lock:
+            job = self.jobs.get(job_id)
+        if job is None:
+            raise ProtocolError("not_found", f"no running or queued job {job_id!r}", field="job_id", job_id=job_id)
+        job.subscribe(connection)
+        if job.state in FINISHED:
+            raise ProtocolError("not_cancellable", f"job {job_id!r} has already finished ({job.state})",
+                                field="job_id", job_id=job_id)
+        job.cancel_requested.set()
+        if self.queue.remove(job):  # still queued: cancel at once; a running job stops at its next step
+            self.worker._cancelled(job)
+
+    def fetch(self, connection, job_id, output):
+        """Send the finished result of ``job_id``, or its state and later events if it is still going."""
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is not None and job.state in (QUEUED, RUNNING):
+                job.subscribe(connection, output)
+                connection.send({"type": "status", "job": job.summary()})
+                return
+        meta = self.store.load_meta(job_id)
+        if meta is None:
+            raise ProtocolError("not_found", f"no job {job_id!r} on this backend", field="job_id", job_id=job_id)
+        if meta["state"] == DONE:
+            import torch
+
+            image = torch.from_numpy(self.store.load_image(job_id))
+            connection.send(*result_frame(self.store, meta, image, output))
+        elif meta["state"] == FAILED:
+            connection.send({**meta["error"], "job_id": job_id})
+        elif meta["state"] == CANCELLED:
+            connection.send({"type": "cancelled", "job_id": job_id, "step": meta.get("step", 0)})
+        else:  # written by a backend that stopped mid-job
+            connection.send({"type": "error", "job_id": job_id, "code": "job_lost",
+                             "message": "the backend stopped before this job finished; submit it again"})
+
+    def job_summaries(self):
+        with self._lock:
+            return [job.summary() for job in self.jobs.values()]
+
+    def job_summary(self, job_id):
+        with self._lock:
+            job = self.jobs.get(job_id)
+        if job is not None:
+            return job.summary()
+        meta = self.store.load_meta(job_id)
+        if meta is None:
+            raise ProtocolError("not_found", f"no job {job_id!r} on this backend", field="job_id", job_id=job_id)
+        return {"job_id": job_id, "kind": meta.get("kind"), "state": meta["state"]}

@@ -1,0 +1,185 @@
+"""Framing and validation of protocol v1, over real sockets (socketpair)."""
+
+import json
+import socket
+import struct
+import threading
+
+import numpy as np
+import pytest
+
+from dream_addon import protocol
+from dream_addon.protocol import ConnectionClosed, ProtocolError
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def send_raw(sock, data):
+    # A writer thread: frames larger than the socket buffer must not deadlock the test.
+    t = threading.Thread(target=sock.sendall, args=(data,))
+    t.start()
+    return t
+
+
+def test_roundtrip_with_arrays(pair):
+    a, b = pair
+    img = np.random.default_rng(0).random((48, 32, 4), dtype=np.float32)
+    mask = (np.arange(48 * 32, dtype=np.uint8) % 7).reshape(48, 32, 1)
+    half = img.astype(np.float16)
+    t = send_raw(a, protocol.frame_bytes({"type": "submit", "job_id": "x"}, {"image": img, "mask": mask, "h": half}))
+    message, arrays = protocol.recv_frame(b)
+    t.join()
+    assert message == {"type": "submit", "job_id": "x"}
+    assert np.array_equal(arrays["image"], img) and arrays["image"].dtype == np.float32
+    assert np.array_equal(arrays["mask"], mask) and np.array_equal(arrays["h"], half)
+
+
+def test_large_frame_over_socket(pair):
+    a, b = pair
+    img = np.arange(1024 * 1024 * 4, dtype=np.float32).reshape(1024, 1024, 4)
+    t = threading.Thread(target=protocol.send_frame, args=(a, {"type": "result"}, {"image": img}))
+    t.start()
+    message, arrays = protocol.recv_frame(b)
+    t.join()
+    assert np.array_equal(arrays["image"], img)
+
+
+def test_header_layout_is_fixed():
+    data = protocol.frame_bytes({"type": "ping"})
+    magic, version, flags, json_len, payload_len = struct.unpack("!4sHHIQ", data[:20])
+    assert (magic, version, flags, payload_len) == (b"DREM", 1, 0, 0)
+    assert json.loads(data[20:20 + json_len]) == {"type": "ping"}
+
+
+def test_clean_eof_between_frames(pair):
+    a, b = pair
+    a.close()
+    with pytest.raises(ConnectionClosed):
+        protocol.recv_frame(b)
+
+
+@pytest.mark.parametrize("cut", [5, 20, 27])
+def test_truncated_frame_is_fatal(pair, cut):
+    a, b = pair
+    data = protocol.frame_bytes({"type": "x"}, {"a": np.zeros(4, np.uint8)})
+    a.sendall(data[:cut])
+    a.close()
+    with pytest.raises(ProtocolError) as info:
+        protocol.recv_frame(b)
+    assert info.value.code == "truncated_frame" and info.value.fatal
+
+
+def test_bad_magic_is_fatal(pair):
+    a, b = pair
+    a.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(ProtocolError) as info:
+        protocol.recv_frame(b)
+    assert info.value.code == "bad_magic" and info.value.fatal
+
+
+def test_oversized_json_and_payload_are_refused_before_reading(pair):
+    a, b = pair
+    limits = protocol.Limits(max_json_bytes=100, max_payload_bytes=1000)
+    a.sendall(struct.pack("!4sHHIQ", b"DREM", 1, 0, 101, 0))
+    with pytest.raises(ProtocolError) as info:
+        protocol.recv_frame(b, limits)
+    assert info.value.code == "frame_too_large" and info.value.field == "json_len"
+    a.sendall(struct.pack("!4sHHIQ", b"DREM", 1, 0, 10, 2**40))
+    with pytest.raises(ProtocolError) as info:
+        protocol.recv_frame(b, limits)
+    assert info.value.field == "payload_len" and info.value.allowed == {"max": 1000}
+
+
+def test_malformed_json_is_not_fatal(pair):
+    a, b = pair
+    body = b"{not json"
+    a.sendall(struct.pack("!4sHHIQ", b"DREM", 1, 0, len(body), 0) + body)
+    a.sendall(protocol.frame_bytes({"type": "ping"}))
+    with pytest.raises(ProtocolError) as info:
+        protocol.recv_frame(b)
+    assert info.value.code == "bad_json" and not info.value.fatal
+    assert protocol.recv_frame(b)[0] == {"type": "ping"}  # the stream is still in step
+
+
+def test_json_must_be_object_with_type():
+    for body in (b"[1,2]", b'{"x":1}', b'{"type":3}', b"\xff\xfe"):
+        frame = struct.pack("!4sHHIQ", b"DREM", 1, 0, len(body), 0) + body
+        with pytest.raises(ProtocolError) as info:
+            protocol.decode_frame(frame)
+        assert info.value.code == "bad_json"
+
+
+def test_other_version_is_read_whole_and_reported(pair):
+    a, b = pair
+    body = b'{"type":"hello"}'
+    a.sendall(struct.pack("!4sHHIQ", b"DREM", 2, 0, len(body), 3) + body + b"abc")
+    a.sendall(protocol.frame_bytes({"type": "ping"}))
+    with pytest.raises(ProtocolError) as info:
+        protocol.recv_frame(b)
+    assert info.value.code == "version_mismatch" and info.value.allowed == [1]
+    assert protocol.recv_frame(b)[0] == {"type": "ping"}
+
+
+@pytest.mark.parametrize("arrays, field", [
+    ([{"name": "a", "dtype": "int64", "shape": [2]}], "arrays[0].dtype"),
+    ([{"name": "a", "dtype": "uint8", "shape": [0]}], "arrays[0].shape"),
+    ([{"name": "a", "dtype": "uint8", "shape": [9000]}], "arrays[0].shape"),
+    ([{"name": "a", "dtype": "uint8", "shape": [2, 2]}], "arrays[0].shape"),  # more than the payload
+    ([{"name": "a", "dtype": "uint8", "shape": [1]}], "arrays"),  # less than the payload
+    ([{"dtype": "uint8", "shape": [1]}], "arrays[0].name"),
+    ("nope", "arrays"),
+])
+def test_array_descriptors_are_checked(arrays, field):
+    body = json.dumps({"type": "x", "arrays": arrays}).encode()
+    frame = struct.pack("!4sHHIQ", b"DREM", 1, 0, len(body), 2) + body + b"\x00\x00"
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode_frame(frame)
+    assert info.value.code == "bad_array" and info.value.field == field
+
+
+def test_unsupported_dtype_is_refused_when_sending():
+    with pytest.raises(ProtocolError) as info:
+        protocol.frame_bytes({"type": "x"}, {"a": np.zeros(3, np.int64)})
+    assert info.value.field == "arrays.a"
+
+
+FIELDS = protocol.txt2img_fields(max_size=1024)
+
+
+def test_params_defaults_are_filled():
+    params = protocol.validate_params({"prompt": "wood"}, FIELDS)
+    assert params["prompt"] == "wood" and params["width"] == 512 and params["scheduler"] == "default"
+    assert set(params) == set(FIELDS)
+
+
+@pytest.mark.parametrize("params, field, allowed", [
+    ({}, "params.prompt", {"max_length": 4000}),
+    ({"prompt": "a", "width": 100}, "params.width", {"min": 64, "max": 1024, "multiple_of": 8}),
+    ({"prompt": "a", "height": 2048}, "params.height", {"min": 64, "max": 1024, "multiple_of": 8}),
+    ({"prompt": "a", "steps": 0}, "params.steps", {"min": 1, "max": 200}),
+    ({"prompt": "a", "steps": 2.5}, "params.steps", {"min": 1, "max": 200}),
+    ({"prompt": "a", "steps": True}, "params.steps", {"min": 1, "max": 200}),
+    ({"prompt": "a", "seed": -1}, "params.seed", {"min": 0, "max": 2**32 - 1}),
+    ({"prompt": "a", "guidance": float("nan")}, "params.guidance", {"min": 0.0, "max": 50.0}),
+    ({"prompt": "a", "scheduler": "magic"}, "params.scheduler", list(protocol.SCHEDULERS)),
+    ({"prompt": 3}, "params.prompt", {"max_length": 4000}),
+    ({"prompt": "a", "colour": 1}, "params.colour", sorted(FIELDS)),
+])
+def test_params_errors_name_field_and_allowed(params, field, allowed):
+    with pytest.raises(ProtocolError) as info:
+        protocol.validate_params(params, FIELDS)
+    assert info.value.field == field and info.value.allowed == allowed
+    assert info.value.code == "invalid_param" and field in info.value.message
+
+
+@pytest.mark.parametrize("job_id", ["", "a" * 129, "../x", ".hidden", "a/b", "é", 5, None])
+def test_bad_job_ids(job_id):
+    with pytest.raises(ProtocolError) as info:
+        protocol.validate_job_id(job_id)
+    assert info.value.field == "job_id"

@@ -1,0 +1,235 @@
+"""A real backend process on loopback, driven over the protocol."""
+
+import json
+import os
+import socket
+import stat
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dream_addon import protocol
+from dream_addon.client import BackendConnection, BackendError
+
+SMALL = {"prompt": "red bricks", "width": 64, "height": 64, "steps": 3, "preview_interval": 0.0}
+
+
+def connect(backend, token=None):
+    return BackendConnection("127.0.0.1", backend.ready_info["port"], token or backend.token, client="pytest")
+
+
+def events_until_terminal(conn, job_id):
+    events = []
+    while True:
+        message, arrays = conn.recv()
+        if message.get("job_id") == job_id:
+            events.append((message, arrays))
+            if message["type"] in protocol.TERMINAL_EVENTS:
+                return events
+
+
+def test_handshake_welcome(backend):
+    conn = connect(backend)
+    w = conn.welcome
+    assert w["protocol"] == 1 and w["device"] == "cpu"
+    assert w["models"] == [{"name": "tiny", "default": True}]
+    assert "txt2img" in w["capabilities"]["job_kinds"]
+    conn.close()
+
+
+def test_wrong_token_is_refused_and_closed(backend):
+    with pytest.raises(BackendError) as info:
+        connect(backend, token="not-the-token")
+    assert info.value.code == "auth_failed"
+    connect(backend).close()  # the server is still up
+
+
+def test_messages_before_hello_are_refused(backend):
+    with socket.create_connection(("127.0.0.1", backend.ready_info["port"])) as sock:
+        protocol.send_frame(sock, {"type": "submit", "job_id": "x", "params": SMALL})
+        message, _ = protocol.recv_frame(sock)
+        assert message["code"] == "handshake_required"
+        assert sock.recv(1) == b""  # closed
+
+
+def test_protocol_version_mismatch(backend):
+    with socket.create_connection(("127.0.0.1", backend.ready_info["port"])) as sock:
+        protocol.send_frame(sock, {"type": "hello", "protocol": 2, "token": backend.token})
+        message, _ = protocol.recv_frame(sock)
+        assert message["code"] == "version_mismatch" and message["allowed"] == [1]
+    with socket.create_connection(("127.0.0.1", backend.ready_info["port"])) as sock:
+        body = json.dumps({"type": "hello", "protocol": 2, "token": backend.token}).encode()
+        sock.sendall(struct.pack("!4sHHIQ", b"DREM", 2, 0, len(body), 0) + body)
+        message, _ = protocol.recv_frame(sock)
+        assert message["code"] == "version_mismatch"
+
+
+def test_submit_progress_result_and_sidecar(backend):
+    conn = connect(backend)
+    params = dict(SMALL, steps=4, preview_interval=0.001, seed=5)
+    conn.send({"type": "submit", "job_id": "flow-1", "params": params})
+    events = events_until_terminal(conn, "flow-1")
+    kinds = [m["type"] for m, _ in events]
+    assert kinds[:3] == ["accepted", "queued", "started"]
+    steps = [m["step"] for m, _ in events if m["type"] == "progress" and m["stage"] == "denoise"]
+    assert steps == [1, 2, 3, 4]
+    previews = [a["image"] for m, a in events if m["type"] == "preview"]
+    assert previews and all(p.shape == (64, 64, 4) for p in previews)
+    result, arrays = events[-1]
+    assert result["type"] == "result" and arrays["image"].shape == (64, 64, 4)
+    folder = result["path"]
+    sidecar = json.load(open(os.path.join(folder, "result.json")))
+    assert sidecar["params"]["seed"] == 5 and sidecar["model"] == "tiny" and "generate_s" in sidecar["timings"]
+    np.testing.assert_array_equal(np.load(os.path.join(folder, "result.npy")), arrays["image"][..., :3])
+    assert os.path.exists(os.path.join(folder, "result.png"))
+    conn.close()
+
+
+def test_same_seed_same_pixels_over_the_socket(backend):
+    conn = connect(backend)
+    a = conn.run_job("seed-a", dict(SMALL, seed=1))[1]["image"]
+    b = conn.run_job("seed-b", dict(SMALL, seed=1))[1]["image"]
+    c = conn.run_job("seed-c", dict(SMALL, seed=2))[1]["image"]
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+    conn.close()
+
+
+def test_output_options(backend):
+    conn = connect(backend)
+    plain = conn.run_job("out-plain", SMALL)[1]["image"]
+    flipped = conn.run_job("out-flip", dict(SMALL, flip_y=True, output_dtype="uint8"))[1]["image"]
+    assert flipped.dtype == np.uint8
+    np.testing.assert_array_equal(flipped, (plain[::-1] * 255).round().astype(np.uint8))
+    conn.close()
+
+
+def test_bad_params_error_and_server_keeps_going(backend):
+    conn = connect(backend)
+    conn.send({"type": "submit", "job_id": "bad-1", "params": dict(SMALL, width=1001)})
+    message, _ = conn.recv()
+    assert message["type"] == "error" and message["field"] == "params.width" and message["job_id"] == "bad-1"
+    assert message["allowed"] == {"min": 64, "max": 2048, "multiple_of": 8}
+    assert "Traceback" not in message["message"]
+    conn.send({"type": "submit", "job_id": "bad-2", "kind": "video", "params": SMALL})
+    assert conn.recv()[0]["field"] == "kind"
+    conn.send({"type": "submit", "job_id": "bad-3", "params": dict(SMALL, model="nope")})
+    assert conn.recv()[0]["allowed"] == ["tiny"]
+    conn.send({"type": "dance"})
+    assert conn.recv()[0]["code"] == "unknown_type"
+    assert conn.run_job("bad-4", SMALL)[0]["type"] == "result"
+    conn.close()
+
+
+def test_malformed_frames_do_not_hurt_other_clients(backend):
+    other = connect(backend)
+    conn = connect(backend)
+    body = b"{broken"
+    conn.sock.sendall(struct.pack("!4sHHIQ", b"DREM", 1, 0, len(body), 0) + body)
+    assert conn.recv()[0]["code"] == "bad_json"
+    conn.sock.sendall(struct.pack("!4sHHIQ", b"DREM", 1, 0, 10, 2**50))
+    message, _ = conn.recv()
+    assert message["code"] == "frame_too_large"
+    assert conn.sock.recv(1) == b""  # a header it cannot trust ends the connection
+    assert other.run_job("after-bad", SMALL)[0]["type"] == "result"
+    other.close()
+
+
+def test_cancel_mid_job_within_a_step(backend):
+    conn = connect(backend)
+    conn.send({"type": "submit", "job_id": "cancel-1", "params": dict(SMALL, steps=200)})
+    while True:
+        message, _ = conn.recv()
+        if message["type"] == "progress" and message["stage"] == "denoise" and message["step"] >= 2:
+            break
+    conn.send({"type": "cancel", "job_id": "cancel-1"})
+    events = events_until_terminal(conn, "cancel-1")
+    assert events[-1][0]["type"] == "cancelled" and events[-1][0]["step"] < 200
+    conn.send({"type": "status", "job_id": "cancel-1"})
+    assert conn.recv()[0]["job"]["state"] == "cancelled"
+    conn.close()
+
+
+def test_cancel_queued_job(backend):
+    conn = connect(backend)
+    conn.send({"type": "submit", "job_id": "q-run", "params": dict(SMALL, steps=60)})
+    conn.send({"type": "submit", "job_id": "q-wait", "params": SMALL})
+    positions = {}
+    while "q-wait" not in positions:
+        message, _ = conn.recv()
+        if message["type"] == "queued":
+            positions[message["job_id"]] = message["position"]
+    assert positions["q-wait"] == 1
+    conn.send({"type": "cancel", "job_id": "q-wait"})
+    assert events_until_terminal(conn, "q-wait")[-1][0] == {"type": "cancelled", "job_id": "q-wait", "step": 0}
+    assert events_until_terminal(conn, "q-run")[-1][0]["type"] == "result"
+    conn.send({"type": "cancel", "job_id": "q-run"})
+    assert conn.recv()[0]["code"] == "not_cancellable"
+    conn.close()
+
+
+def test_resubmit_same_id_never_runs_twice(backend):
+    conn = connect(backend)
+    first = conn.run_job("idem-1", SMALL)
+    again = events_until_terminal_after_submit(conn, "idem-1", SMALL)
+    assert again[0][0] == {"type": "accepted", "job_id": "idem-1", "duplicate": True}
+    assert "started" not in [m["type"] for m, _ in again]
+    assert again[-1][0]["timings"] == first[0]["timings"]
+    np.testing.assert_array_equal(again[-1][1]["image"], first[1]["image"])
+    conn.send({"type": "submit", "job_id": "idem-1", "params": dict(SMALL, seed=9)})
+    assert conn.recv()[0]["code"] == "job_id_conflict"
+    conn.send({"type": "status"})
+    jobs = [j for j in conn.recv()[0]["jobs"] if j["job_id"] == "idem-1"]
+    assert len(jobs) == 1
+    conn.close()
+
+
+def events_until_terminal_after_submit(conn, job_id, params):
+    conn.send({"type": "submit", "job_id": job_id, "params": params})
+    return events_until_terminal(conn, job_id)
+
+
+def test_reconnect_and_fetch_by_job_id(backend):
+    conn = connect(backend)
+    conn.send({"type": "submit", "job_id": "lost-1", "params": dict(SMALL, steps=30)})
+    assert conn.recv()[0]["type"] == "accepted"
+    conn.close()  # the client goes away mid-job
+    again = connect(backend)
+    again.send({"type": "fetch", "job_id": "lost-1", "output": {"flip_y": True}})
+    events = events_until_terminal(again, "lost-1")
+    result, arrays = events[-1]
+    assert result["type"] == "result" and result["flip_y"] is True
+    stored = np.load(os.path.join(result["path"], "result.npy"))
+    np.testing.assert_array_equal(arrays["image"][::-1, :, :3], stored)
+    again.send({"type": "fetch", "job_id": "lost-1"})  # later fetches come from disk
+    np.testing.assert_array_equal(again.recv()[1]["image"][..., :3], stored)
+    again.send({"type": "fetch", "job_id": "never-was"})
+    assert again.recv()[0]["code"] == "not_found"
+    again.close()
+
+
+def test_token_file_is_private_and_shutdown_stops(tmp_path, models_dir):
+    token_file = tmp_path / "tok"
+    env = {k: v for k, v in os.environ.items() if k != protocol.TOKEN_ENV}
+    proc = subprocess.Popen([sys.executable, "-m", "generator_backend", "serve", "--port", "0", "--token-file",
+                             str(token_file), "--output-dir", str(tmp_path / "out"), "--models-dir",
+                             str(models_dir)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        ready = json.loads(proc.stdout.readline()[len(protocol.READY_PREFIX):])
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        conn = BackendConnection("127.0.0.1", ready["port"], token_file.read_text())
+        conn.send({"type": "shutdown"})
+        assert conn.recv()[0]["type"] == "bye"
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+
+
+def test_refuses_non_loopback_without_flag(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "generator_backend", "serve", "--host", "0.0.0.0", "--port", "0",
+                           "--output-dir", str(tmp_path), "--token-file", str(tmp_path / "t")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "only loopback" in proc.stderr
