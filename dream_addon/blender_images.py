@@ -45,7 +45,8 @@ def write_pixels(image_name: str, rgba: np.ndarray, *, flipped: bool, final: boo
 def assign_material(obj, image, name: str):
     """A new material whose base colour is ``image``, put in the active slot of ``obj``."""
     material = bpy.data.materials.new(name)
-    material.use_nodes = True
+    if bpy.app.version < (5, 0, 0):  # always on from 5.0, where the property is deprecated
+        material.use_nodes = True
     nodes = material.node_tree.nodes
     bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None) or nodes.new("ShaderNodeBsdfPrincipled")
     texture = nodes.new("ShaderNodeTexImage")

@@ -37,8 +37,13 @@ def describe_error(message: dict, address: str = "") -> str:
         return "The backend refused the token. Use Start in the preferences, or paste the backend's token there."
     if code == "version_mismatch":
         return f"Protocol version mismatch: {text}. Install the add-on and backend from the same release."
-    if code == "backend_died":
-        return f"The backend stopped while generating. {text} Start it again; finished results are kept."
+    if code == "backend_stopped":
+        return "The backend was stopped; generate again once it runs."
+    if code == "connection_lost":
+        return (f"Lost the connection to the backend while generating ({text}). It is fetched again by its id "
+                "when the backend is back (Start or Reconnect).")
+    if code == "job_lost":
+        return "The backend stopped before this job finished (it crashed or was killed). Generate again."
     if code == "invalid_param":
         return f"Invalid setting: {text}."
     if code == "model_load_failed":
@@ -63,8 +68,12 @@ class BackendConnection:
             message, _ = self.recv()
         except (OSError, protocol.ConnectionClosed, ProtocolError) as exc:
             self.close()
-            code = exc.code if isinstance(exc, ProtocolError) else "not_running"
-            raise BackendError(code, describe_error({"code": code, "message": str(exc)}, self.address)) from None
+            if isinstance(exc, ProtocolError):
+                code, text = exc.code, exc.message
+            else:
+                code, text = "handshake_failed", f"{self.address} accepted the connection but did not answer " \
+                                                 f"as a Dream backend ({type(exc).__name__}: {exc})"
+            raise BackendError(code, describe_error({"code": code, "message": text}, self.address)) from None
         if message["type"] != "welcome":
             self.close()
             raise BackendError(message.get("code", "handshake_failed"), describe_error(message, self.address))

@@ -36,6 +36,7 @@ class JobView:
     stage: str = ""
     eta: float | None = None
     position: int = 0
+    previews: int = 0
     message: str = ""
     submitted: float = field(default_factory=time.time)
 
@@ -106,7 +107,8 @@ class Session:
         if self.backend is not None:
             self.backend.stop()
         self.status = "Backend stopped"
-        self._lose_active_jobs("backend_died", "The backend was stopped.")
+        for job in self.active_jobs():
+            job.state, job.message = "error", describe_error({"code": "backend_stopped"})
 
     # ------------------------------------------------------------------ jobs
     def submit(self, prefs, params: dict, image_name: str) -> JobView:
@@ -128,12 +130,6 @@ class Session:
 
     def active_jobs(self):
         return [job for job in self.jobs.values() if job.active]
-
-    def _lose_active_jobs(self, code, text):
-        for job in self.active_jobs():
-            job.state = "lost" if code == "connection_lost" else "error"
-            job.message = describe_error({"code": code, "message": text})
-            self.last_error = job.message
 
     # ------------------------------------------------------------------ draining
     def drain(self, timeout: float = 0.0, max_seconds: float = 0.04) -> int:
@@ -201,9 +197,9 @@ class Session:
             return
         if kind == "disconnected":
             self.status = "Disconnected: " + message["message"]
-            backend_gone = self.backend is None or self.backend.state != BackendProcess.RUNNING
-            self._lose_active_jobs("backend_died" if backend_gone else "connection_lost",
-                                   f"Connection lost ({message['message']}).")
+            for job in self.active_jobs():  # never frozen: the job says what happened, and is fetched later
+                job.state, job.message = "lost", describe_error({"code": "connection_lost", **message})
+                self.last_error = job.message
             return
         job = self.jobs.get(message.get("job_id"))
         if job is None:
@@ -218,7 +214,8 @@ class Session:
             job.state = "running"
             job.step, job.total, job.stage, job.eta = message["step"], message["total"], message["stage"], message["eta"]
         elif kind == "preview":
-            blender_images.write_pixels(job.image_name, arrays["image"], flipped=message.get("flip_y", False))
+            if blender_images.write_pixels(job.image_name, arrays["image"], flipped=message.get("flip_y", False)):
+                job.previews += 1
         elif kind == "result":
             blender_images.write_pixels(job.image_name, arrays["image"], flipped=message.get("flip_y", False),
                                         final=True)

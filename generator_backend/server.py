@@ -314,6 +314,8 @@ class Server:
                 job = Job(job_id, kind, params)
                 job.subscribe(connection)
                 self._remember(job)
+                # On disk at once: after a crash, a fetch of this id says the job was lost.
+                self.store.save_meta(job_id, {"job_id": job_id, "kind": kind, "state": QUEUED, "params": params})
                 connection.send({"type": "accepted", "job_id": job_id, "duplicate": False})
                 position = self.queue.put(job)
                 job.emit({"type": "queued", "position": position})

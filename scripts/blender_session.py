@@ -21,8 +21,7 @@ import bpy  # noqa: E402  (must come after BLENDER_USER_RESOURCES)
 
 
 def blender_ext_cli() -> Path:
-    base = Path(bpy.__file__).parent
-    return next(base.glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
+    return Path(bpy.utils.system_resource("SCRIPTS")) / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
 
 
 def build_extension_zip(out_dir) -> Path:

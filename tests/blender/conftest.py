@@ -1,0 +1,42 @@
+"""Fixtures: a real backend process on the tiny model, started through the add-on's own
+Start operator, and a fresh default scene for each test."""
+
+import sys
+
+import bpy
+import pytest
+
+from tests.blender.helpers import MODULE, addon
+
+
+@pytest.fixture(scope="session")
+def session():
+    return addon("session").SESSION
+
+
+@pytest.fixture(scope="session")
+def prefs():
+    return bpy.context.preferences.addons[MODULE].preferences
+
+
+@pytest.fixture(scope="session")
+def backend(session, prefs, tmp_path_factory):
+    prefs.python_path = sys.executable
+    prefs.port = 0
+    prefs.device = "cpu"
+    prefs.output_dir = str(tmp_path_factory.mktemp("outputs"))
+    assert bpy.ops.dream.backend_start() == {"FINISHED"}
+    assert session.backend.wait_ready(120), "\n".join(session.backend.tail)
+    session.drain()  # the ready event opens the connection
+    yield session.backend
+    bpy.ops.dream.backend_stop()
+
+
+@pytest.fixture
+def scene(backend, session):
+    """A fresh default scene (cube, light, camera) with small, fast settings."""
+    bpy.ops.wm.read_homefile(use_empty=False)
+    props = bpy.context.scene.dream
+    props.width, props.height, props.steps, props.preview_interval = 64, 64, 3, 0.0
+    bpy.context.view_layer.objects.active = bpy.data.objects["Cube"]
+    return bpy.context.scene

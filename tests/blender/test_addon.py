@@ -1,0 +1,224 @@
+"""The add-on in real bpy against a real backend process."""
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import bpy
+import numpy as np
+import pytest
+
+from dream_addon import protocol
+from tests.blender.helpers import MODULE, REPO, addon, generate
+
+
+def pixels(image):
+    out = np.empty(image.size[0] * image.size[1] * 4, np.float32)
+    image.pixels.foreach_get(out)
+    return out.reshape(image.size[1], image.size[0], 4)
+
+
+def srgb_to_linear(x):
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def test_generate_texture_onto_object_survives_save_and_reopen(scene, session, tmp_path):
+    scene.dream.width, scene.dream.height = 128, 64
+    job = generate(session)
+    assert job.state == "done", job.message
+    image = bpy.data.images[job.image_name]
+    assert tuple(image.size) == (128, 64)
+    assert image.use_fake_user and image.packed_file is not None and image.alpha_mode == "CHANNEL_PACKED"
+    material = bpy.data.objects["Cube"].active_material
+    assert material.name.startswith("Dream") and any(
+        n.type == "TEX_IMAGE" and n.image == image for n in material.node_tree.nodes)
+    # The pixels are the backend's saved result, linearised and flipped to Blender's row order.
+    result_dir = Path(session.welcome and bpy.context.preferences.addons[MODULE].preferences.output_dir) / job.job_id
+    stored = np.load(result_dir / "result.npy")
+    got = pixels(image)
+    np.testing.assert_allclose(got[::-1, :, :3], srgb_to_linear(stored), atol=2e-6)
+    assert np.all(got[..., 3] == 1)
+
+    blend = tmp_path / "scene.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    np.save(tmp_path / "before.npy", got)
+    script = (f"import bpy, numpy as np\nbpy.ops.wm.open_mainfile(filepath={str(blend)!r})\n"
+              f"img = bpy.data.images[{job.image_name!r}]\n"
+              "out = np.empty(img.size[0] * img.size[1] * 4, np.float32)\nimg.pixels.foreach_get(out)\n"
+              f"np.save({str(tmp_path / 'after.npy')!r}, out.reshape(img.size[1], img.size[0], 4))\n"
+              "print('MAT', bpy.data.objects['Cube'].active_material.name)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert f"MAT {material.name}" in run.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "after.npy"), got)
+
+
+def test_previews_update_the_image_while_generating(scene, session):
+    scene.dream.steps, scene.dream.preview_interval = 12, 0.001
+    job = generate(session)
+    assert job.state == "done" and job.previews >= 1
+
+
+def test_image_editor_generate_shows_image_without_material(scene, session):
+    window = bpy.context.window_manager.windows[0]
+    area = window.screen.areas[0]
+    area.type = "IMAGE_EDITOR"
+    with bpy.context.temp_override(window=window, area=area, region=area.regions[-1]):
+        before = set(session.jobs)
+        assert bpy.ops.dream.generate_texture() == {"FINISHED"}
+        (job_id,) = set(session.jobs) - before
+        image_name = session.jobs[job_id].image_name
+        assert area.spaces.active.image.name == image_name
+    assert session.wait_for(job_id).state == "done"
+    assert bpy.data.objects["Cube"].active_material is None or not bpy.data.objects[
+        "Cube"].active_material.name.startswith("Dream")
+
+
+def test_cancel_stops_the_backend_job(scene, session):
+    scene.dream.steps = 200
+    before = set(session.jobs)
+    bpy.ops.dream.generate_texture()
+    (job_id,) = set(session.jobs) - before
+    job = session.jobs[job_id]
+    while not (job.state == "running" and job.step >= 1):
+        session.drain(timeout=1.0)
+    assert bpy.ops.dream.cancel() == {"FINISHED"}
+    session.wait_for(job_id)
+    assert job.state == "cancelled" and job.step < 200
+    assert not bpy.ops.dream.cancel.poll()  # nothing left to cancel
+
+
+def test_seed_and_random_seed(scene, session):
+    scene.dream.seed = 7
+    first = generate(session)
+    second = generate(session)
+    assert first.params["seed"] == second.params["seed"] == 7
+    np.testing.assert_array_equal(pixels(bpy.data.images[first.image_name]),
+                                  pixels(bpy.data.images[second.image_name]))
+    scene.dream.randomize_seed = True
+    third = generate(session)
+    assert third.params["seed"] == scene.dream.seed
+    bpy.ops.dream.randomize_seed()
+    assert scene.dream.seed != third.params["seed"]
+
+
+def test_every_panel_property_changes_the_request(scene):
+    result_params = addon("session").result_params
+    props = scene.dream
+    base = result_params(props)
+    changes = {"prompt": "blue waves", "negative_prompt": "blurry", "seed": 99, "steps": 9, "guidance": 3.0,
+               "width": 128, "height": 256, "scheduler": "ddim", "preview_interval": 2.0}
+    shown = set(type(props).__annotations__) - {"randomize_seed"}  # randomize_seed: test_seed_and_random_seed
+    assert shown == set(changes)
+    for name, value in changes.items():
+        old = getattr(props, name)
+        setattr(props, name, value)
+        changed = result_params(props)
+        setattr(props, name, old)
+        assert changed[name] == value and changed != base, name
+
+
+def test_validation_error_from_the_backend_is_shown(scene, session):
+    scene.dream.width = 4096  # the backend serves at most 2048
+    job = generate(session)
+    assert job.state == "error"
+    assert job.message.startswith("Invalid setting: params.width must be between 64 and 2048")
+
+
+@pytest.fixture
+def detached(session, prefs):
+    """Point the add-on at an address of the test's choosing, away from the managed backend."""
+    saved = session.backend, prefs.host, prefs.port, prefs.token
+    session.backend = None
+    yield prefs
+    session.backend, prefs.host, prefs.port, prefs.token = saved
+    session.connect(prefs)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_backend_not_running_message(scene, session, detached):
+    detached.port = free_port()
+    session.connect(detached)
+    job = generate(session)
+    assert job.state == "error"
+    assert job.message.startswith(f"Backend not running at 127.0.0.1:{detached.port}")
+
+
+def test_wrong_token_message(scene, session, detached, backend):
+    detached.port, detached.token = backend.ready_info["port"], "wrong-token"
+    session.connect(detached)
+    job = generate(session)
+    assert job.state == "error" and "refused the token" in job.message
+
+
+def test_protocol_version_mismatch_message(scene, session, detached):
+    """A backend of another release: it answers the hello with a version-2 frame."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve_once():
+        conn, _ = listener.accept()
+        with conn:
+            protocol.recv_frame(conn)
+            body = json.dumps({"type": "welcome", "protocol": 2}).encode()
+            conn.sendall(struct.pack("!4sHHIQ", b"DREM", 2, 0, len(body), 0) + body)
+            conn.recv(1)
+
+    thread = threading.Thread(target=serve_once, daemon=True)
+    thread.start()
+    detached.port = listener.getsockname()[1]
+    session.connect(detached)
+    job = generate(session)
+    listener.close()
+    assert job.state == "error" and job.message.startswith("Protocol version mismatch")
+
+
+def test_backend_killed_mid_job_gives_clear_error_then_recovers(scene, session, backend):
+    scene.dream.steps = 200
+    before = set(session.jobs)
+    bpy.ops.dream.generate_texture()
+    (job_id,) = set(session.jobs) - before
+    job = session.jobs[job_id]
+    while not (job.state == "running" and job.step >= 1):
+        session.drain(timeout=1.0)
+    old_pid = backend.pid
+    os.kill(old_pid, signal.SIGKILL)
+    session.wait_for(job_id)
+    assert job.state == "lost" and job.message.startswith("Lost the connection to the backend")
+    # The supervisor restarts the backend; the add-on reconnects and asks for the job by id.
+    deadline = time.monotonic() + 120
+    while job.state != "error" and time.monotonic() < deadline:
+        session.drain(timeout=0.5)
+    assert backend.pid != old_pid and backend.restarts == 1
+    assert "stopped before this job finished" in job.message
+    scene.dream.steps = 3
+    assert generate(session).state == "done"  # nothing is left frozen
+
+
+def test_extension_zip_installs_in_a_fresh_blender(tmp_path):
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(REPO / 'scripts')!r})
+import blender_session, bpy
+zip_path = blender_session.build_extension_zip({str(tmp_path)!r})
+module = blender_session.install_zip(zip_path)
+assert module in bpy.context.preferences.addons, module
+assert hasattr(bpy.types.Scene, "dream")
+assert "DREAM_OT_generate_texture" in dir(bpy.types)
+print("INSTALLED", os.path.basename(zip_path))
+"""
+    env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "user"))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "INSTALLED dream-0.1.0.zip" in run.stdout
