@@ -1,3 +1,16 @@
-"""Dream: Stable Diffusion textures for Blender (extension entry point)."""
+"""Dream: Stable Diffusion textures for Blender (extension entry point).
 
-from .dream_addon.addon import register, unregister  # noqa: F401
+bpy is imported only when Blender registers the extension, so tools that import this
+folder as a package (pytest does) do not pull Blender in."""
+
+
+def register():
+    from .dream_addon import addon
+
+    addon.register()
+
+
+def unregister():
+    from .dream_addon import addon
+
+    addon.unregister()

@@ -138,8 +138,14 @@ class Session:
         ``timeout`` > 0 waits that long for the first event (scripts and tests); the UI
         timer passes 0. Previews are coalesced: only the newest one per job is written.
         """
-        started = time.perf_counter()
         handled = 0
+        batch = []
+        if self.worker is not None and timeout > 0:  # waiting is not main-thread work: not timed
+            try:
+                batch.append(self.worker.events.get(timeout=timeout))
+            except queue.Empty:
+                pass
+        started = time.perf_counter()
         while True:
             try:
                 kind, info = self.events.get_nowait()
@@ -148,13 +154,10 @@ class Session:
             if kind == "backend_ready":
                 self.status = f"Backend running on {info['host']}:{info['port']} ({info['device']})"
                 self._reconnect_after_start()
-        batch = []
         if self.worker is not None:
-            events = self.worker.events
             try:
-                batch.append(events.get(timeout=timeout) if timeout > 0 else events.get_nowait())
                 while time.perf_counter() - started < max_seconds:
-                    batch.append(events.get_nowait())
+                    batch.append(self.worker.events.get_nowait())
             except queue.Empty:
                 pass
         newest_preview = {m.get("job_id"): i for i, (m, _) in enumerate(batch) if m["type"] == "preview"}

@@ -153,12 +153,11 @@ def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
 
 def to_rgba(image: torch.Tensor, dtype: str, flip_y: bool, linear: bool = False):
     """Convert (H, W, 3) sRGB float in [0, 1] to a numpy RGBA array of ``dtype``, on the device."""
+    if flip_y:
+        image = image.flip(0)
     if linear:
         image = srgb_to_linear(image.float())
-    alpha = torch.ones_like(image[..., :1])
-    rgba = torch.cat([image, alpha], dim=-1)
-    if flip_y:
-        rgba = rgba.flip(0)
+    rgba = torch.cat([image, torch.ones_like(image[..., :1])], dim=-1)
     if dtype == "uint8":
         rgba = (rgba * 255).round().to(torch.uint8)
     elif dtype == "float16":

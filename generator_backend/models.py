@@ -86,7 +86,7 @@ class ModelManager:
         log.info("loading model %s from %s on %s", name, source, self.device)
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
-                source, torch_dtype=self.dtype, safety_checker=None, feature_extractor=None,
+                source, dtype=self.dtype, safety_checker=None, feature_extractor=None,
                 requires_safety_checker=False)
         except Exception as exc:  # any loader failure becomes one clear message
             log.exception("model %s failed to load", name)

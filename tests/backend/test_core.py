@@ -87,4 +87,7 @@ def test_to_rgba_flip_linear_and_dtypes():
     assert to_rgba(image, "float16", False).dtype == np.float16
     lin = to_rgba(torch.tensor([[[0.0, 0.5, 1.0]]]), "float32", False, linear=True)[0, 0]
     np.testing.assert_allclose(lin[:3], [0.0, 0.21404, 1.0], atol=1e-5)  # sRGB 0.5 is 21.4 % linear
-    assert srgb_to_linear(torch.tensor(0.04045)).item() == pytest.approx(0.04045 / 12.92)
+    assert srgb_to_linear(torch.tensor([0.04045])).item() == pytest.approx(0.04045 / 12.92)
+    x = torch.rand(50, 3, dtype=torch.float64)
+    reference = torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    torch.testing.assert_close(srgb_to_linear(x), reference, rtol=0, atol=1e-12)
