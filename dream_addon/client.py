@@ -27,27 +27,26 @@ class BackendError(Exception):
         self.details = details
 
 
+# What a user reads for each error code; {text} is the backend's message, {address} host:port.
+ERROR_SENTENCES = {
+    "not_running": "Backend not running at {address}. Start it in Preferences > Add-ons > Dream, "
+                   "or check the address and port.",
+    "auth_failed": "The backend refused the token. Use Start in the preferences, or paste the backend's token there.",
+    "version_mismatch": "Protocol version mismatch: {text}. Install the add-on and backend from the same release.",
+    "backend_stopped": "The backend was stopped; generate again once it runs.",
+    "connection_lost": "Lost the connection to the backend while generating ({text}). It is fetched again by "
+                       "its id when the backend is back (Start or Reconnect).",
+    "job_lost": "The backend stopped before this job finished (it crashed or was killed). Generate again.",
+    "invalid_param": "Invalid setting: {text}.",
+    "model_load_failed": "Model could not be loaded: {text}",
+}
+
+
 def describe_error(message: dict, address: str = "") -> str:
     """One clear sentence for an error event, for the panel and the status bar."""
     code, text = message.get("code", ""), message.get("message", "")
-    if code == "not_running":
-        return (f"Backend not running at {address}. Start it in Preferences > Add-ons > Dream, "
-                "or check the address and port.")
-    if code == "auth_failed":
-        return "The backend refused the token. Use Start in the preferences, or paste the backend's token there."
-    if code == "version_mismatch":
-        return f"Protocol version mismatch: {text}. Install the add-on and backend from the same release."
-    if code == "backend_stopped":
-        return "The backend was stopped; generate again once it runs."
-    if code == "connection_lost":
-        return (f"Lost the connection to the backend while generating ({text}). It is fetched again by its id "
-                "when the backend is back (Start or Reconnect).")
-    if code == "job_lost":
-        return "The backend stopped before this job finished (it crashed or was killed). Generate again."
-    if code == "invalid_param":
-        return f"Invalid setting: {text}."
-    if code == "model_load_failed":
-        return f"Model could not be loaded: {text}"
+    if code in ERROR_SENTENCES:
+        return ERROR_SENTENCES[code].format(text=text, address=address)
     return f"Backend error ({code}): {text}" if code else text
 
 

@@ -60,7 +60,6 @@ class Session:
         self.welcome: dict | None = None
         self.jobs: dict[str, JobView] = {}
         self.status = "Not connected"
-        self.last_error = ""
         self.longest_drain_s = 0.0
         self.events = queue.Queue()  # events of the supervisor (ready) for the main thread
 
@@ -190,24 +189,22 @@ class Session:
         if kind == "connected":
             self.welcome = message["welcome"]
             self.status = f"Connected to backend {self.welcome['server_version']} on {self.welcome['device']}"
-            self.last_error = ""
             return
         if kind == "connection_error":
             self.status = message["message"]
-            self.last_error = message["message"]
             for job in self.active_jobs():
                 job.state, job.message = "error", message["message"]
+            show_error(message["message"])
             return
         if kind == "disconnected":
             self.status = "Disconnected: " + message["message"]
             for job in self.active_jobs():  # never frozen: the job says what happened, and is fetched later
                 job.state, job.message = "lost", describe_error({"code": "connection_lost", **message})
-                self.last_error = job.message
             return
         job = self.jobs.get(message.get("job_id"))
         if job is None:
-            if kind == "error":
-                self.last_error = describe_error(message)
+            if kind == "error":  # not about a job of ours: show it where the connection status is
+                self.status = describe_error(message)
             return
         if kind == "queued":
             job.state, job.position = "queued", message["position"]
@@ -227,7 +224,15 @@ class Session:
             job.state, job.message = "cancelled", f"Cancelled at step {message.get('step', 0)}"
         elif kind == "error":
             job.state, job.message = "error", describe_error(message)
-            self.last_error = job.message
+            show_error(job.message)
+
+
+def show_error(text: str):
+    """A popup at the mouse in the UI (background mode has no windows to show it in)."""
+    if bpy.app.background:
+        return
+    bpy.context.window_manager.popup_menu(lambda menu, _context: menu.layout.label(text=text),
+                                          title="Dream", icon="ERROR")
 
 
 SESSION = Session()

@@ -39,24 +39,21 @@ def draw_progress(layout):
     layout.label(text=SESSION.status, icon="LINKED" if SESSION.welcome else "UNLINKED")
 
 
-class VIEW3D_PT_dream(bpy.types.Panel):
+class DreamPanel:
+    bl_region_type = "UI"
+    bl_category = "Dream"
+    bl_label = "Dream Texture"
+
+    def draw(self, context):
+        draw_generation(self.layout, context)
+
+
+class VIEW3D_PT_dream(DreamPanel, bpy.types.Panel):
     bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Dream"
-    bl_label = "Dream Texture"
-
-    def draw(self, context):
-        draw_generation(self.layout, context)
 
 
-class IMAGE_PT_dream(bpy.types.Panel):
+class IMAGE_PT_dream(DreamPanel, bpy.types.Panel):
     bl_space_type = "IMAGE_EDITOR"
-    bl_region_type = "UI"
-    bl_category = "Dream"
-    bl_label = "Dream Texture"
-
-    def draw(self, context):
-        draw_generation(self.layout, context)
 
 
 def draw_status_bar(self, context):

@@ -25,6 +25,18 @@ def pixels(image):
     return out.reshape(image.size[1], image.size[0], 4)
 
 
+def start_long_job(scene, session):
+    """Generate with 200 steps and drain until the backend has done the first one."""
+    scene.dream.steps = 200
+    before = set(session.jobs)
+    bpy.ops.dream.generate_texture()
+    (job_id,) = set(session.jobs) - before
+    job = session.jobs[job_id]
+    while not (job.state == "running" and job.step >= 1):
+        session.drain(timeout=1.0)
+    return job
+
+
 def srgb_to_linear(x):
     return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
 
@@ -82,13 +94,8 @@ def test_image_editor_generate_shows_image_without_material(scene, session):
 
 
 def test_cancel_stops_the_backend_job(scene, session):
-    scene.dream.steps = 200
-    before = set(session.jobs)
-    bpy.ops.dream.generate_texture()
-    (job_id,) = set(session.jobs) - before
-    job = session.jobs[job_id]
-    while not (job.state == "running" and job.step >= 1):
-        session.drain(timeout=1.0)
+    job = start_long_job(scene, session)
+    job_id = job.job_id
     assert bpy.ops.dream.cancel() == {"FINISHED"}
     session.wait_for(job_id)
     assert job.state == "cancelled" and job.step < 200
@@ -185,13 +192,8 @@ def test_protocol_version_mismatch_message(scene, session, detached):
 
 
 def test_backend_killed_mid_job_gives_clear_error_then_recovers(scene, session, backend):
-    scene.dream.steps = 200
-    before = set(session.jobs)
-    bpy.ops.dream.generate_texture()
-    (job_id,) = set(session.jobs) - before
-    job = session.jobs[job_id]
-    while not (job.state == "running" and job.step >= 1):
-        session.drain(timeout=1.0)
+    job = start_long_job(scene, session)
+    job_id = job.job_id
     old_pid = backend.pid
     os.kill(old_pid, signal.SIGKILL)
     session.wait_for(job_id)
