@@ -258,10 +258,22 @@ OUTPUT_DTYPES = ("uint8", "float16", "float32")
 MAX_SEED = 2**32 - 1
 
 
+ENSEMBLE_MODES = ("noise", "embedding")
+MAX_PROMPTS = 8
+PROMPT_TERM_FIELDS = {
+    "text": Field("str", required=True, max_length=4000),
+    "weight": Field("float", None, min=-10.0, max=10.0),
+    "guidance": Field("float", None, min=0.0, max=50.0),
+}
+
+
 def txt2img_fields(max_size: int = 2048) -> dict:
     """The txt2img parameters; ``max_size`` is the server's configured largest side."""
     return {
-        "prompt": Field("str", required=True, max_length=4000, doc="What to generate"),
+        "prompt": Field("str", "", max_length=4000, doc="What to generate (or give 'prompts')"),
+        "prompts": Field("prompts", None, doc="Prompt ensemble: [{text, weight?, guidance?}], 1..8 entries"),
+        "ensemble_mode": Field("choice", "noise", choices=ENSEMBLE_MODES,
+                               doc="noise: combine predictions each step; embedding: average text embeddings"),
         "negative_prompt": Field("str", "", max_length=4000, doc="What to steer away from"),
         "seed": Field("int", 0, min=0, max=MAX_SEED, doc="Starting-noise seed"),
         "steps": Field("int", 20, min=1, max=200, doc="Denoising steps"),
@@ -308,6 +320,8 @@ def validate_params(params, fields: dict) -> dict:
         elif spec.kind == "choice":
             if value not in spec.choices:
                 raise bad(f"must be one of {list(spec.choices)}, got {value!r}")
+        elif spec.kind == "prompts":
+            value = validate_prompt_terms(value, where)
         elif spec.kind in ("int", "float"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise bad(f"must be a number, got {type(value).__name__}")
@@ -326,6 +340,70 @@ def validate_params(params, fields: dict) -> dict:
                 raise bad(f"must be a multiple of {spec.multiple_of}, got {value}")
         out[name] = value
     return out
+
+
+def validate_prompt_terms(value, where="params.prompts") -> list:
+    """A prompt ensemble; weights left out share 1 equally among the prompts."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_PROMPTS:
+        raise ProtocolError("invalid_param", f"{where} must be a list of 1..{MAX_PROMPTS} prompts", field=where,
+                            allowed={"min_items": 1, "max_items": MAX_PROMPTS})
+    terms = []
+    for i, term in enumerate(value):
+        if not isinstance(term, dict):
+            raise ProtocolError("invalid_param", f"{where}[{i}] must be an object with 'text'",
+                                field=f"{where}[{i}]", allowed=sorted(PROMPT_TERM_FIELDS))
+        try:
+            terms.append(validate_params(term, PROMPT_TERM_FIELDS))
+        except ProtocolError as exc:
+            exc.field = f"{where}[{i}]." + exc.field.split(".", 1)[1]
+            exc.message = f"{where}[{i}]." + exc.message.split(".", 1)[1]
+            raise
+    for term in terms:
+        if term["weight"] is None:
+            term["weight"] = 1.0 / len(terms)
+    return terms
+
+
+def img2img_fields(max_size: int = 2048) -> dict:
+    """txt2img plus the init image's strength; the image travels as the array 'init_image'."""
+    return {**txt2img_fields(max_size),
+            "strength": Field("float", 0.75, min=0.0, max=1.0,
+                              doc="How much of the schedule runs on the init image: 0 keeps it, 1 replaces it")}
+
+
+JOB_KINDS = {"txt2img": txt2img_fields, "img2img": img2img_fields}
+JOB_ARRAYS = {"txt2img": (), "img2img": ("init_image",)}
+
+
+def validate_job(kind, params, arrays, max_size: int = 2048):
+    """Check a submit's kind, parameters and arrays together; return (params, arrays)."""
+    if kind not in JOB_KINDS:
+        raise ProtocolError("invalid_param", f"kind must be one of {sorted(JOB_KINDS)}", field="kind",
+                            allowed=sorted(JOB_KINDS))
+    params = validate_params(params, JOB_KINDS[kind](max_size))
+    if bool(params["prompt"]) == bool(params["prompts"]):
+        raise ProtocolError("invalid_param", "give either params.prompt or params.prompts (an ensemble), not both",
+                            field="params.prompt")
+    expected = JOB_ARRAYS[kind]
+    for name in arrays:
+        if name not in expected:
+            raise ProtocolError("bad_array", f"arrays.{name} is not used by a {kind} job", field=f"arrays.{name}",
+                                allowed=list(expected))
+    for name in expected:
+        array = arrays.get(name)
+        shape = [params["height"], params["width"], "3 or 4"]
+        if array is None:
+            raise ProtocolError("bad_array", f"a {kind} job needs the array {name}", field=f"arrays.{name}",
+                                allowed={"shape": shape})
+        if array.ndim != 3 or array.shape[:2] != (params["height"], params["width"]) or array.shape[2] not in (3, 4):
+            raise ProtocolError("bad_array", f"arrays.{name} has shape {list(array.shape)}; it must be "
+                                f"height x width x 3 or 4 = {shape} (resize it to the job's size)",
+                                field=f"arrays.{name}", allowed={"shape": shape})
+        if int(params["steps"] * params["strength"]) < 1:
+            raise ProtocolError("invalid_param", "params.strength x params.steps must be at least 1 so that one "
+                                "denoising step runs", field="params.strength",
+                                allowed={"min": 1 / params["steps"], "max": 1.0})
+    return params, dict(arrays)
 
 
 JOB_ID_MAX = 128

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,8 +41,17 @@ class Components:
 
 
 @dataclass
+class PromptTerm:
+    """One prompt of an ensemble: its weight and, optionally, a guidance scale of its own."""
+
+    text: str
+    weight: float = 1.0
+    guidance: float | None = None
+
+
+@dataclass
 class GenerationRequest:
-    prompt: str
+    prompt: str = ""
     negative_prompt: str = ""
     seed: int = 0
     steps: int = 20
@@ -50,6 +59,13 @@ class GenerationRequest:
     width: int = 512
     height: int = 512
     scheduler: str = "default"
+    prompts: list = field(default_factory=list)  # PromptTerms; empty: just ``prompt``
+    ensemble_mode: str = "noise"  # "noise": combine predictions; "embedding": average text embeddings
+    init_image: torch.Tensor | None = None  # img2img: (H, W, 3) in [0, 1]
+    strength: float = 0.75
+
+    def terms(self):
+        return self.prompts or [PromptTerm(self.prompt)]
 
 
 class Cancelled(Exception):
@@ -77,41 +93,86 @@ def step_kwargs(scheduler, generator) -> dict:
     return kwargs
 
 
+def img2img_timesteps(scheduler, steps: int, strength: float):
+    """The last ``strength`` part of the schedule, exactly as diffusers' img2img pipeline cuts it."""
+    init_timestep = min(int(steps * strength), steps)
+    t_start = max(steps - init_timestep, 0)
+    timesteps = scheduler.timesteps[t_start * scheduler.order:]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(t_start * scheduler.order)
+    return timesteps
+
+
+def encode_image(c: Components, image: torch.Tensor, generator) -> torch.Tensor:
+    """VAE latents of an (H, W, 3) image in [0, 1], sampled with the job's generator."""
+    pixels = (image.permute(2, 0, 1)[None] * 2 - 1).to(c.device, c.dtype)
+    return c.vae.encode(pixels).latent_dist.sample(generator) * c.vae.config.scaling_factor
+
+
+def guided(noise_pred, terms, guidance: float, use_cfg: bool):
+    """Combine one batched prediction: ε = ε_neg + Σ_k g_k·w_k·(ε_k − ε_neg) (prompt ensembling,
+    "Compositional Visual Generation with Composable Diffusion Models", Liu et al. 2022)."""
+    if not use_cfg:
+        rows = noise_pred.chunk(len(terms))
+        total = rows[0] * terms[0].weight  # × 1.0 is exact: K = 1 equals plain generation
+        for row, term in zip(rows[1:], terms[1:]):
+            total = total + row * term.weight
+        return total
+    rows = noise_pred.chunk(len(terms) + 1)
+    uncond, total = rows[0], rows[0]
+    for cond, term in zip(rows[1:], terms):
+        scale = (term.guidance if term.guidance is not None else guidance) * term.weight
+        total = total + scale * (cond - uncond)
+    return total
+
+
 @torch.no_grad()
 def generate(c: Components, req: GenerationRequest, on_step=None) -> torch.Tensor:
-    """Run text-to-image; return the decoded image as a (H, W, 3) float32 tensor in [0, 1].
+    """Run the denoising loop; return the decoded image as a (H, W, 3) float32 tensor in [0, 1].
 
     ``on_step(step, total, latents)`` is called after every denoising step; it may raise
     ``Cancelled`` to stop the job within one step.
     """
     generator = torch.Generator(device="cpu").manual_seed(req.seed)
     use_cfg = req.guidance > 1.0 and c.unet.config.time_cond_proj_dim is None
+    terms = req.terms()
 
-    # 1. Encode prompts: [unconditional, conditional] so one UNet call serves both.
-    embeds = encode_prompt(c, req.prompt)
-    if use_cfg:
-        embeds = torch.cat([encode_prompt(c, req.negative_prompt), embeds])
+    # 1. Encode prompts: [unconditional, conditional...] so one UNet call per step serves all.
+    conds = [encode_prompt(c, term.text) for term in terms]
+    if req.ensemble_mode == "embedding" and len(terms) > 1:
+        total_weight = sum(term.weight for term in terms)
+        conds = [sum(term.weight * e for term, e in zip(terms, conds)) / total_weight]
+        terms = [PromptTerm("", 1.0)]
+    embeds = torch.cat(([encode_prompt(c, req.negative_prompt)] if use_cfg else []) + conds)
 
-    # 2. Timesteps, from a scheduler of the job's own (no state shared between jobs).
+    # 2. Timesteps, from a scheduler of the job's own (no state shared between jobs);
+    #    img2img keeps the last ``strength`` part of the schedule.
     scheduler = make_scheduler(req.scheduler, c.scheduler)
     scheduler.set_timesteps(req.steps, device=c.device)
     timesteps = scheduler.timesteps
+    if req.init_image is not None:
+        timesteps = img2img_timesteps(scheduler, req.steps, req.strength)
     extra = step_kwargs(scheduler, generator)
 
-    # 3. Starting latents, drawn on the CPU so a seed means the same noise on every device.
+    # 3. Starting latents, drawn on the CPU so a seed means the same noise on every device:
+    #    pure noise, or the init image's latents noised to the first timestep.
     f = c.vae_scale_factor
     shape = (1, c.unet.config.in_channels, req.height // f, req.width // f)
-    latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(c.device, c.dtype)
-    latents = latents * scheduler.init_noise_sigma
+    if req.init_image is None:
+        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(c.device, c.dtype)
+        latents = latents * scheduler.init_noise_sigma
+    else:
+        init_latents = encode_image(c, req.init_image, generator)
+        noise = torch.randn(init_latents.shape, generator=generator, dtype=torch.float32).to(c.device, c.dtype)
+        latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
 
     # 4. Denoise: UNet → guidance → scheduler step.
+    rows = embeds.shape[0]
     for i, t in enumerate(timesteps):
-        model_input = torch.cat([latents] * 2) if use_cfg else latents
+        model_input = torch.cat([latents] * rows) if rows > 1 else latents
         model_input = scheduler.scale_model_input(model_input, t)
         noise_pred = c.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-        if use_cfg:
-            uncond, cond = noise_pred.chunk(2)
-            noise_pred = uncond + req.guidance * (cond - uncond)
+        noise_pred = guided(noise_pred, terms, req.guidance, use_cfg)
         latents = scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
         if on_step is not None:
             on_step(i + 1, len(timesteps), latents)

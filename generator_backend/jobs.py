@@ -22,10 +22,11 @@ OUTPUT_FIELDS = ("output_dtype", "flip_y", "linear")  # how a result is delivere
 
 
 class Job:
-    def __init__(self, job_id: str, kind: str, params: dict):
+    def __init__(self, job_id: str, kind: str, params: dict, inputs=None):
         self.job_id = job_id
         self.kind = kind
         self.params = params
+        self.inputs = inputs or {}  # arrays sent with the job (init image)
         self.state = QUEUED
         self.created = time.time()
         self.timings = {}

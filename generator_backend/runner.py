@@ -6,11 +6,32 @@ import logging
 import threading
 import time
 
-from .core import Cancelled, GenerationRequest, StepTimer, generate, latent_preview, to_rgba
+import numpy as np
+import torch
+
+from .core import Cancelled, GenerationRequest, PromptTerm, StepTimer, generate, latent_preview, to_rgba
 from .jobs import CANCELLED, DONE, FAILED, RUNNING, Job, JobQueue, JobStore
 from .models import ModelLoadError, ModelManager
 
 log = logging.getLogger("generator_backend.runner")
+
+
+def image_tensor(array) -> torch.Tensor:
+    """An (H, W, 3|4) uint8 or float array as (H, W, 3) float32 in [0, 1] (alpha dropped)."""
+    image = torch.from_numpy(np.ascontiguousarray(array[..., :3]))
+    return image.float() / 255.0 if image.dtype == torch.uint8 else image.float().clamp(0, 1)
+
+
+def build_request(job: Job) -> GenerationRequest:
+    """The core's request from a validated job."""
+    p = job.params
+    init = job.inputs.get("init_image")
+    return GenerationRequest(
+        prompt=p["prompt"], negative_prompt=p["negative_prompt"], seed=p["seed"], steps=p["steps"],
+        guidance=p["guidance"], width=p["width"], height=p["height"], scheduler=p["scheduler"],
+        prompts=[PromptTerm(t["text"], t["weight"], t["guidance"]) for t in p["prompts"] or []],
+        ensemble_mode=p["ensemble_mode"], init_image=None if init is None else image_tensor(init),
+        strength=p.get("strength", 1.0))
 
 
 def result_frame(store: JobStore, meta: dict, image, output: dict):
@@ -49,9 +70,7 @@ class Worker(threading.Thread):
             components = self.models.get(p["model"])
             model_name = self.models.resolve(p["model"])
             job.timings["load_s"] = round(time.perf_counter() - t0, 4)
-            request = GenerationRequest(prompt=p["prompt"], negative_prompt=p["negative_prompt"], seed=p["seed"],
-                                        steps=p["steps"], guidance=p["guidance"], width=p["width"],
-                                        height=p["height"], scheduler=p["scheduler"])
+            request = build_request(job)
             t1 = time.perf_counter()
             image = generate(components, request, on_step=self._step_callback(job, components))
             if job.cancel_requested.is_set():

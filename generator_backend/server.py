@@ -173,19 +173,16 @@ class Connection:
 
     def on_submit(self, message, arrays):
         job_id = protocol.validate_job_id(message.get("job_id"))
-        kind = message.get("kind", "txt2img")
-        if kind not in self.server.job_fields:
-            raise ProtocolError("invalid_param", f"kind must be one of {sorted(self.server.job_fields)}",
-                                field="kind", allowed=sorted(self.server.job_fields), job_id=job_id)
         try:
-            params = protocol.validate_params(message.get("params", {}), self.server.job_fields[kind])
+            params, inputs = protocol.validate_job(message.get("kind", "txt2img"), message.get("params", {}), arrays,
+                                                   self.server.max_size)
         except ProtocolError as exc:
             exc.job_id = job_id
             raise
         if params["model"] and params["model"] not in self.server.models.sources:
             raise ProtocolError("invalid_param", f"params.model {params['model']!r} is not served here",
                                 field="params.model", allowed=self.server.models.names(), job_id=job_id)
-        self.server.submit(self, job_id, kind, params)
+        self.server.submit(self, job_id, message.get("kind", "txt2img"), params, inputs)
 
     def on_cancel(self, message, arrays):
         job_id = protocol.validate_job_id(message.get("job_id"))
@@ -224,7 +221,6 @@ class Server:
         self.limits = protocol.Limits(max_payload_bytes=min(protocol.DEFAULT_LIMITS.max_payload_bytes,
                                                             8 * 16 * max_size * max_size),
                                       max_array_dim=max(max_size, 64))
-        self.job_fields = {"txt2img": protocol.txt2img_fields(max_size)}
         self.jobs = {}
         self.queue = JobQueue()
         self.worker = Worker(self.queue, models, self.store)
@@ -242,7 +238,7 @@ class Server:
         return {"type": "welcome", "protocol": protocol.PROTOCOL_VERSION, "server_version": __version__,
                 "device": self.models.device,
                 "models": [{"name": n, "default": n == self.models.default} for n in self.models.names()],
-                "capabilities": {"job_kinds": sorted(self.job_fields), "schedulers": list(protocol.SCHEDULERS),
+                "capabilities": {"job_kinds": sorted(protocol.JOB_KINDS), "schedulers": list(protocol.SCHEDULERS),
                                  "output_dtypes": list(protocol.OUTPUT_DTYPES), "max_size": self.max_size,
                                  "max_payload_bytes": self.limits.max_payload_bytes}}
 
@@ -306,12 +302,12 @@ class Server:
                     del self.jobs[old_id]
                     break
 
-    def submit(self, connection, job_id, kind, params):
+    def submit(self, connection, job_id, kind, params, inputs):
         with self._lock:
             job = self.jobs.get(job_id)
             meta = None if job else self.store.load_meta(job_id)
             if job is None and meta is None:
-                job = Job(job_id, kind, params)
+                job = Job(job_id, kind, params, inputs)
                 job.subscribe(connection)
                 self._remember(job)
                 # On disk at once: after a crash, a fetch of this id says the job was lost.

@@ -159,7 +159,6 @@ def test_params_defaults_are_filled():
 
 
 @pytest.mark.parametrize("params, field, allowed", [
-    ({}, "params.prompt", {"max_length": 4000}),
     ({"prompt": "a", "width": 100}, "params.width", {"min": 64, "max": 1024, "multiple_of": 8}),
     ({"prompt": "a", "height": 2048}, "params.height", {"min": 64, "max": 1024, "multiple_of": 8}),
     ({"prompt": "a", "steps": 0}, "params.steps", {"min": 1, "max": 200}),
@@ -183,3 +182,42 @@ def test_bad_job_ids(job_id):
     with pytest.raises(ProtocolError) as info:
         protocol.validate_job_id(job_id)
     assert info.value.field == "job_id"
+
+
+def test_prompt_ensemble_validation_and_default_weights():
+    params, _ = protocol.validate_job("txt2img", {"prompts": [{"text": "a"}, {"text": "b", "guidance": 3}]}, {})
+    assert params["prompts"] == [{"text": "a", "weight": 0.5, "guidance": None},
+                                 {"text": "b", "weight": 0.5, "guidance": 3.0}]
+    with pytest.raises(ProtocolError) as info:
+        protocol.validate_job("txt2img", {"prompts": [{"text": "a", "weight": 99}]}, {})
+    assert info.value.field == "params.prompts[0].weight" and info.value.allowed == {"min": -10.0, "max": 10.0}
+    with pytest.raises(ProtocolError) as info:
+        protocol.validate_job("txt2img", {"prompts": [{"text": "a"}] * 9}, {})
+    assert info.value.field == "params.prompts"
+    for both_or_neither in ({"prompt": "a", "prompts": [{"text": "b"}]}, {}):
+        with pytest.raises(ProtocolError) as info:
+            protocol.validate_job("txt2img", both_or_neither, {})
+        assert info.value.field == "params.prompt"
+
+
+def test_img2img_needs_an_init_image_of_the_job_size():
+    good = np.zeros((64, 96, 3), np.uint8)
+    params, arrays = protocol.validate_job("img2img", {"prompt": "a", "width": 96, "height": 64}, {"init_image": good})
+    assert params["strength"] == 0.75 and arrays["init_image"] is good
+    for arrays, field in (({}, "arrays.init_image"), ({"init_image": np.zeros((64, 64, 3), np.uint8)},
+                                                      "arrays.init_image"),
+                          ({"init_image": good, "mask": good}, "arrays.mask")):
+        with pytest.raises(ProtocolError) as info:
+            protocol.validate_job("img2img", {"prompt": "a", "width": 96, "height": 64}, arrays)
+        assert info.value.field == field
+    with pytest.raises(ProtocolError) as info:
+        protocol.validate_job("img2img", {"prompt": "a", "width": 96, "height": 64, "strength": 1.5},
+                              {"init_image": good})
+    assert info.value.field == "params.strength" and info.value.allowed == {"min": 0.0, "max": 1.0}
+    with pytest.raises(ProtocolError) as info:
+        protocol.validate_job("img2img", {"prompt": "a", "width": 96, "height": 64, "steps": 4, "strength": 0.2},
+                              {"init_image": good})
+    assert info.value.field == "params.strength"
+    with pytest.raises(ProtocolError) as info:
+        protocol.validate_job("txt2img", {"prompt": "a"}, {"init_image": good})
+    assert info.value.field == "arrays.init_image"

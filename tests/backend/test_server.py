@@ -233,3 +233,27 @@ def test_refuses_non_loopback_without_flag(tmp_path):
                            "--output-dir", str(tmp_path), "--token-file", str(tmp_path / "t")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "only loopback" in proc.stderr
+
+
+def test_img2img_and_ensemble_over_the_socket(backend):
+    conn = connect(backend)
+    init = (np.random.default_rng(1).random((64, 64, 4)) * 255).astype(np.uint8)
+    conn.send({"type": "submit", "job_id": "i2i-1", "kind": "img2img",
+               "params": dict(SMALL, steps=10, strength=0.3)}, {"init_image": init})
+    result, arrays = events_until_terminal(conn, "i2i-1")[-1]
+    assert result["type"] == "result", result
+    low = arrays["image"][..., :3]
+    conn.send({"type": "submit", "job_id": "i2i-2", "kind": "img2img",
+               "params": dict(SMALL, steps=10, strength=0.9)}, {"init_image": init})
+    high = events_until_terminal(conn, "i2i-2")[-1][1]["image"][..., :3]
+    source = init[..., :3] / 255.0
+    assert np.abs(low - source).mean() < np.abs(high - source).mean()
+    params = {k: v for k, v in SMALL.items() if k != "prompt"}
+    message, arrays = conn.run_job("ens-1", dict(params, prompts=[{"text": "red bricks", "weight": 1.0},
+                                                                   {"text": "blue waves", "weight": 0.0}]))
+    plain = conn.run_job("ens-plain", SMALL)[1]["image"]
+    np.testing.assert_allclose(arrays["image"], plain, atol=1e-5)
+    conn.send({"type": "submit", "job_id": "i2i-bad", "kind": "img2img", "params": SMALL},
+              {"init_image": init[:32]})
+    assert conn.recv()[0]["field"] == "arrays.init_image"
+    conn.close()
