@@ -307,6 +307,9 @@ def validate_params(params, fields: dict) -> dict:
             out[name] = spec.default
             continue
         value = params[name]
+        if value is None and spec.default is None and not spec.required:
+            out[name] = None  # an optional field sent as null: the same as leaving it out
+            continue
         bad = lambda what: ProtocolError("invalid_param", f"{where} {what}", field=where,  # noqa: E731
                                          allowed=spec.allowed())
         if spec.kind == "str":

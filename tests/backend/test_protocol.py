@@ -221,3 +221,10 @@ def test_img2img_needs_an_init_image_of_the_job_size():
     with pytest.raises(ProtocolError) as info:
         protocol.validate_job("txt2img", {"prompt": "a"}, {"init_image": good})
     assert info.value.field == "arrays.init_image"
+
+
+def test_optional_fields_sent_as_null_mean_left_out():
+    params = protocol.validate_params({"prompt": "a", "prompts": None}, FIELDS)
+    assert params["prompts"] is None
+    with pytest.raises(ProtocolError):
+        protocol.validate_params({"prompt": None}, FIELDS)  # a field with a real default must be a value

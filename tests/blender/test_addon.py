@@ -32,7 +32,9 @@ def start_long_job(scene, session):
     bpy.ops.dream.generate_texture()
     (job_id,) = set(session.jobs) - before
     job = session.jobs[job_id]
+    deadline = time.monotonic() + 60
     while not (job.state == "running" and job.step >= 1):
+        assert job.active and time.monotonic() < deadline, job.message
         session.drain(timeout=1.0)
     return job
 
