@@ -3,18 +3,25 @@
 With no modifiers it reproduces diffusers' StableDiffusionPipeline exactly (same
 model, seed, scheduler and settings). The stages read top to bottom:
 
-    1. encode prompts → 2. timesteps → 3. starting latents → 4. denoise
+    1. encode prompts → 2. timesteps (and strength) → 3. starting latents → 4. denoise
     (UNet → guidance → scheduler step) → 5. decode
+
+Techniques are modifiers of these stages and combine freely in one request: prompt
+ensembling (stage 1 and guidance), img2img (stages 2-3), inpainting (stages 3-5), seamless
+tiling and infusion (context managers in modifiers.py) and model ensembling (stage 4).
 """
 
 from __future__ import annotations
 
 import inspect
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
+from .modifiers import Infusion, feathered, seamless
 from .schedulers import make_scheduler
 
 
@@ -61,8 +68,15 @@ class GenerationRequest:
     scheduler: str = "default"
     prompts: list = field(default_factory=list)  # PromptTerms; empty: just ``prompt``
     ensemble_mode: str = "noise"  # "noise": combine predictions; "embedding": average text embeddings
-    init_image: torch.Tensor | None = None  # img2img: (H, W, 3) in [0, 1]
+    init_image: torch.Tensor | None = None  # img2img / inpainting: (H, W, 3) in [0, 1]
     strength: float = 0.75
+    mask: torch.Tensor | None = None  # inpainting: (H, W) in [0, 1], 1 = repaint
+    feather: float = 0.0  # pixels of soft edge when pasting the original back
+    tile_axes: str = ""  # seamless tiling: "", "x", "y" or "xy"
+    infusion_images: list = field(default_factory=list)  # (H, W, 3) tensors in [0, 1]
+    infusion_weights: dict = field(default_factory=dict)  # layer name -> weight
+    infusion_decay: float = 1.0  # the weights are multiplied by decay**step
+    infusion_cond_only: bool = False
 
     def terms(self):
         return self.prompts or [PromptTerm(self.prompt)]
@@ -104,9 +118,11 @@ def img2img_timesteps(scheduler, steps: int, strength: float):
 
 
 def encode_image(c: Components, image: torch.Tensor, generator) -> torch.Tensor:
-    """VAE latents of an (H, W, 3) image in [0, 1], sampled with the job's generator."""
+    """VAE latents of an (H, W, 3) image in [0, 1]: sampled with ``generator``, or the mode if None."""
     pixels = (image.permute(2, 0, 1)[None] * 2 - 1).to(c.device, c.dtype)
-    return c.vae.encode(pixels).latent_dist.sample(generator) * c.vae.config.scaling_factor
+    dist = c.vae.encode(pixels).latent_dist
+    latents = dist.mode() if generator is None else dist.sample(generator)
+    return latents * c.vae.config.scaling_factor
 
 
 def guided(noise_pred, terms, guidance: float, use_cfg: bool):
@@ -126,60 +142,144 @@ def guided(noise_pred, terms, guidance: float, use_cfg: bool):
     return total
 
 
-@torch.no_grad()
-def generate(c: Components, req: GenerationRequest, on_step=None) -> torch.Tensor:
-    """Run the denoising loop; return the decoded image as a (H, W, 3) float32 tensor in [0, 1].
+class IncompatibleModels(ValueError):
+    """Models that do not share a latent space cannot be ensembled."""
 
-    ``on_step(step, total, latents)`` is called after every denoising step; it may raise
-    ``Cancelled`` to stop the job within one step.
-    """
-    generator = torch.Generator(device="cpu").manual_seed(req.seed)
-    use_cfg = req.guidance > 1.0 and c.unet.config.time_cond_proj_dim is None
+
+def ensemble_members(components) -> list:
+    """[(Components, weight)] from one Components or a list; refuses models that differ in
+    latent space (VAE scale and scaling factor, latent channels, UNet input) or prediction type."""
+    members = [(components, 1.0)] if isinstance(components, Components) else list(components)
+    base = members[0][0]
+
+    def signature(c):
+        return (c.vae_scale_factor, c.vae.config.scaling_factor, c.vae.config.latent_channels,
+                c.unet.config.in_channels, c.unet.config.out_channels,
+                c.scheduler.config.get("prediction_type", "epsilon"))
+
+    for c, _ in members[1:]:
+        if signature(c) != signature(base):
+            raise IncompatibleModels(f"models do not share a latent space: {signature(base)} != {signature(c)} "
+                                     "(vae factor, scaling factor, latent channels, unet in/out, prediction type)")
+    return members
+
+
+def prompt_embeddings(c: Components, req: GenerationRequest, use_cfg: bool):
+    """Stage 1 for one model: the batch of text embeddings and the terms its rows stand for."""
     terms = req.terms()
-
-    # 1. Encode prompts: [unconditional, conditional...] so one UNet call per step serves all.
     conds = [encode_prompt(c, term.text) for term in terms]
     if req.ensemble_mode == "embedding" and len(terms) > 1:
         total_weight = sum(term.weight for term in terms)
         conds = [sum(term.weight * e for term, e in zip(terms, conds)) / total_weight]
         terms = [PromptTerm("", 1.0)]
-    embeds = torch.cat(([encode_prompt(c, req.negative_prompt)] if use_cfg else []) + conds)
+    negative = encode_prompt(c, req.negative_prompt) if use_cfg or req.infusion_images else None
+    return torch.cat(([negative] if use_cfg else []) + conds), terms, negative
+
+
+def inpaint_inputs(c: Components, req: GenerationRequest, generator):
+    """Pixel mask (binarised at 0.5, as diffusers does), its latent-size version, and the
+    masked image's latents (the 9-channel UNet's extra input)."""
+    mask = (req.mask >= 0.5).float()
+    f = c.vae_scale_factor
+    latent_mask = F.interpolate(mask[None, None], size=(req.height // f, req.width // f)).to(c.device, c.dtype)
+    # Masked pixels become 0 in the VAE's [-1, 1] range (mid grey), as diffusers feeds them.
+    masked_image = torch.where(mask[..., None] < 0.5, req.init_image, torch.full_like(req.init_image, 0.5))
+    return mask, latent_mask, encode_image(c, masked_image, generator)
+
+
+@torch.no_grad()
+def generate(components, req: GenerationRequest, on_step=None) -> torch.Tensor:
+    """Run the denoising loop; return the decoded image as a (H, W, 3) float32 tensor in [0, 1].
+
+    ``components`` is one model's Components, or [(Components, weight)] for model ensembling.
+    ``on_step(step, total, latents)`` is called after every denoising step; it may raise
+    ``Cancelled`` to stop the job within one step. Hooks and padding changes are removed on
+    every exit.
+    """
+    members = ensemble_members(components)
+    c = members[0][0]  # its VAE and scheduler config serve the whole ensemble
+    generator = torch.Generator(device="cpu").manual_seed(req.seed)
+    use_cfg = req.guidance > 1.0 and c.unet.config.time_cond_proj_dim is None
+    inpaint = req.mask is not None
+    unet_channels = c.unet.config.in_channels
+
+    # 1. Encode prompts, with each model's own text encoder: [negative, prompt 1..K] rows.
+    encoded = [prompt_embeddings(m, req, use_cfg) for m, _ in members]
+    rows = encoded[0][0].shape[0]
 
     # 2. Timesteps, from a scheduler of the job's own (no state shared between jobs);
-    #    img2img keeps the last ``strength`` part of the schedule.
+    #    img2img and inpainting below strength 1 keep the last ``strength`` part of the schedule.
     scheduler = make_scheduler(req.scheduler, c.scheduler)
     scheduler.set_timesteps(req.steps, device=c.device)
     timesteps = scheduler.timesteps
-    if req.init_image is not None:
+    if req.init_image is not None and (not inpaint or req.strength < 1.0):
         timesteps = img2img_timesteps(scheduler, req.steps, req.strength)
     extra = step_kwargs(scheduler, generator)
 
-    # 3. Starting latents, drawn on the CPU so a seed means the same noise on every device:
-    #    pure noise, or the init image's latents noised to the first timestep.
-    f = c.vae_scale_factor
-    shape = (1, c.unet.config.in_channels, req.height // f, req.width // f)
-    if req.init_image is None:
-        latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(c.device, c.dtype)
-        latents = latents * scheduler.init_noise_sigma
-    else:
-        init_latents = encode_image(c, req.init_image, generator)
-        noise = torch.randn(init_latents.shape, generator=generator, dtype=torch.float32).to(c.device, c.dtype)
-        latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
+    with seamless([m.unet for m, _ in members] + [c.vae], req.tile_axes):
+        # 3. Starting latents, drawn on the CPU so a seed means the same noise on every device.
+        #    The order of random draws follows diffusers' pipelines, so they stay our oracle.
+        f = c.vae_scale_factor
+        shape = (1, c.vae.config.latent_channels, req.height // f, req.width // f)
+        image_latents = None
+        if req.init_image is not None and (unet_channels == 4 and inpaint or req.strength < 1.0 or not inpaint):
+            image_latents = encode_image(c, req.init_image, generator)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(c.device, c.dtype)
+        if req.init_image is None or (inpaint and req.strength == 1.0):
+            latents = noise * scheduler.init_noise_sigma
+        else:
+            latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
+        if inpaint:
+            pixel_mask, latent_mask, masked_latents = inpaint_inputs(c, req, generator)
 
-    # 4. Denoise: UNet → guidance → scheduler step.
-    rows = embeds.shape[0]
-    for i, t in enumerate(timesteps):
-        model_input = torch.cat([latents] * rows) if rows > 1 else latents
-        model_input = scheduler.scale_model_input(model_input, t)
-        noise_pred = c.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-        noise_pred = guided(noise_pred, terms, req.guidance, use_cfg)
-        latents = scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
-        if on_step is not None:
-            on_step(i + 1, len(timesteps), latents)
+        # Infusion: biasing images as extra rows of the same UNet call, noised with one shared noise.
+        infusion = None
+        if req.infusion_images and any(w != 0 for w in req.infusion_weights.values()):
+            bias_latents = torch.cat([encode_image(c, img, None) for img in req.infusion_images])
+            bias_noise = torch.randn(bias_latents.shape[1:], generator=torch.Generator().manual_seed(req.seed + 1))
+            bias_noise = bias_noise.to(c.device, c.dtype).expand_as(bias_latents)
+            infusion = Infusion(req.infusion_weights, generated=rows,
+                                targets=slice(1, None) if use_cfg and req.infusion_cond_only else slice(None))
 
-    # 5. Decode to pixels in [0, 1].
-    image = c.vae.decode(latents / c.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
-    return (image[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).float()
+        # 4. Denoise: UNet (all rows of every model) → guidance → model weights → scheduler step.
+        for i, t in enumerate(timesteps):
+            model_input = torch.cat([latents] * rows) if rows > 1 else latents
+            if infusion is not None:
+                model_input = torch.cat([model_input, scheduler.add_noise(bias_latents, bias_noise, t[None])])
+                infusion.scale = req.infusion_decay ** i
+            model_input = scheduler.scale_model_input(model_input, t)
+            if unet_channels == 9:
+                extra_rows = model_input.shape[0]
+                model_input = torch.cat([model_input, latent_mask.expand(extra_rows, -1, -1, -1),
+                                         masked_latents.expand(extra_rows, -1, -1, -1)], dim=1)
+            noise_pred = None
+            for (m, weight), (embeds, terms, negative) in zip(members, encoded):
+                if infusion is not None:
+                    embeds = torch.cat([embeds, negative.expand(len(req.infusion_images), -1, -1)])
+                with infusion.attached(m.unet) if infusion is not None else nullcontext():
+                    out = m.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+                prediction = guided(out[:rows], terms, req.guidance, use_cfg)
+                if len(members) == 1:
+                    noise_pred = prediction
+                else:  # ε = Σ_m w_m ε_m
+                    noise_pred = weight * prediction if noise_pred is None else noise_pred + weight * prediction
+            latents = scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
+            if inpaint and unet_channels == 4:  # keep the unmasked latents on the original's noisy path
+                original = image_latents
+                if i < len(timesteps) - 1:
+                    original = scheduler.add_noise(image_latents, noise, timesteps[i + 1][None])
+                latents = (1 - latent_mask) * original + latent_mask * latents
+            if on_step is not None:
+                on_step(i + 1, len(timesteps), latents)
+
+        # 5. Decode to pixels in [0, 1]; inpainting pastes the original back outside the mask.
+        image = c.vae.decode(latents / c.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
+    image = (image[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).float()
+    if inpaint:
+        soft = feathered(pixel_mask.to(image.device), req.feather)[..., None]
+        original = req.init_image.to(image.device)
+        image = torch.where(soft > 0, original * (1 - soft) + image * soft, original)
+    return image
 
 
 # Linear map from SD latents to RGB, a cheap preview that needs no VAE decode.

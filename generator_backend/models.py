@@ -8,7 +8,7 @@ import threading
 
 log = logging.getLogger("generator_backend.models")
 
-BUILTIN_MODELS = ("tiny",)
+BUILTIN_MODELS = ("tiny", "tiny-b", "tiny-inpaint")  # built offline by tiny_model.py
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -81,8 +81,8 @@ class ModelManager:
 
         dlogging.disable_progress_bar()
         source = self.sources[name]
-        if source == "tiny":
-            source = str(ensure_tiny_model(self.models_dir))
+        if source in BUILTIN_MODELS:
+            source = str(ensure_tiny_model(self.models_dir, source))
         log.info("loading model %s from %s on %s", name, source, self.device)
         try:
             pipe = StableDiffusionPipeline.from_pretrained(

@@ -55,8 +55,10 @@ def build_tokenizer_vocab(words=TINY_WORDS):
     return vocab, merges
 
 
-def build_tiny_components(seed: int = 0):
-    """Build the seeded components of the tiny pipeline (UNet, VAE with factor 8, CLIP text encoder)."""
+def build_tiny_components(seed: int = 0, unet_in_channels: int = 4, vae_seed: int | None = None):
+    """Build the seeded components of the tiny pipeline (UNet, VAE with factor 8, CLIP text encoder).
+
+    ``unet_in_channels=9`` gives an inpainting-style UNet (latents + mask + masked-image latents)."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -69,7 +71,7 @@ def build_tiny_components(seed: int = 0):
         block_out_channels=(32, 64),
         layers_per_block=1,
         sample_size=32,
-        in_channels=4,
+        in_channels=unet_in_channels,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -77,7 +79,7 @@ def build_tiny_components(seed: int = 0):
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    torch.manual_seed(seed)
+    torch.manual_seed(seed if vae_seed is None else vae_seed)
     # Four down blocks give the SD downscale factor of 8; no mid-block attention keeps it fast.
     vae = AutoencoderKL(
         block_out_channels=(8, 8, 16, 16),
@@ -109,17 +111,18 @@ def build_tiny_components(seed: int = 0):
             "scheduler": scheduler}
 
 
-def build_tiny_model(out_dir, seed: int = 0) -> Path:
+def build_tiny_model(out_dir, seed: int = 0, unet_in_channels: int = 4, vae_seed: int | None = None) -> Path:
     """Build the tiny pipeline and save it as a diffusers folder at ``out_dir``."""
     from diffusers import StableDiffusionPipeline
 
     out_dir = Path(out_dir)
-    components = build_tiny_components(seed)
+    components = build_tiny_components(seed, unet_in_channels, vae_seed)
     pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     pipe.save_pretrained(tmp, safe_serialization=True)
-    (tmp / "dream_tiny.json").write_text(json.dumps({"build_version": BUILD_VERSION, "seed": seed}))
+    (tmp / "dream_tiny.json").write_text(json.dumps({"build_version": BUILD_VERSION, "seed": seed,
+                                                     "unet_in_channels": unet_in_channels}))
     if out_dir.exists():
         import shutil
         shutil.rmtree(out_dir)
@@ -133,9 +136,15 @@ def default_models_dir() -> Path:
     return Path(base)
 
 
-def ensure_tiny_model(models_dir=None) -> Path:
-    """Return the folder of the tiny model, building it first if it is missing or stale."""
-    path = Path(models_dir or default_models_dir()) / "tiny"
+TINY_VARIANTS = {"tiny": {"seed": 0}, "tiny-b": {"seed": 1, "vae_seed": 0}, "tiny-inpaint": {"seed": 0, "unet_in_channels": 9}}
+
+
+def ensure_tiny_model(models_dir=None, name: str = "tiny") -> Path:
+    """Return the folder of a tiny model, building it first if it is missing or stale.
+
+    ``tiny`` is the default; ``tiny-b`` has other weights in the same latent space (model
+    ensembling); ``tiny-inpaint`` has a 9-channel inpainting UNet."""
+    path = Path(models_dir or default_models_dir()) / name
     stamp = path / "dream_tiny.json"
     try:
         if json.loads(stamp.read_text()).get("build_version") == BUILD_VERSION:
@@ -143,4 +152,4 @@ def ensure_tiny_model(models_dir=None) -> Path:
     except (OSError, ValueError):
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    return build_tiny_model(path)
+    return build_tiny_model(path, **TINY_VARIANTS[name])

@@ -15,28 +15,47 @@ def models_dir(tmp_path_factory):
     from generator_backend.tiny_model import ensure_tiny_model
 
     path = Path(os.environ.get("DREAM_MODELS_DIR") or tmp_path_factory.mktemp("models"))
-    ensure_tiny_model(path)
+    for name in ("tiny", "tiny-b", "tiny-inpaint"):
+        ensure_tiny_model(path, name)
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_pipe(models_dir):
+def load_pipe(models_dir, name):
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging
 
     logging.disable_progress_bar()
-    pipe = StableDiffusionPipeline.from_pretrained(models_dir / "tiny")
+    pipe = StableDiffusionPipeline.from_pretrained(models_dir / name)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-@pytest.fixture(scope="session")
-def components(tiny_pipe):
+def as_components(pipe):
     import torch
 
     from generator_backend.core import Components
 
-    return Components.from_pipeline(tiny_pipe, "cpu", torch.float32)
+    return Components.from_pipeline(pipe, "cpu", torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(models_dir):
+    return load_pipe(models_dir, "tiny")
+
+
+@pytest.fixture(scope="session")
+def components(tiny_pipe):
+    return as_components(tiny_pipe)
+
+
+@pytest.fixture(scope="session")
+def inpaint_pipe(models_dir):
+    return load_pipe(models_dir, "tiny-inpaint")
+
+
+@pytest.fixture(scope="session")
+def components_b(models_dir):
+    return as_components(load_pipe(models_dir, "tiny-b"))
 
 
 @pytest.fixture(scope="module")
