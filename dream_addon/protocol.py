@@ -259,6 +259,10 @@ MAX_SEED = 2**32 - 1
 
 
 ENSEMBLE_MODES = ("noise", "embedding")
+TILE_AXES = ("", "x", "y", "xy")
+LAYER_NAME_MAX = 16
+MAX_INFUSION_IMAGES = 4
+MAX_MODELS = 4
 MAX_PROMPTS = 8
 PROMPT_TERM_FIELDS = {
     "text": Field("str", required=True, max_length=4000),
@@ -287,6 +291,14 @@ def txt2img_fields(max_size: int = 2048) -> dict:
         "output_dtype": Field("choice", "float32", choices=OUTPUT_DTYPES, doc="dtype of result arrays"),
         "flip_y": Field("bool", False, doc="Send rows bottom to top (Blender's order)"),
         "linear": Field("bool", False, doc="Send linear-light values instead of sRGB (Blender float images)"),
+        "seamless": Field("choice", "", choices=TILE_AXES, doc="Tile seamlessly along x, y or both"),
+        "infusion_weights": Field("layer_weights", None,
+                                  doc="Infusion: {layer: weight} for down0.., mid, up0..; images as arrays "
+                                      "infusion_0..infusion_3"),
+        "infusion_decay": Field("float", 1.0, min=0.0, max=1.0, doc="Infusion weights are multiplied by decay^step"),
+        "infusion_cond_only": Field("bool", False, doc="Add infused features to the conditional rows only"),
+        "models": Field("models", None, doc="Model ensemble: [{name, weight}], 2..4 models sharing a latent space"),
+        "offload": Field("bool", False, doc="Model ensemble: keep one UNet on the device at a time"),
     }
 
 
@@ -325,6 +337,10 @@ def validate_params(params, fields: dict) -> dict:
                 raise bad(f"must be one of {list(spec.choices)}, got {value!r}")
         elif spec.kind == "prompts":
             value = validate_prompt_terms(value, where)
+        elif spec.kind == "layer_weights":
+            value = validate_layer_weights(value, where)
+        elif spec.kind == "models":
+            value = validate_model_terms(value, where)
         elif spec.kind in ("int", "float"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise bad(f"must be a number, got {type(value).__name__}")
@@ -350,13 +366,42 @@ def validate_prompt_terms(value, where="params.prompts") -> list:
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_PROMPTS:
         raise ProtocolError("invalid_param", f"{where} must be a list of 1..{MAX_PROMPTS} prompts", field=where,
                             allowed={"min_items": 1, "max_items": MAX_PROMPTS})
+    return _validate_terms(value, where, PROMPT_TERM_FIELDS)
+
+
+def validate_layer_weights(value, where) -> dict:
+    """{layer name: weight}; which names a model has is checked where the model is known."""
+    if not isinstance(value, dict) or not 1 <= len(value) <= 32 or not all(
+            isinstance(k, str) and 0 < len(k) <= LAYER_NAME_MAX for k in value):
+        raise ProtocolError("invalid_param", f"{where} must map 1..32 layer names (down0.., mid, up0..) to weights",
+                            field=where, allowed={"keys": "down<i>, mid, up<i>", "min": -5.0, "max": 5.0})
+    for name, weight in value.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not -5.0 <= weight <= 5.0:
+            raise ProtocolError("invalid_param", f"{where}.{name} must be a number between -5 and 5",
+                                field=f"{where}.{name}", allowed={"min": -5.0, "max": 5.0})
+    return {k: float(v) for k, v in value.items()}
+
+
+MODEL_TERM_FIELDS = {"name": Field("str", required=True, max_length=1000), "weight": Field("float", None, min=-5.0,
+                                                                                            max=5.0)}
+
+
+def validate_model_terms(value, where) -> list:
+    """A model ensemble; weights left out share 1 equally."""
+    if not isinstance(value, list) or not 2 <= len(value) <= MAX_MODELS:
+        raise ProtocolError("invalid_param", f"{where} must be a list of 2..{MAX_MODELS} models", field=where,
+                            allowed={"min_items": 2, "max_items": MAX_MODELS})
+    return _validate_terms(value, where, MODEL_TERM_FIELDS)
+
+
+def _validate_terms(value, where, fields) -> list:
     terms = []
     for i, term in enumerate(value):
         if not isinstance(term, dict):
-            raise ProtocolError("invalid_param", f"{where}[{i}] must be an object with 'text'",
-                                field=f"{where}[{i}]", allowed=sorted(PROMPT_TERM_FIELDS))
+            raise ProtocolError("invalid_param", f"{where}[{i}] must be an object", field=f"{where}[{i}]",
+                                allowed=sorted(fields))
         try:
-            terms.append(validate_params(term, PROMPT_TERM_FIELDS))
+            terms.append(validate_params(term, fields))
         except ProtocolError as exc:
             exc.field = f"{where}[{i}]." + exc.field.split(".", 1)[1]
             exc.message = f"{where}[{i}]." + exc.message.split(".", 1)[1]
@@ -374,8 +419,17 @@ def img2img_fields(max_size: int = 2048) -> dict:
                               doc="How much of the schedule runs on the init image: 0 keeps it, 1 replaces it")}
 
 
-JOB_KINDS = {"txt2img": txt2img_fields, "img2img": img2img_fields}
-JOB_ARRAYS = {"txt2img": (), "img2img": ("init_image",)}
+def inpaint_fields(max_size: int = 2048) -> dict:
+    """img2img plus the mask's feather; strength defaults to 1 (repaint the masked region fully)."""
+    fields = img2img_fields(max_size)
+    fields["strength"] = Field("float", 1.0, min=0.0, max=1.0, doc=fields["strength"].doc)
+    fields["feather"] = Field("float", 0.0, min=0.0, max=64.0, doc="Soft edge in pixels when pasting back")
+    return fields
+
+
+JOB_KINDS = {"txt2img": txt2img_fields, "img2img": img2img_fields, "inpaint": inpaint_fields}
+JOB_ARRAYS = {"txt2img": (), "img2img": ("init_image",), "inpaint": ("init_image", "mask")}
+INFUSION_ARRAYS = tuple(f"infusion_{i}" for i in range(MAX_INFUSION_IMAGES))
 
 
 def validate_job(kind, params, arrays, max_size: int = 2048):
@@ -384,10 +438,14 @@ def validate_job(kind, params, arrays, max_size: int = 2048):
         raise ProtocolError("invalid_param", f"kind must be one of {sorted(JOB_KINDS)}", field="kind",
                             allowed=sorted(JOB_KINDS))
     params = validate_params(params, JOB_KINDS[kind](max_size))
+    arrays = dict(arrays)
     if bool(params["prompt"]) == bool(params["prompts"]):
         raise ProtocolError("invalid_param", "give either params.prompt or params.prompts (an ensemble), not both",
                             field="params.prompt")
-    expected = JOB_ARRAYS[kind]
+    if bool(params["infusion_weights"]) != any(name in arrays for name in INFUSION_ARRAYS):
+        raise ProtocolError("invalid_param", "infusion needs both params.infusion_weights and at least one array "
+                            f"of {list(INFUSION_ARRAYS)}", field="params.infusion_weights")
+    expected = JOB_ARRAYS[kind] + tuple(name for name in INFUSION_ARRAYS if name in arrays)
     for name in arrays:
         if name not in expected:
             raise ProtocolError("bad_array", f"arrays.{name} is not used by a {kind} job", field=f"arrays.{name}",
@@ -398,14 +456,19 @@ def validate_job(kind, params, arrays, max_size: int = 2048):
         if array is None:
             raise ProtocolError("bad_array", f"a {kind} job needs the array {name}", field=f"arrays.{name}",
                                 allowed={"shape": shape})
-        if array.ndim != 3 or array.shape[:2] != (params["height"], params["width"]) or array.shape[2] not in (3, 4):
+        channels = (1,) if name == "mask" else (3, 4)
+        if name == "mask" and array.ndim == 2:
+            array = arrays[name] = array[..., None]
+        if (array.ndim != 3 or array.shape[:2] != (params["height"], params["width"])
+                or array.shape[2] not in channels):
+            shape[2] = " or ".join(map(str, channels))
             raise ProtocolError("bad_array", f"arrays.{name} has shape {list(array.shape)}; it must be "
-                                f"height x width x 3 or 4 = {shape} (resize it to the job's size)",
+                                f"height x width x {shape[2]} = {shape} (resize it to the job's size)",
                                 field=f"arrays.{name}", allowed={"shape": shape})
-        if int(params["steps"] * params["strength"]) < 1:
-            raise ProtocolError("invalid_param", "params.strength x params.steps must be at least 1 so that one "
-                                "denoising step runs", field="params.strength",
-                                allowed={"min": 1 / params["steps"], "max": 1.0})
+    if "strength" in params and int(params["steps"] * params["strength"]) < 1:
+        raise ProtocolError("invalid_param", "params.strength x params.steps must be at least 1 so that one "
+                            "denoising step runs", field="params.strength",
+                            allowed={"min": 1 / params["steps"], "max": 1.0})
     return params, dict(arrays)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -187,14 +187,42 @@ def inpaint_inputs(c: Components, req: GenerationRequest, generator):
     return mask, latent_mask, encode_image(c, masked_image, generator)
 
 
+@contextmanager
+def resident(unet, device, offload: bool):
+    """With ``offload``, a UNet lives on the CPU and visits the device for its own call only."""
+    if not offload:
+        yield
+        return
+    unet.to(device)
+    try:
+        yield
+    finally:
+        unet.to("cpu")
+
+
+@contextmanager
+def offloaded(members, offload: bool):
+    """Model ensembling short of memory: all UNets wait on the CPU, and go back afterwards."""
+    if not offload:
+        yield
+        return
+    for m, _ in members:
+        m.unet.to("cpu")
+    try:
+        yield
+    finally:
+        for m, _ in members:
+            m.unet.to(m.device)
+
+
 @torch.no_grad()
-def generate(components, req: GenerationRequest, on_step=None) -> torch.Tensor:
+def generate(components, req: GenerationRequest, on_step=None, offload: bool = False) -> torch.Tensor:
     """Run the denoising loop; return the decoded image as a (H, W, 3) float32 tensor in [0, 1].
 
     ``components`` is one model's Components, or [(Components, weight)] for model ensembling.
     ``on_step(step, total, latents)`` is called after every denoising step; it may raise
     ``Cancelled`` to stop the job within one step. Hooks and padding changes are removed on
-    every exit.
+    every exit. ``offload`` runs ensembled models one after another on the device.
     """
     members = ensemble_members(components)
     c = members[0][0]  # its VAE and scheduler config serve the whole ensemble
@@ -216,7 +244,7 @@ def generate(components, req: GenerationRequest, on_step=None) -> torch.Tensor:
         timesteps = img2img_timesteps(scheduler, req.steps, req.strength)
     extra = step_kwargs(scheduler, generator)
 
-    with seamless([m.unet for m, _ in members] + [c.vae], req.tile_axes):
+    with seamless([m.unet for m, _ in members] + [c.vae], req.tile_axes), offloaded(members, offload):
         # 3. Starting latents, drawn on the CPU so a seed means the same noise on every device.
         #    The order of random draws follows diffusers' pipelines, so they stay our oracle.
         f = c.vae_scale_factor
@@ -256,7 +284,8 @@ def generate(components, req: GenerationRequest, on_step=None) -> torch.Tensor:
             for (m, weight), (embeds, terms, negative) in zip(members, encoded):
                 if infusion is not None:
                     embeds = torch.cat([embeds, negative.expand(len(req.infusion_images), -1, -1)])
-                with infusion.attached(m.unet) if infusion is not None else nullcontext():
+                with resident(m.unet, m.device, offload), \
+                        (infusion.attached(m.unet) if infusion is not None else nullcontext()):
                     out = m.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
                 prediction = guided(out[:rows], terms, req.guidance, use_cfg)
                 if len(members) == 1:

@@ -9,29 +9,47 @@ import time
 import numpy as np
 import torch
 
-from .core import Cancelled, GenerationRequest, PromptTerm, StepTimer, generate, latent_preview, to_rgba
+from dream_addon import protocol
+from dream_addon.protocol import ProtocolError
+
+from .core import (Cancelled, GenerationRequest, IncompatibleModels, PromptTerm, StepTimer, generate,
+                   latent_preview, to_rgba)
+from .modifiers import Infusion
 from .jobs import CANCELLED, DONE, FAILED, RUNNING, Job, JobQueue, JobStore
 from .models import ModelLoadError, ModelManager
 
 log = logging.getLogger("generator_backend.runner")
 
 
-def image_tensor(array) -> torch.Tensor:
-    """An (H, W, 3|4) uint8 or float array as (H, W, 3) float32 in [0, 1] (alpha dropped)."""
-    image = torch.from_numpy(np.ascontiguousarray(array[..., :3]))
+def image_tensor(array, channels=3) -> torch.Tensor:
+    """An (H, W, C) uint8 or float array as (H, W, channels) float32 in [0, 1] (alpha dropped)."""
+    image = torch.from_numpy(np.ascontiguousarray(array[..., :channels]))
     return image.float() / 255.0 if image.dtype == torch.uint8 else image.float().clamp(0, 1)
 
 
 def build_request(job: Job) -> GenerationRequest:
     """The core's request from a validated job."""
-    p = job.params
-    init = job.inputs.get("init_image")
+    p, inputs = job.params, job.inputs
+    init, mask = inputs.get("init_image"), inputs.get("mask")
     return GenerationRequest(
         prompt=p["prompt"], negative_prompt=p["negative_prompt"], seed=p["seed"], steps=p["steps"],
         guidance=p["guidance"], width=p["width"], height=p["height"], scheduler=p["scheduler"],
         prompts=[PromptTerm(t["text"], t["weight"], t["guidance"]) for t in p["prompts"] or []],
         ensemble_mode=p["ensemble_mode"], init_image=None if init is None else image_tensor(init),
-        strength=p.get("strength", 1.0))
+        strength=p.get("strength", 1.0), mask=None if mask is None else image_tensor(mask, 1)[..., 0],
+        feather=p.get("feather", 0.0), tile_axes=p["seamless"],
+        infusion_images=[image_tensor(inputs[n]) for n in protocol.INFUSION_ARRAYS if n in inputs],
+        infusion_weights=p["infusion_weights"] or {}, infusion_decay=p["infusion_decay"],
+        infusion_cond_only=p["infusion_cond_only"])
+
+
+def check_layers(request: GenerationRequest, unet):
+    """Infusion layer names must exist in this model's UNet."""
+    names = Infusion.layer_names(unet)
+    for name in request.infusion_weights:
+        if name not in names:
+            raise ProtocolError("invalid_param", f"params.infusion_weights.{name} is not a layer of this model",
+                                field=f"params.infusion_weights.{name}", allowed=names)
 
 
 def result_frame(store: JobStore, meta: dict, image, output: dict):
@@ -67,12 +85,19 @@ class Worker(threading.Thread):
         try:
             job.emit({"type": "progress", "step": 0, "total": job.total, "stage": "loading", "eta": None})
             t0 = time.perf_counter()
-            components = self.models.get(p["model"])
-            model_name = self.models.resolve(p["model"])
+            if p["models"]:  # model ensemble: ε = Σ w_m ε_m
+                members = [(self.models.get(m["name"]), m["weight"]) for m in p["models"]]
+                model_name = "+".join(f"{m['name']}*{m['weight']:g}" for m in p["models"])
+            else:
+                members = [(self.models.get(p["model"]), 1.0)]
+                model_name = self.models.resolve(p["model"])
+            components = members[0][0]
             job.timings["load_s"] = round(time.perf_counter() - t0, 4)
             request = build_request(job)
+            check_layers(request, components.unet)
             t1 = time.perf_counter()
-            image = generate(components, request, on_step=self._step_callback(job, components))
+            image = generate(members, request, on_step=self._step_callback(job, components),
+                             offload=p["offload"])
             if job.cancel_requested.is_set():
                 raise Cancelled()
             job.timings["generate_s"] = round(time.perf_counter() - t1, 4)
@@ -85,6 +110,10 @@ class Worker(threading.Thread):
             return self._cancelled(job)
         except ModelLoadError as exc:
             self._failed(job, "model_load_failed", str(exc))
+        except ProtocolError as exc:
+            self._failed(job, exc.code, exc.message, field=exc.field, allowed=exc.allowed)
+        except IncompatibleModels as exc:
+            self._failed(job, "invalid_param", f"params.models: {exc}", field="params.models")
         except Exception as exc:  # the backend must survive any job; details go to the log
             log.exception("job %s failed", job.job_id)
             self._failed(job, "job_failed", f"{type(exc).__name__}: {exc}")
@@ -117,9 +146,10 @@ class Worker(threading.Thread):
                                           "params": job.params, "step": job.step})
         job.emit({"type": "cancelled", "step": job.step})
 
-    def _failed(self, job: Job, code: str, message: str):
+    def _failed(self, job: Job, code: str, message: str, **details):
         job.state = FAILED
-        job.error = {"type": "error", "code": code, "message": message}
+        job.error = {"type": "error", "code": code, "message": message,
+                     **{k: v for k, v in details.items() if v is not None}}
         self.store.save_meta(job.job_id, {"job_id": job.job_id, "kind": job.kind, "state": FAILED,
                                           "params": job.params, "error": job.error})
         job.emit(job.error)

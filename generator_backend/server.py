@@ -179,9 +179,12 @@ class Connection:
         except ProtocolError as exc:
             exc.job_id = job_id
             raise
-        if params["model"] and params["model"] not in self.server.models.sources:
-            raise ProtocolError("invalid_param", f"params.model {params['model']!r} is not served here",
-                                field="params.model", allowed=self.server.models.names(), job_id=job_id)
+        checks = ([("params.model", params["model"])] if params["model"] else []) + [
+            (f"params.models[{i}].name", m["name"]) for i, m in enumerate(params["models"] or [])]
+        for where, name in checks:
+            if name not in self.server.models.sources:
+                raise ProtocolError("invalid_param", f"{where} {name!r} is not served here", field=where,
+                                    allowed=self.server.models.names(), job_id=job_id)
         self.server.submit(self, job_id, message.get("kind", "txt2img"), params, inputs)
 
     def on_cancel(self, message, arrays):

@@ -187,6 +187,8 @@ def test_model_ensemble_invariants(components, components_b):
     np.testing.assert_array_equal(run([(components, 0.5), (components, 0.5)]), a)
     mixed = run([(components, 0.5), (components_b, 0.5)])
     assert np.abs(mixed - a).max() > 1e-4 and np.abs(mixed - b).max() > 1e-4
+    sequential = generate([(components, 0.5), (components_b, 0.5)], GenerationRequest(**BASE), offload=True)
+    np.testing.assert_array_equal(sequential.numpy(), mixed)
 
 
 def test_incompatible_models_are_refused(components, inpaint_pipe):

@@ -228,3 +228,28 @@ def test_optional_fields_sent_as_null_mean_left_out():
     assert params["prompts"] is None
     with pytest.raises(ProtocolError):
         protocol.validate_params({"prompt": None}, FIELDS)  # a field with a real default must be a value
+
+
+def test_technique_parameters_are_validated():
+    img = np.zeros((64, 64, 3), np.uint8)
+    base = {"prompt": "a", "width": 64, "height": 64}
+    params, arrays = protocol.validate_job("inpaint", base, {"init_image": img, "mask": np.zeros((64, 64), np.uint8)})
+    assert params["strength"] == 1.0 and arrays["mask"].shape == (64, 64, 1)
+    cases = [
+        ("txt2img", dict(base, seamless="z"), {}, "params.seamless"),
+        ("txt2img", dict(base, infusion_weights={"mid": 9}), {"infusion_0": img}, "params.infusion_weights.mid"),
+        ("txt2img", dict(base, infusion_weights={"mid": 1}), {}, "params.infusion_weights"),
+        ("txt2img", base, {"infusion_0": img}, "params.infusion_weights"),
+        ("txt2img", dict(base, infusion_weights={"mid": 1}), {"infusion_0": img[:8]}, "arrays.infusion_0"),
+        ("txt2img", dict(base, models=[{"name": "a"}]), {}, "params.models"),
+        ("txt2img", dict(base, models=[{"name": "a"}, {"name": "b", "weight": "x"}]), {},
+         "params.models[1].weight"),
+        ("inpaint", base, {"init_image": img}, "arrays.mask"),
+        ("inpaint", dict(base, feather=100), {"init_image": img, "mask": img[..., 0]}, "params.feather"),
+    ]
+    for kind, params, arrays, field in cases:
+        with pytest.raises(ProtocolError) as info:
+            protocol.validate_job(kind, params, arrays)
+        assert info.value.field == field, (kind, params, info.value.message)
+    params, _ = protocol.validate_job("txt2img", dict(base, models=[{"name": "a"}, {"name": "b"}]), {})
+    assert [m["weight"] for m in params["models"]] == [0.5, 0.5]

@@ -35,8 +35,8 @@ def test_handshake_welcome(backend):
     conn = connect(backend)
     w = conn.welcome
     assert w["protocol"] == 1 and w["device"] == "cpu"
-    assert w["models"] == [{"name": "tiny", "default": True}]
-    assert "txt2img" in w["capabilities"]["job_kinds"]
+    assert w["models"] == [{"name": "tiny", "default": True}, {"name": "tiny-b", "default": False}]
+    assert w["capabilities"]["job_kinds"] == ["img2img", "inpaint", "txt2img"]
     conn.close()
 
 
@@ -117,7 +117,7 @@ def test_bad_params_error_and_server_keeps_going(backend):
     conn.send({"type": "submit", "job_id": "bad-2", "kind": "video", "params": SMALL})
     assert conn.recv()[0]["field"] == "kind"
     conn.send({"type": "submit", "job_id": "bad-3", "params": dict(SMALL, model="nope")})
-    assert conn.recv()[0]["allowed"] == ["tiny"]
+    assert conn.recv()[0]["allowed"] == ["tiny", "tiny-b"]
     conn.send({"type": "dance"})
     assert conn.recv()[0]["code"] == "unknown_type"
     assert conn.run_job("bad-4", SMALL)[0]["type"] == "result"
@@ -256,4 +256,39 @@ def test_img2img_and_ensemble_over_the_socket(backend):
     conn.send({"type": "submit", "job_id": "i2i-bad", "kind": "img2img", "params": SMALL},
               {"init_image": init[:32]})
     assert conn.recv()[0]["field"] == "arrays.init_image"
+    conn.close()
+
+
+def test_inpaint_tiling_infusion_and_model_ensemble_over_the_socket(backend):
+    conn = connect(backend)
+    rng = np.random.default_rng(2)
+    init = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 16:48] = 255
+    params = dict(SMALL, prompts=[{"text": "red bricks"}, {"text": "blue waves"}], seamless="xy")
+    del params["prompt"]
+    conn.send({"type": "submit", "job_id": "combo-1", "kind": "inpaint", "params": params},
+              {"init_image": init, "mask": mask})
+    result, arrays = events_until_terminal(conn, "combo-1")[-1]
+    assert result["type"] == "result", result
+    out = (arrays["image"][..., :3] * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(out[mask == 0], init[mask == 0])  # outside the mask: the input, exactly
+    bias = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
+    conn.send({"type": "submit", "job_id": "combo-2", "kind": "img2img",
+               "params": dict(SMALL, steps=6, strength=0.7, infusion_weights={"mid": 1.0, "up1": 0.5},
+                              models=[{"name": "tiny", "weight": 0.5}, {"name": "tiny-b"}], offload=True)},
+              {"init_image": init, "infusion_0": bias})
+    result, _ = events_until_terminal(conn, "combo-2")[-1]
+    assert result["type"] == "result" and result["model"] == "tiny*0.5+tiny-b*0.5", result
+    conn.send({"type": "submit", "job_id": "combo-3", "params": dict(SMALL, infusion_weights={"side9": 1.0})},
+              {"infusion_0": bias})
+    error = events_until_terminal(conn, "combo-3")[-1][0]
+    assert error["code"] == "invalid_param" and error["field"] == "params.infusion_weights.side9"
+    assert error["allowed"] == ["down0", "down1", "mid", "up0", "up1"]
+    conn.send({"type": "submit", "job_id": "combo-4",
+               "params": dict(SMALL, models=[{"name": "tiny"}, {"name": "nope"}])})
+    assert conn.recv()[0]["field"] == "params.models[1].name"
+    conn.send({"type": "submit", "job_id": "combo-5", "kind": "inpaint", "params": SMALL},
+              {"init_image": init, "mask": mask[:32]})
+    assert conn.recv()[0]["field"] == "arrays.mask"
     conn.close()
