@@ -77,17 +77,17 @@ class Infusion:
                 + [f"up{i}" for i in range(len(unet.up_blocks))])
 
     def _add(self, tensor, weight):
+        """In place: the block's output is fresh and only flows on from here (no autograd)."""
         bias = tensor[self.generated:].mean(dim=0, keepdim=True)
-        out = tensor.clone()
-        rows = out[:self.generated][self.targets]
-        out[:self.generated][self.targets] = rows + (weight * self.scale) * bias
-        return out
+        tensor[:self.generated][self.targets] += (weight * self.scale) * bias
 
     def _hook(self, module, args, output, *, weight):
-        if isinstance(output, tuple):  # down blocks: (hidden, residuals for the skips)
-            hidden, residuals = output
-            return self._add(hidden, weight), tuple(self._add(r, weight) for r in residuals)
-        return self._add(output, weight)
+        # Down blocks return (hidden, residuals for the skips), and hidden is also the last
+        # residual: add once per distinct tensor.
+        tensors = [output[0], *output[1]] if isinstance(output, tuple) else [output]
+        for tensor in {id(t): t for t in tensors}.values():
+            self._add(tensor, weight)
+        return output
 
     @contextmanager
     def attached(self, unet):
