@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from diffusers.loaders.textual_inversion import TextualInversionLoaderMixin
 
 from .modifiers import Infusion, feathered, seamless
 from .schedulers import make_scheduler
@@ -87,7 +88,10 @@ class Cancelled(Exception):
 
 
 def encode_prompt(c: Components, text: str) -> torch.Tensor:
-    """CLIP text embedding of one prompt, padded to the tokenizer's maximum length."""
+    """CLIP text embedding of one prompt, padded to the tokenizer's maximum length.
+
+    Multi-vector textual-inversion tokens are expanded first, as diffusers' pipelines do."""
+    text = TextualInversionLoaderMixin._maybe_convert_prompt(None, text, c.tokenizer)  # uses no state
     tokens = c.tokenizer(text, padding="max_length", max_length=c.tokenizer.model_max_length,
                          truncation=True, return_tensors="pt")
     mask = None

@@ -43,8 +43,13 @@ def build_request(job: Job) -> GenerationRequest:
         infusion_cond_only=p["infusion_cond_only"])
 
 
-def check_layers(request: GenerationRequest, unet):
-    """Infusion layer names must exist in this model's UNet."""
+def check_request(request: GenerationRequest, unet):
+    """What only the loaded model can tell: its UNet's input channels and layer names."""
+    channels = unet.config.in_channels
+    if channels not in (4, 9) or (channels == 9 and request.mask is None):
+        raise ProtocolError("invalid_param", f"params.model has a {channels}-channel UNet: "
+                            + ("use it with kind 'inpaint'" if channels == 9 else "only 4 or 9 are supported"),
+                            field="params.model", allowed={"in_channels": [4, 9]})
     names = Infusion.layer_names(unet)
     for name in request.infusion_weights:
         if name not in names:
@@ -94,7 +99,7 @@ class Worker(threading.Thread):
             components = members[0][0]
             job.timings["load_s"] = round(time.perf_counter() - t0, 4)
             request = build_request(job)
-            check_layers(request, components.unet)
+            check_request(request, components.unet)
             t1 = time.perf_counter()
             image = generate(members, request, on_step=self._step_callback(job, components),
                              offload=p["offload"])

@@ -64,7 +64,7 @@ def backend(tmp_path_factory, models_dir):
     from dream_addon.supervisor import BackendProcess
 
     out = tmp_path_factory.mktemp("outputs")
-    process = BackendProcess(sys.executable, 0, models=("tiny", "tiny-b"), output_dir=out, device="cpu",
+    process = BackendProcess(sys.executable, 0, models=("tiny", "tiny-b", "tiny-inpaint"), output_dir=out, device="cpu",
                              max_restarts=0,
                              extra_args=["--models-dir", str(models_dir), "--preload"])
     process.start()

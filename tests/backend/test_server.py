@@ -35,7 +35,8 @@ def test_handshake_welcome(backend):
     conn = connect(backend)
     w = conn.welcome
     assert w["protocol"] == 1 and w["device"] == "cpu"
-    assert w["models"] == [{"name": "tiny", "default": True}, {"name": "tiny-b", "default": False}]
+    assert [m["name"] for m in w["models"] if m["default"]] == ["tiny"]
+    assert [m["name"] for m in w["models"]] == ["tiny", "tiny-b", "tiny-inpaint"]
     assert w["capabilities"]["job_kinds"] == ["img2img", "inpaint", "txt2img"]
     conn.close()
 
@@ -117,7 +118,7 @@ def test_bad_params_error_and_server_keeps_going(backend):
     conn.send({"type": "submit", "job_id": "bad-2", "kind": "video", "params": SMALL})
     assert conn.recv()[0]["field"] == "kind"
     conn.send({"type": "submit", "job_id": "bad-3", "params": dict(SMALL, model="nope")})
-    assert conn.recv()[0]["allowed"] == ["tiny", "tiny-b"]
+    assert conn.recv()[0]["allowed"] == ["tiny", "tiny-b", "tiny-inpaint"]
     conn.send({"type": "dance"})
     assert conn.recv()[0]["code"] == "unknown_type"
     assert conn.run_job("bad-4", SMALL)[0]["type"] == "result"
@@ -288,6 +289,14 @@ def test_inpaint_tiling_infusion_and_model_ensemble_over_the_socket(backend):
     conn.send({"type": "submit", "job_id": "combo-4",
                "params": dict(SMALL, models=[{"name": "tiny"}, {"name": "nope"}])})
     assert conn.recv()[0]["field"] == "params.models[1].name"
+    conn.send({"type": "submit", "job_id": "combo-6",
+               "params": dict(SMALL, models=[{"name": "tiny"}, {"name": "tiny-inpaint"}])})
+    error = events_until_terminal(conn, "combo-6")[-1][0]
+    assert error["field"] == "params.models" and "latent space" in error["message"]
+    conn.send({"type": "submit", "job_id": "combo-7",
+               "params": dict(SMALL, model="tiny-inpaint")})  # a 9-channel model needs a mask
+    error = events_until_terminal(conn, "combo-7")[-1][0]
+    assert error["code"] == "invalid_param" and error["field"] == "params.model"
     conn.send({"type": "submit", "job_id": "combo-5", "kind": "inpaint", "params": SMALL},
               {"init_image": init, "mask": mask[:32]})
     assert conn.recv()[0]["field"] == "arrays.mask"

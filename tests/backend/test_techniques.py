@@ -94,3 +94,29 @@ def test_img2img_strength_controls_how_much_changes(components, init_image):
     source = init_image.numpy()
     assert np.abs(near - source).mean() < np.abs(far - source).mean()
     assert np.abs(reconstruct - near).max() > 1e-4
+
+
+def test_textual_inversion_tokens_are_expanded(components):
+    from dataclasses import replace
+
+    from transformers import CLIPTokenizer
+
+    from generator_backend.core import encode_prompt
+    from generator_backend.tiny_model import build_tokenizer_vocab
+
+    vocab, merges = build_tokenizer_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    tokenizer.add_tokens(["<tex>", "<tex>_1"])  # a two-vector embedding, as load_textual_inversion adds it
+    emb = components.text_encoder.get_input_embeddings()
+    grown = torch.nn.Embedding(len(tokenizer), emb.weight.shape[1])
+    grown.weight.data[:emb.weight.shape[0]] = emb.weight.data
+    encoder = type(components.text_encoder)(components.text_encoder.config)
+    encoder.load_state_dict(components.text_encoder.state_dict())
+    encoder.set_input_embeddings(grown)
+    c = replace(components, tokenizer=tokenizer, text_encoder=encoder.eval())
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<tex>", "<tex>_1")]
+    expanded = encode_prompt(c, "red <tex>")
+    by_hand = encoder(tokenizer("red <tex> <tex>_1", padding="max_length", max_length=77,
+                                return_tensors="pt").input_ids)[0]
+    torch.testing.assert_close(expanded, by_hand, rtol=0, atol=0)
+    assert tokenizer("red <tex> <tex>_1").input_ids[2:4] == ids
