@@ -94,9 +94,9 @@ class BackendConnection:
         except OSError:
             pass
 
-    def run_job(self, job_id, params, kind="txt2img", on_event=None):
+    def run_job(self, job_id, params, kind="txt2img", on_event=None, arrays=None):
         """Submit and wait for the terminal event; return (message, arrays) of the result."""
-        self.send({"type": "submit", "job_id": job_id, "kind": kind, "params": params})
+        self.send({"type": "submit", "job_id": job_id, "kind": kind, "params": params}, arrays)
         while True:
             message, arrays = self.recv()
             if message.get("job_id") not in (job_id, None):

@@ -291,6 +291,8 @@ def txt2img_fields(max_size: int = 2048) -> dict:
         "output_dtype": Field("choice", "float32", choices=OUTPUT_DTYPES, doc="dtype of result arrays"),
         "flip_y": Field("bool", False, doc="Send rows bottom to top (Blender's order)"),
         "linear": Field("bool", False, doc="Send linear-light values instead of sRGB (Blender float images)"),
+        "input_linear": Field("bool", False, doc="Image arrays hold linear light (Blender float images)"),
+        "input_flip_y": Field("bool", False, doc="Image arrays' rows run bottom to top (Blender's order)"),
         "seamless": Field("choice", "", choices=TILE_AXES, doc="Tile seamlessly along x, y or both"),
         "infusion_weights": Field("layer_weights", None,
                                   doc="Infusion: {layer: weight} for down0.., mid, up0..; images as arrays "

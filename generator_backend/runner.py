@@ -13,7 +13,7 @@ from dream_addon import protocol
 from dream_addon.protocol import ProtocolError
 
 from .core import (Cancelled, GenerationRequest, IncompatibleModels, PromptTerm, StepTimer, generate,
-                   latent_preview, to_rgba)
+                   latent_preview, linear_to_srgb, to_rgba)
 from .modifiers import Infusion
 from .jobs import CANCELLED, DONE, FAILED, RUNNING, Job, JobQueue, JobStore
 from .models import ModelLoadError, ModelManager
@@ -21,24 +21,29 @@ from .models import ModelLoadError, ModelManager
 log = logging.getLogger("generator_backend.runner")
 
 
-def image_tensor(array, channels=3) -> torch.Tensor:
-    """An (H, W, C) uint8 or float array as (H, W, channels) float32 in [0, 1] (alpha dropped)."""
+def image_tensor(array, channels=3, linear=False, flip_y=False) -> torch.Tensor:
+    """An (H, W, C) uint8 or float array as (H, W, channels) float32 sRGB in [0, 1], rows top
+    to bottom (alpha dropped). ``linear``/``flip_y`` describe the array as Blender holds it."""
     image = torch.from_numpy(np.ascontiguousarray(array[..., :channels]))
-    return image.float() / 255.0 if image.dtype == torch.uint8 else image.float().clamp(0, 1)
+    image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float().clamp(0, 1)
+    if flip_y:
+        image = image.flip(0)
+    return linear_to_srgb(image) if linear else image
 
 
 def build_request(job: Job) -> GenerationRequest:
     """The core's request from a validated job."""
     p, inputs = job.params, job.inputs
+    as_sent = {"linear": p["input_linear"], "flip_y": p["input_flip_y"]}
     init, mask = inputs.get("init_image"), inputs.get("mask")
     return GenerationRequest(
         prompt=p["prompt"], negative_prompt=p["negative_prompt"], seed=p["seed"], steps=p["steps"],
         guidance=p["guidance"], width=p["width"], height=p["height"], scheduler=p["scheduler"],
         prompts=[PromptTerm(t["text"], t["weight"], t["guidance"]) for t in p["prompts"] or []],
-        ensemble_mode=p["ensemble_mode"], init_image=None if init is None else image_tensor(init),
-        strength=p.get("strength", 1.0), mask=None if mask is None else image_tensor(mask, 1)[..., 0],
+        ensemble_mode=p["ensemble_mode"], init_image=None if init is None else image_tensor(init, **as_sent),
+        strength=p.get("strength", 1.0), mask=None if mask is None else image_tensor(mask, 1, flip_y=p["input_flip_y"])[..., 0],
         feather=p.get("feather", 0.0), tile_axes=p["seamless"],
-        infusion_images=[image_tensor(inputs[n]) for n in protocol.INFUSION_ARRAYS if n in inputs],
+        infusion_images=[image_tensor(inputs[n], **as_sent) for n in protocol.INFUSION_ARRAYS if n in inputs],
         infusion_weights=p["infusion_weights"] or {}, infusion_decay=p["infusion_decay"],
         infusion_cond_only=p["infusion_cond_only"])
 
@@ -51,10 +56,18 @@ def check_request(request: GenerationRequest, unet):
                             + ("use it with kind 'inpaint'" if channels == 9 else "only 4 or 9 are supported"),
                             field="params.model", allowed={"in_channels": [4, 9]})
     names = Infusion.layer_names(unet)
-    for name in request.infusion_weights:
-        if name not in names:
+    weights = {}
+    for name, weight in request.infusion_weights.items():
+        if name in ("down", "up"):  # a group: every block of that kind, unless named on its own
+            for layer in names:
+                if layer.startswith(name) and layer not in request.infusion_weights:
+                    weights[layer] = weight
+        elif name in names:
+            weights[name] = weight
+        else:
             raise ProtocolError("invalid_param", f"params.infusion_weights.{name} is not a layer of this model",
-                                field=f"params.infusion_weights.{name}", allowed=names)
+                                field=f"params.infusion_weights.{name}", allowed=names + ["down", "up"])
+    request.infusion_weights = weights
 
 
 def result_frame(store: JobStore, meta: dict, image, output: dict):

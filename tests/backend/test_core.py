@@ -91,3 +91,10 @@ def test_to_rgba_flip_linear_and_dtypes():
     x = torch.rand(50, 3, dtype=torch.float64)
     reference = torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
     torch.testing.assert_close(srgb_to_linear(x), reference, rtol=0, atol=1e-12)
+
+
+def test_linear_to_srgb_inverts_srgb_to_linear():
+    from generator_backend.core import linear_to_srgb
+
+    x = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    torch.testing.assert_close(linear_to_srgb(srgb_to_linear(x)), x, rtol=0, atol=1e-12)

@@ -285,7 +285,7 @@ def test_inpaint_tiling_infusion_and_model_ensemble_over_the_socket(backend):
               {"infusion_0": bias})
     error = events_until_terminal(conn, "combo-3")[-1][0]
     assert error["code"] == "invalid_param" and error["field"] == "params.infusion_weights.side9"
-    assert error["allowed"] == ["down0", "down1", "mid", "up0", "up1"]
+    assert error["allowed"] == ["down0", "down1", "mid", "up0", "up1", "down", "up"]
     conn.send({"type": "submit", "job_id": "combo-4",
                "params": dict(SMALL, models=[{"name": "tiny"}, {"name": "nope"}])})
     assert conn.recv()[0]["field"] == "params.models[1].name"
@@ -300,4 +300,22 @@ def test_inpaint_tiling_infusion_and_model_ensemble_over_the_socket(backend):
     conn.send({"type": "submit", "job_id": "combo-5", "kind": "inpaint", "params": SMALL},
               {"init_image": init, "mask": mask[:32]})
     assert conn.recv()[0]["field"] == "arrays.mask"
+    conn.close()
+
+
+def test_blender_layout_inputs_and_infusion_groups(backend):
+    """Arrays sent as Blender holds them (linear, bottom-up) give the same job as sRGB top-down."""
+    conn = connect(backend)
+    srgb = np.random.default_rng(4).random((64, 64, 3)).astype(np.float32)
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4).astype(np.float32)
+    params = dict(SMALL, steps=6, strength=0.5)
+    a = conn.run_job("layout-a", params, kind="img2img", arrays={"init_image": srgb})[1]["image"]
+    b = conn.run_job("layout-b", dict(params, input_linear=True, input_flip_y=True), kind="img2img",
+                     arrays={"init_image": linear[::-1].copy()})[1]["image"]
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    grouped = conn.run_job("groups-a", dict(SMALL, infusion_weights={"down": 0.4, "mid": 0.5}),
+                           arrays={"infusion_0": srgb})[1]["image"]
+    named = conn.run_job("groups-b", dict(SMALL, infusion_weights={"down0": 0.4, "down1": 0.4, "mid": 0.5}),
+                         arrays={"infusion_0": srgb})[1]["image"]
+    np.testing.assert_array_equal(grouped, named)
     conn.close()
