@@ -12,6 +12,8 @@ def register():
     for cls in classes:
         bpy.utils.register_class(cls)
     bpy.types.Scene.dream = bpy.props.PointerProperty(type=properties.DreamSceneProperties)
+    bpy.types.Scene.dream_history = bpy.props.CollectionProperty(type=properties.DreamHistoryItem)
+    bpy.types.Scene.dream_history_index = bpy.props.IntProperty()
     bpy.types.STATUSBAR_HT_header.append(ui.panels.draw_status_bar)
     # No network and no process start here: the connection opens on first use.
     bpy.app.timers.register(session.drain_timer, first_interval=0.25, persistent=True)
@@ -22,6 +24,6 @@ def unregister():
         bpy.app.timers.unregister(session.drain_timer)
     session.SESSION.stop_backend()
     bpy.types.STATUSBAR_HT_header.remove(ui.panels.draw_status_bar)
-    del bpy.types.Scene.dream
+    del bpy.types.Scene.dream, bpy.types.Scene.dream_history, bpy.types.Scene.dream_history_index
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

@@ -18,6 +18,20 @@ def new_result_image(name: str, width: int, height: int):
     return image
 
 
+def new_image_like(source, name: str, pixels=None):
+    """A packed, fake-user image of ``source``'s size, buffer type and colour space, optionally
+    filled with ``pixels`` (rows bottom-up): the base for results and for backups of originals."""
+    width, height = source.size
+    image = bpy.data.images.new(name, width, height, alpha=True, float_buffer=source.is_float)
+    image.colorspace_settings.name = source.colorspace_settings.name
+    image.alpha_mode = "CHANNEL_PACKED" if source.is_float else source.alpha_mode
+    image.use_fake_user = True
+    if pixels is not None:
+        image.pixels.foreach_set(np.ascontiguousarray(pixels, dtype=np.float32).reshape(-1))
+        image.pack()
+    return image
+
+
 def write_pixels(image_name: str, rgba: np.ndarray, *, flipped: bool, final: bool = False):
     """Write an (H, W, 4) array into the image; ``flipped`` means rows are already bottom-up.
 

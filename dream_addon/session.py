@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 import bpy
 
-from . import blender_images, protocol
+import numpy as np
+
+from . import blender_images, history
 from .client import ClientWorker, describe_error
 from .supervisor import BackendProcess
 
@@ -30,6 +32,14 @@ class JobView:
     job_id: str
     params: dict
     image_name: str
+    kind: str = "txt2img"
+    operator: str = "dream.generate_texture"  # what Re-run calls
+    scene_name: str = ""
+    settings: dict = field(default_factory=dict)  # the panel's settings, for history and Recall
+    crop: tuple | None = None  # (width, height) of the image when the job was padded to multiples of 8
+    mask: object = None  # (h, w) bool: only these pixels change; the rest is pasted back exactly
+    original: object = None  # (h, w, 4) pixels the mask composites onto
+    backup_name: str = ""  # a copy of an image that the result replaces
     state: str = "submitting"
     step: int = 0
     total: int = 0
@@ -110,12 +120,13 @@ class Session:
             job.state, job.message = "error", describe_error({"code": "backend_stopped"})
 
     # ------------------------------------------------------------------ jobs
-    def submit(self, prefs, params: dict, image_name: str) -> JobView:
+    def submit(self, prefs, params: dict, image_name: str, arrays=None, **view) -> JobView:
+        """Send a job; ``view`` fills the JobView (kind, operator, mask, original, ...)."""
         self.ensure_connected(prefs)
         job = JobView(job_id=f"blender-{uuid.uuid4().hex[:16]}", params=params, image_name=image_name,
-                      total=params["steps"])
+                      total=params["steps"], **view)
         self.jobs[job.job_id] = job
-        self.worker.send({"type": "submit", "job_id": job.job_id, "kind": "txt2img", "params": params})
+        self.worker.send({"type": "submit", "job_id": job.job_id, "kind": job.kind, "params": params}, arrays)
         return job
 
     def cancel(self, job_id: str):
@@ -214,17 +225,39 @@ class Session:
             job.state = "running"
             job.step, job.total, job.stage, job.eta = message["step"], message["total"], message["stage"], message["eta"]
         elif kind == "preview":
-            if blender_images.write_pixels(job.image_name, arrays["image"], flipped=message.get("flip_y", False)):
+            if self._write(job, arrays["image"], message, final=False):
                 job.previews += 1
         elif kind == "result":
-            blender_images.write_pixels(job.image_name, arrays["image"], flipped=message.get("flip_y", False),
-                                        final=True)
+            self._write(job, arrays["image"], message, final=True)
             job.state, job.step, job.message = "done", job.total, f"Done in {sum(message['timings'].values()):.1f} s"
+            history.record(job)
         elif kind == "cancelled":
             job.state, job.message = "cancelled", f"Cancelled at step {message.get('step', 0)}"
+            self._restore(job)
         elif kind == "error":
             job.state, job.message = "error", describe_error(message)
+            self._restore(job)
             show_error(job.message)
+
+    @staticmethod
+    def _write(job, rgba, message, final):
+        """Crop the padding away, paste the original back outside the mask, write the image."""
+        flipped = message.get("flip_y", False)
+        if job.crop is not None:
+            width, height = job.crop
+            rgba = rgba[:height, :width] if flipped else rgba[rgba.shape[0] - height:, :width]
+        if job.mask is not None:
+            if not flipped:
+                rgba = rgba[::-1]
+                flipped = True
+            rgba = np.where(job.mask[..., None], rgba, job.original)
+        return blender_images.write_pixels(job.image_name, rgba, flipped=flipped, final=final)
+
+    @staticmethod
+    def _restore(job):
+        """A replaced image gets its pixels back when its job does not finish."""
+        if job.backup_name and job.original is not None:
+            blender_images.write_pixels(job.image_name, job.original, flipped=True)
 
 
 def show_error(text: str):
@@ -247,13 +280,3 @@ def drain_timer():
                 if area.type in ("VIEW_3D", "IMAGE_EDITOR", "PREFERENCES", "STATUSBAR"):
                     area.tag_redraw()
     return 0.05 if SESSION.active_jobs() else 0.25
-
-
-def result_params(props, prefs_model: str = "") -> dict:
-    """The txt2img parameters shown in the panel, as the backend expects them."""
-    return protocol.validate_params({
-        "prompt": props.prompt, "negative_prompt": props.negative_prompt, "seed": props.seed,
-        "steps": props.steps, "guidance": round(props.guidance, 4), "width": props.width, "height": props.height,
-        "scheduler": props.scheduler, "model": prefs_model, **BLENDER_OUTPUT,
-        "preview_interval": props.preview_interval,
-    }, protocol.txt2img_fields(max_size=8192))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
+from pathlib import Path
 
 log = logging.getLogger("generator_backend.models")
 
@@ -59,6 +61,25 @@ class ModelManager:
 
     def names(self):
         return list(self.sources)
+
+    def family(self, name: str):
+        """A label shared by models with one latent space (ensembling needs that), read from
+        the configs of a local folder without loading weights; None when unknown (hub ids)."""
+        from .tiny_model import TINY_VARIANTS
+
+        source = self.sources[name]
+        if source in TINY_VARIANTS:
+            return f"tiny/unet{TINY_VARIANTS[source].get('unet_in_channels', 4)}"
+        folder = Path(source)
+        try:
+            vae = json.loads((folder / "vae" / "config.json").read_text())
+            unet = json.loads((folder / "unet" / "config.json").read_text())
+            scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return (f"vae{2 ** (len(vae['block_out_channels']) - 1)}/{vae.get('scaling_factor', 0.18215)}/"
+                f"lat{vae.get('latent_channels', 4)}/unet{unet.get('in_channels', 4)}/"
+                f"{scheduler.get('prediction_type', 'epsilon')}")
 
     def resolve(self, name: str) -> str:
         return name or self.default

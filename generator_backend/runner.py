@@ -25,10 +25,11 @@ def image_tensor(array, channels=3, linear=False, flip_y=False) -> torch.Tensor:
     """An (H, W, C) uint8 or float array as (H, W, channels) float32 sRGB in [0, 1], rows top
     to bottom (alpha dropped). ``linear``/``flip_y`` describe the array as Blender holds it."""
     image = torch.from_numpy(np.ascontiguousarray(array[..., :channels]))
-    image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float().clamp(0, 1)
+    is_bytes = image.dtype == torch.uint8
+    image = image.float() / 255.0 if is_bytes else image.float().clamp(0, 1)
     if flip_y:
         image = image.flip(0)
-    return linear_to_srgb(image) if linear else image
+    return linear_to_srgb(image) if linear and not is_bytes else image  # uint8 arrays are always sRGB
 
 
 def build_request(job: Job) -> GenerationRequest:

@@ -1,3 +1,3 @@
-from . import backend, generate
+from . import backend, generate, history_ops
 
-classes = backend.classes + generate.classes
+classes = backend.classes + generate.classes + history_ops.classes

@@ -1,13 +1,67 @@
-"""Generate a texture, cancel it, randomise the seed."""
+"""Generate, texture selected faces, img2img and inpaint in the image editor, cancel, seed."""
 
 import random
 
 import bpy
+import numpy as np
 
-from .. import blender_images
+from .. import blender_images, history
+from ..job_builder import (JobInputError, active_image_texture, image_pixels, mask_from_source, scene_params,
+                           selected_faces_uv_mask, sized_to_image, wire_array)
+from ..uv_mask import pad_to
 from ..preferences import get_preferences
 from ..protocol import ProtocolError
-from ..session import SESSION, result_params
+from ..session import SESSION
+
+
+def prepare(operator, context):
+    """Common start of every generating operator: seed, parameters, arrays."""
+    props = context.scene.dream
+    if props.randomize_seed:
+        props.seed = random.randint(0, 2**31 - 1)
+    return props, *scene_params(props)
+
+
+def send(operator, context, kind, params, arrays, image_name, **view):
+    SESSION.submit(get_preferences(), params, image_name, arrays, kind=kind, operator=operator.bl_idname,
+                   scene_name=context.scene.name, settings=history.snapshot(context.scene.dream), **view)
+    return {"FINISHED"}
+
+
+def report_input_errors(execute):
+    """Input problems become one clear error report instead of a traceback."""
+
+    def wrapped(self, context):
+        try:
+            return execute(self, context)
+        except (JobInputError, ProtocolError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+
+    return wrapped
+
+
+def image_job(operator, context, kind, image, mask=None):
+    """img2img or inpainting of ``image``: result to a new image or into it (kept as a backup)."""
+    props, params, arrays = prepare(operator, context)
+    width, height = sized_to_image(params, image)
+    pixels = image_pixels(image)
+    arrays["init_image"] = pad_to(wire_array(image, pixels), params["height"], params["width"])
+    params["strength"] = props.strength
+    params["linear"] = image.is_float  # results come back in the image's own encoding
+    if mask is not None:
+        if not mask.any():
+            raise JobInputError("The mask is empty: nothing to repaint")
+        arrays["mask"] = pad_to(mask.astype(np.uint8) * 255, params["height"], params["width"])
+        params["feather"] = props.feather
+    backup_name = ""
+    if props.result_target == "REPLACE" or kind == "faces":
+        target = image
+        backup_name = blender_images.new_image_like(image, f"{image.name} (before Dream)", pixels).name
+    else:
+        target = blender_images.new_image_like(image, f"Dream {image.name}", pixels)
+    return send(operator, context, "inpaint" if mask is not None else "img2img", params, arrays, target.name,
+                crop=(width, height), mask=mask, original=pixels, backup_name=backup_name)
 
 
 class DREAM_OT_generate_texture(bpy.types.Operator):
@@ -17,16 +71,9 @@ class DREAM_OT_generate_texture(bpy.types.Operator):
                       "on the active object")
     bl_options = {"REGISTER", "UNDO"}
 
+    @report_input_errors
     def execute(self, context):
-        props = context.scene.dream
-        prefs = get_preferences()
-        if props.randomize_seed:
-            props.seed = random.randint(0, 2**31 - 1)
-        try:
-            params = result_params(props)
-        except ProtocolError as exc:
-            self.report({"ERROR"}, f"Invalid setting: {exc.message}")
-            return {"CANCELLED"}
+        props, params, arrays = prepare(self, context)
         image = blender_images.new_result_image(f"Dream {props.prompt[:40]}", params["width"], params["height"])
         obj = context.active_object
         in_3d_view = context.area is None or context.area.type == "VIEW_3D"
@@ -34,14 +81,75 @@ class DREAM_OT_generate_texture(bpy.types.Operator):
             blender_images.assign_material(obj, image, f"Dream {props.prompt[:40]}")
         elif context.area is not None and context.area.type == "IMAGE_EDITOR":
             context.space_data.image = image
-        SESSION.submit(prefs, params, image.name)
-        return {"FINISHED"}
+        return send(self, context, "txt2img", params, arrays, image.name)
+
+
+class DREAM_OT_texture_selected_faces(bpy.types.Operator):
+    bl_idname = "dream.texture_selected_faces"
+    bl_label = "Texture Selected Faces"
+    bl_description = ("Repaint the UV regions of the selected faces in the active material's image; "
+                      "every other pixel stays exactly as it is")
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        return obj is not None and obj.type == "MESH"
+
+    @report_input_errors
+    def execute(self, context):
+        obj = context.active_object
+        image = active_image_texture(obj)
+        if image is None:
+            raise JobInputError(f"{obj.name!r} has no image texture in its active material: "
+                                "Generate Texture first, or add an Image Texture node")
+        mask = selected_faces_uv_mask(obj, *image.size, context.scene.dream.uv_margin)
+        return image_job(self, context, "faces", image, mask=mask)
+
+
+def editor_image(context):
+    space = context.space_data
+    return space.image if space is not None and space.type == "IMAGE_EDITOR" else None
+
+
+class DREAM_OT_img2img(bpy.types.Operator):
+    bl_idname = "dream.img2img"
+    bl_label = "Image to Image"
+    bl_description = "Repaint the active image, keeping as much of it as Strength says"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return editor_image(context) is not None
+
+    @report_input_errors
+    def execute(self, context):
+        return image_job(self, context, "img2img", editor_image(context))
+
+
+class DREAM_OT_inpaint(bpy.types.Operator):
+    bl_idname = "dream.inpaint"
+    bl_label = "Inpaint"
+    bl_description = "Repaint the masked part of the active image; the rest stays exactly as it is"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return editor_image(context) is not None
+
+    @report_input_errors
+    def execute(self, context):
+        image = editor_image(context)
+        mask = mask_from_source(context.scene.dream, image, context.active_object)
+        return image_job(self, context, "inpaint", image, mask=mask)
 
 
 class DREAM_OT_cancel(bpy.types.Operator):
     bl_idname = "dream.cancel"
     bl_label = "Cancel"
-    bl_description = "Cancel the running and queued generations"
+    bl_description = "Cancel generations (all running and queued ones, or the one named)"
+
+    job_id: bpy.props.StringProperty(options={"SKIP_SAVE"})
 
     @classmethod
     def poll(cls, context):
@@ -49,7 +157,8 @@ class DREAM_OT_cancel(bpy.types.Operator):
 
     def execute(self, context):
         for job in SESSION.active_jobs():
-            SESSION.cancel(job.job_id)
+            if not self.job_id or job.job_id == self.job_id:
+                SESSION.cancel(job.job_id)
         return {"FINISHED"}
 
 
@@ -64,4 +173,44 @@ class DREAM_OT_randomize_seed(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (DREAM_OT_generate_texture, DREAM_OT_cancel, DREAM_OT_randomize_seed)
+LISTS = [("extra_prompts", "Prompts", ""), ("infusion_images", "Biasing Images", ""),
+         ("ensemble_models", "Models", "")]
+
+
+class DREAM_OT_list_add(bpy.types.Operator):
+    bl_idname = "dream.list_add"
+    bl_label = "Add"
+    bl_options = {"REGISTER", "UNDO"}
+    collection: bpy.props.EnumProperty(items=LISTS)
+
+    def execute(self, context):
+        props = context.scene.dream
+        item = getattr(props, self.collection).add()
+        if self.collection == "ensemble_models" and SESSION.welcome:
+            names = [m["name"] for m in SESSION.welcome["models"]]
+            item.name = names[min(len(props.ensemble_models) - 1, len(names) - 1)]
+        setattr(props, self.collection + "_index", len(getattr(props, self.collection)) - 1)
+        return {"FINISHED"}
+
+
+class DREAM_OT_list_remove(bpy.types.Operator):
+    bl_idname = "dream.list_remove"
+    bl_label = "Remove"
+    bl_options = {"REGISTER", "UNDO"}
+    collection: bpy.props.EnumProperty(items=LISTS)
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene is not None
+
+    def execute(self, context):
+        props = context.scene.dream
+        items, index = getattr(props, self.collection), getattr(props, self.collection + "_index")
+        if 0 <= index < len(items):
+            items.remove(index)
+            setattr(props, self.collection + "_index", max(0, index - 1))
+        return {"FINISHED"}
+
+
+classes = (DREAM_OT_generate_texture, DREAM_OT_texture_selected_faces, DREAM_OT_img2img, DREAM_OT_inpaint,
+           DREAM_OT_cancel, DREAM_OT_randomize_seed, DREAM_OT_list_add, DREAM_OT_list_remove)

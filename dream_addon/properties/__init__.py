@@ -24,6 +24,61 @@ def _size_prop(name):
                                  max=8192, step=64, subtype="PIXEL", description=spec.doc)
 
 
+def model_items(self, context):
+    """Models the backend serves (from its welcome); kept in a module list, as Blender requires."""
+    from ..session import SESSION
+
+    names = [m["name"] for m in (SESSION.welcome or {}).get("models", [])]
+    _MODEL_ITEMS[:] = [(DEFAULT_MODEL, "Backend Default", "The backend's default model")] + [
+        (n, n, "") for n in names if n != DEFAULT_MODEL]
+    return _MODEL_ITEMS
+
+
+_MODEL_ITEMS = []
+DEFAULT_MODEL = "DEFAULT"  # enum identifiers cannot be empty; sent as "" (the backend's default)
+
+
+class DreamPrompt(bpy.types.PropertyGroup):
+    text: bpy.props.StringProperty(name="Prompt", default="")
+    weight: bpy.props.FloatProperty(name="Weight", default=1.0, min=-10.0, max=10.0,
+                                    description="Weight in the ensemble; negative steers away")
+
+
+class DreamBiasImage(bpy.types.PropertyGroup):
+    image: bpy.props.PointerProperty(name="Image", type=bpy.types.Image, description="Biasing image for infusion")
+
+
+def compatible_models(self, context, edit_text):
+    """Models of the same family as the panel's model, as the backend reports them."""
+    from ..session import SESSION
+
+    models = (SESSION.welcome or {}).get("models", [])
+    chosen = context.scene.dream.model
+    if chosen == DEFAULT_MODEL:
+        chosen = next((m["name"] for m in models if m["default"]), "")
+    family = next((m.get("family") for m in models if m["name"] == chosen), None)
+    return [m["name"] for m in models if family is None or m.get("family") in (family, None)]
+
+
+class DreamEnsembleModel(bpy.types.PropertyGroup):
+    name: bpy.props.StringProperty(name="Model", default="", search=compatible_models,
+                                   description="A model that shares the panel model's latent space")
+    weight: bpy.props.FloatProperty(name="Weight", default=0.5, min=-5.0, max=5.0)
+
+
+class DreamHistoryItem(bpy.types.PropertyGroup):
+    """One finished generation, saved with the .blend."""
+
+    job_id: bpy.props.StringProperty()
+    kind: bpy.props.StringProperty()
+    operator: bpy.props.StringProperty(description="The operator that made it, for Re-run")
+    settings: bpy.props.StringProperty(description="Scene settings as JSON, for Recall")
+    params: bpy.props.StringProperty(description="The backend parameters as JSON")
+    image: bpy.props.PointerProperty(type=bpy.types.Image)
+    original: bpy.props.PointerProperty(type=bpy.types.Image, description="The image as it was, when replaced")
+    created: bpy.props.StringProperty()
+
+
 class DreamSceneProperties(bpy.types.PropertyGroup):
     prompt: bpy.props.StringProperty(name="Prompt", default="seamless red bricks texture",
                                      description=_FIELDS["prompt"].doc)
@@ -40,6 +95,52 @@ class DreamSceneProperties(bpy.types.PropertyGroup):
     scheduler: bpy.props.EnumProperty(name="Sampler", items=SCHEDULER_ITEMS, default="default")
     preview_interval: bpy.props.FloatProperty(name="Preview Every", default=0.5, min=0.0, max=60.0, unit="TIME_ABSOLUTE",
                                               description=_FIELDS["preview_interval"].doc)
+    model: bpy.props.EnumProperty(name="Model", items=model_items, description="Model served by the backend")
+    # Prompt ensembling: the prompt above plus these, each with a weight.
+    prompt_weight: bpy.props.FloatProperty(name="Weight", default=1.0, min=-10.0, max=10.0,
+                                           description="Weight of the main prompt in the ensemble")
+    extra_prompts: bpy.props.CollectionProperty(type=DreamPrompt)
+    extra_prompts_index: bpy.props.IntProperty()
+    ensemble_mode: bpy.props.EnumProperty(name="Combine", default="noise", items=[
+        ("noise", "Predictions", "Combine the noise predictions every step"),
+        ("embedding", "Embeddings", "Average the text embeddings")])
+    seamless_x: bpy.props.BoolProperty(name="Seamless X", description="Tile seamlessly left to right")
+    seamless_y: bpy.props.BoolProperty(name="Seamless Y", description="Tile seamlessly bottom to top")
+    # Infusion
+    infusion_images: bpy.props.CollectionProperty(type=DreamBiasImage)
+    infusion_images_index: bpy.props.IntProperty()
+    infusion_down: bpy.props.FloatProperty(name="Down Blocks", default=0.3, min=-5.0, max=5.0)
+    infusion_mid: bpy.props.FloatProperty(name="Mid Block", default=0.5, min=-5.0, max=5.0)
+    infusion_up: bpy.props.FloatProperty(name="Up Blocks", default=0.3, min=-5.0, max=5.0)
+    infusion_decay: bpy.props.FloatProperty(name="Decay", default=1.0, min=0.0, max=1.0,
+                                            description=_FIELDS["infusion_decay"].doc)
+    infusion_cond_only: bpy.props.BoolProperty(name="Conditional Only",
+                                               description=_FIELDS["infusion_cond_only"].doc)
+    # Model ensembling
+    use_model_ensemble: bpy.props.BoolProperty(name="Model Ensemble",
+                                               description="Combine the predictions of several models")
+    ensemble_models: bpy.props.CollectionProperty(type=DreamEnsembleModel)
+    ensemble_models_index: bpy.props.IntProperty()
+    # Image tools
+    strength: bpy.props.FloatProperty(name="Strength", default=0.6, min=0.0, max=1.0,
+                                      description="How much of the image is repainted (img2img, inpainting)")
+    feather: bpy.props.FloatProperty(name="Feather", default=0.0, min=0.0, max=64.0, subtype="PIXEL",
+                                     description="Soft edge when the original is pasted back")
+    uv_margin: bpy.props.IntProperty(name="Seam Margin", default=2, min=0, max=32, subtype="PIXEL",
+                                     description="Grow the UV mask by this much against seams")
+    mask_source: bpy.props.EnumProperty(name="Mask", default="ALPHA", items=[
+        ("ALPHA", "Image Alpha", "Repaint where the image is transparent"),
+        ("IMAGE", "Mask Image", "Repaint where the mask image is white"),
+        ("RECT", "Rectangle", "Repaint inside a rectangle (a picture frame)"),
+        ("UV", "Selected Faces", "Repaint the UV islands of the active mesh's selected faces")])
+    mask_image: bpy.props.PointerProperty(name="Mask Image", type=bpy.types.Image)
+    rect_min: bpy.props.FloatVectorProperty(name="Rectangle Min", size=2, default=(0.25, 0.25), min=0.0, max=1.0,
+                                            subtype="XYZ")
+    rect_max: bpy.props.FloatVectorProperty(name="Rectangle Max", size=2, default=(0.75, 0.75), min=0.0, max=1.0,
+                                            subtype="XYZ")
+    result_target: bpy.props.EnumProperty(name="Result", default="NEW", items=[
+        ("NEW", "New Image", "Put the result in a new image"),
+        ("REPLACE", "Replace", "Write the result into the active image (undo or history keep the original)")])
 
 
-classes = (DreamSceneProperties,)
+classes = (DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties)

@@ -1,13 +1,55 @@
-"""Sidebar panels (3D View and Image Editor) and the status-bar progress."""
+"""Sidebar panels (3D View and Image Editor) and the status-bar progress.
+
+Nothing heavy here: draw code reads properties and the session's job list only."""
 
 import bpy
 
 from ..session import SESSION
 
 
+class DREAM_UL_prompts(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        row = layout.row(align=True)
+        row.prop(item, "text", text="", emboss=False)
+        row.prop(item, "weight", text="")
+
+
+class DREAM_UL_images(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        layout.prop(item, "image", text="")
+
+
+class DREAM_UL_models(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        row = layout.row(align=True)
+        row.prop(item, "name", text="")
+        row.prop(item, "weight", text="")
+
+
+class DREAM_UL_history(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        row = layout.row(align=True)
+        row.label(text=f"{item.created[11:]} {item.kind}", icon="IMAGE_DATA")
+        row.label(text=item.image.name if item.image else "(image removed)")
+
+
+def draw_list(layout, props, name, list_class):
+    row = layout.row()
+    row.template_list(list_class, "", props, name, props, name + "_index", rows=2)
+    col = row.column(align=True)
+    col.operator("dream.list_add", text="", icon="ADD").collection = name
+    col.operator("dream.list_remove", text="", icon="REMOVE").collection = name
+
+
 def draw_generation(layout, context):
     props = context.scene.dream
-    layout.prop(props, "prompt", text="")
+    row = layout.row(align=True)
+    row.menu("DREAM_MT_presets", text="Presets")
+    row.operator("dream.preset_add", text="", icon="ADD")
+    row = layout.row(align=True)
+    row.prop(props, "prompt", text="")
+    if len(props.extra_prompts):
+        row.prop(props, "prompt_weight", text="")
     layout.prop(props, "negative_prompt")
     row = layout.row(align=True)
     row.prop(props, "seed")
@@ -17,9 +59,13 @@ def draw_generation(layout, context):
     col.prop(props, "steps")
     col.prop(props, "guidance")
     col.prop(props, "scheduler")
+    layout.prop(props, "model")
     row = layout.row(align=True)
     row.prop(props, "width")
     row.prop(props, "height")
+    row = layout.row(align=True)
+    row.prop(props, "seamless_x", toggle=True)
+    row.prop(props, "seamless_y", toggle=True)
     layout.prop(props, "preview_interval")
     draw_progress(layout)
 
@@ -31,8 +77,6 @@ def draw_progress(layout):
     row.operator("dream.generate_texture", icon="SHADERFX")
     if jobs:
         row.operator("dream.cancel", text="", icon="CANCEL")
-        for job in jobs[:4]:
-            layout.progress(factor=job.step / max(job.total, 1), type="BAR", text=job.progress_text())
     elif SESSION.jobs:
         last = list(SESSION.jobs.values())[-1]
         layout.label(text=last.progress_text(), icon="ERROR" if last.state == "error" else "CHECKMARK")
@@ -42,18 +86,137 @@ def draw_progress(layout):
 class DreamPanel:
     bl_region_type = "UI"
     bl_category = "Dream"
+
+
+class DreamMainPanel(DreamPanel):
     bl_label = "Dream Texture"
 
     def draw(self, context):
         draw_generation(self.layout, context)
 
 
-class VIEW3D_PT_dream(DreamPanel, bpy.types.Panel):
+class DreamEnsemblePanel(DreamPanel):
+    bl_label = "Prompt Ensemble"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        props = context.scene.dream
+        self.layout.label(text="More prompts, each with a weight (negative: steer away)")
+        draw_list(self.layout, props, "extra_prompts", "DREAM_UL_prompts")
+        if len(props.extra_prompts):
+            self.layout.prop(props, "ensemble_mode")
+
+
+class DreamInfusionPanel(DreamPanel):
+    bl_label = "Infusion"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        props = context.scene.dream
+        draw_list(self.layout, props, "infusion_images", "DREAM_UL_images")
+        if any(item.image for item in props.infusion_images):
+            col = self.layout.column(align=True)
+            for name in ("infusion_down", "infusion_mid", "infusion_up", "infusion_decay"):
+                col.prop(props, name)
+            self.layout.prop(props, "infusion_cond_only")
+
+
+class DreamModelEnsemblePanel(DreamPanel):
+    bl_label = "Model Ensemble"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw_header(self, context):
+        self.layout.prop(context.scene.dream, "use_model_ensemble", text="")
+
+    def draw(self, context):
+        props = context.scene.dream
+        self.layout.active = props.use_model_ensemble
+        draw_list(self.layout, props, "ensemble_models", "DREAM_UL_models")
+
+
+class DreamQueuePanel(DreamPanel):
+    bl_label = "Queue"
+
+    @classmethod
+    def poll(cls, context):
+        return bool(SESSION.active_jobs())
+
+    def draw(self, context):
+        for job in SESSION.active_jobs():
+            row = self.layout.row(align=True)
+            row.progress(factor=job.step / max(job.total, 1), type="BAR",
+                         text=f"{job.kind}: {job.progress_text()}")
+            row.operator("dream.cancel", text="", icon="X").job_id = job.job_id
+
+
+class DreamHistoryPanel(DreamPanel):
+    bl_label = "History"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        scene = context.scene
+        self.layout.template_list("DREAM_UL_history", "", scene, "dream_history", scene, "dream_history_index",
+                                  rows=3)
+        row = self.layout.row(align=True)
+        row.operator("dream.history_recall", icon="RECOVER_LAST")
+        row.operator("dream.history_rerun", icon="FILE_REFRESH")
+
+
+class VIEW3D_PT_dream(DreamMainPanel, bpy.types.Panel):
     bl_space_type = "VIEW_3D"
 
 
-class IMAGE_PT_dream(DreamPanel, bpy.types.Panel):
+class VIEW3D_PT_dream_faces(DreamPanel, bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_label = "Texture Selected Faces"
+    bl_parent_id = "VIEW3D_PT_dream"
+
+    def draw(self, context):
+        props = context.scene.dream
+        col = self.layout.column(align=True)
+        col.prop(props, "strength")
+        col.prop(props, "uv_margin")
+        col.prop(props, "feather")
+        self.layout.operator("dream.texture_selected_faces", icon="UV_FACESEL")
+
+
+class IMAGE_PT_dream(DreamMainPanel, bpy.types.Panel):
     bl_space_type = "IMAGE_EDITOR"
+
+
+class IMAGE_PT_dream_tools(DreamPanel, bpy.types.Panel):
+    bl_space_type = "IMAGE_EDITOR"
+    bl_label = "Repaint Active Image"
+    bl_parent_id = "IMAGE_PT_dream"
+
+    def draw(self, context):
+        props = context.scene.dream
+        layout = self.layout
+        layout.prop(props, "strength")
+        layout.prop(props, "result_target", expand=True)
+        layout.operator("dream.img2img", icon="IMAGE")
+        layout.separator()
+        layout.prop(props, "mask_source")
+        if props.mask_source == "IMAGE":
+            layout.prop(props, "mask_image")
+        elif props.mask_source == "RECT":
+            layout.prop(props, "rect_min")
+            layout.prop(props, "rect_max")
+        elif props.mask_source == "UV":
+            layout.prop(props, "uv_margin")
+        layout.prop(props, "feather")
+        layout.operator("dream.inpaint", icon="BRUSH_DATA")
+
+
+def sub_panels(prefix, space, parent):
+    """The ensemble, infusion, model, queue and history panels, under ``parent`` in ``space``."""
+    made = []
+    for base in (DreamEnsemblePanel, DreamInfusionPanel, DreamModelEnsemblePanel, DreamQueuePanel,
+                 DreamHistoryPanel):
+        name = f"{prefix}_PT_dream_{base.__name__[5:-5].lower()}"
+        made.append(type(name, (base, bpy.types.Panel), {"bl_space_type": space, "bl_parent_id": parent,
+                                                         "bl_idname": name}))
+    return tuple(made)
 
 
 def draw_status_bar(self, context):
@@ -64,4 +227,6 @@ def draw_status_bar(self, context):
                              text=f"Dream: {job.progress_text()}")
 
 
-classes = (VIEW3D_PT_dream, IMAGE_PT_dream)
+classes = ((DREAM_UL_prompts, DREAM_UL_images, DREAM_UL_models, DREAM_UL_history, VIEW3D_PT_dream,
+            VIEW3D_PT_dream_faces) + sub_panels("VIEW3D", "VIEW_3D", "VIEW3D_PT_dream")
+           + (IMAGE_PT_dream, IMAGE_PT_dream_tools) + sub_panels("IMAGE", "IMAGE_EDITOR", "IMAGE_PT_dream"))

@@ -37,6 +37,7 @@ def test_handshake_welcome(backend):
     assert w["protocol"] == 1 and w["device"] == "cpu"
     assert [m["name"] for m in w["models"] if m["default"]] == ["tiny"]
     assert [m["name"] for m in w["models"]] == ["tiny", "tiny-b", "tiny-inpaint"]
+    assert [m["family"] for m in w["models"]] == ["tiny/unet4", "tiny/unet4", "tiny/unet9"]
     assert w["capabilities"]["job_kinds"] == ["img2img", "inpaint", "txt2img"]
     conn.close()
 

@@ -119,19 +119,35 @@ def test_seed_and_random_seed(scene, session):
 
 
 def test_every_panel_property_changes_the_request(scene):
-    result_params = addon("session").result_params
+    """Each property the panels show changes what is sent (conditional ones under their condition)."""
+    scene_params = addon("job_builder").scene_params
     props = scene.dream
-    base = result_params(props)
-    changes = {"prompt": "blue waves", "negative_prompt": "blurry", "seed": 99, "steps": 9, "guidance": 3.0,
-               "width": 128, "height": 256, "scheduler": "ddim", "preview_interval": 2.0}
-    shown = set(type(props).__annotations__) - {"randomize_seed"}  # randomize_seed: test_seed_and_random_seed
-    assert shown == set(changes)
+    props.extra_prompts.add().text = "blue waves"  # makes the ensemble controls live
+    props.infusion_images.add().image = bpy.data.images.new("bias", 64, 64)
+    props.use_model_ensemble = True
+    for name in ("tiny", "tiny"):
+        props.ensemble_models.add().name = name
+    changes = {"prompt": "green moss", "negative_prompt": "blurry", "seed": 99, "steps": 9, "guidance": 3.0,
+               "width": 128, "height": 256, "scheduler": "ddim", "preview_interval": 2.0, "model": "tiny",
+               "prompt_weight": 0.3, "ensemble_mode": "embedding", "seamless_x": True, "seamless_y": True,
+               "infusion_down": 0.9, "infusion_mid": 0.1, "infusion_up": 0.7, "infusion_decay": 0.5,
+               "infusion_cond_only": True, "use_model_ensemble": False}
+    image_tool_props = {"strength", "feather", "uv_margin", "mask_source", "mask_image", "rect_min", "rect_max",
+                        "result_target"}  # covered by the image-tool tests below
+    shown = {name for name in type(props).__annotations__ if not name.endswith("_index")}
+    collections = {"extra_prompts", "infusion_images", "ensemble_models"}
+    assert shown - image_tool_props - collections - {"randomize_seed"} == set(changes)
+    base = scene_params(props)
     for name, value in changes.items():
         old = getattr(props, name)
         setattr(props, name, value)
-        changed = result_params(props)
+        changed = scene_params(props)
         setattr(props, name, old)
-        assert changed[name] == value and changed != base, name
+        assert changed != base, name
+    props.extra_prompts[0].weight = -0.5
+    assert scene_params(props)[0]["prompts"][1]["weight"] == -0.5
+    props.ensemble_models[1].weight = 0.2
+    assert scene_params(props)[0]["models"][1]["weight"] == pytest.approx(0.2)
 
 
 def test_validation_error_from_the_backend_is_shown(scene, session):

@@ -1,0 +1,147 @@
+"""Scene settings and Blender images turned into backend jobs (runs on the main thread)."""
+
+from __future__ import annotations
+
+import bpy
+import numpy as np
+
+from . import protocol, uv_mask
+from .properties import DEFAULT_MODEL
+
+
+class JobInputError(Exception):
+    """Something the user must fix before a job can be sent; the message says what."""
+
+
+def image_pixels(image) -> np.ndarray:
+    """(h, w, 4) float32 pixels, rows bottom to top, as Blender holds them."""
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise JobInputError(f"Image {image.name!r} has no pixels")
+    flat = np.empty(width * height * 4, dtype=np.float32)
+    image.pixels.foreach_get(flat)
+    return flat.reshape(height, width, 4)
+
+
+def wire_array(image, pixels: np.ndarray) -> np.ndarray:
+    """What goes on the wire for an input image: float images as linear float32, byte images
+    as their exact sRGB bytes (uint8 arrays are always sRGB to the backend)."""
+    if image.is_float:
+        return np.ascontiguousarray(pixels[..., :3])
+    return np.round(pixels[..., :3] * 255).astype(np.uint8)
+
+
+def resized(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize (biasing images only need to match the job's size)."""
+    if array.shape[:2] == (height, width):
+        return array
+    rows = (np.arange(height) * array.shape[0] // height)
+    cols = (np.arange(width) * array.shape[1] // width)
+    return array[rows][:, cols]
+
+
+def scene_params(props) -> tuple[dict, dict]:
+    """The parameters and arrays every kind of job takes from the Dream panel."""
+    params = {
+        "negative_prompt": props.negative_prompt, "seed": props.seed, "steps": props.steps,
+        "guidance": round(props.guidance, 4), "width": props.width, "height": props.height,
+        "scheduler": props.scheduler, "preview_interval": props.preview_interval,
+        "model": "" if props.model == DEFAULT_MODEL else props.model,
+        "seamless": ("x" if props.seamless_x else "") + ("y" if props.seamless_y else ""),
+        "output_dtype": "float32", "flip_y": True, "linear": True, "input_linear": True, "input_flip_y": True,
+    }
+    if len(props.extra_prompts):
+        params["prompts"] = [{"text": props.prompt, "weight": props.prompt_weight}] + [
+            {"text": p.text, "weight": p.weight} for p in props.extra_prompts]
+        params["ensemble_mode"] = props.ensemble_mode
+    else:
+        params["prompt"] = props.prompt
+    arrays = {}
+    images = [item.image for item in props.infusion_images if item.image is not None]
+    if images:
+        if len(images) > protocol.MAX_INFUSION_IMAGES:
+            raise JobInputError(f"At most {protocol.MAX_INFUSION_IMAGES} biasing images")
+        params["infusion_weights"] = {"down": props.infusion_down, "mid": props.infusion_mid, "up": props.infusion_up}
+        params["infusion_decay"] = props.infusion_decay
+        params["infusion_cond_only"] = props.infusion_cond_only
+        for i, image in enumerate(images):
+            arrays[f"infusion_{i}"] = wire_array(image, resized(image_pixels(image), props.height, props.width))
+    if props.use_model_ensemble:
+        if len(props.ensemble_models) < 2:
+            raise JobInputError("A model ensemble needs at least two models")
+        params["models"] = [{"name": m.name, "weight": m.weight} for m in props.ensemble_models]
+    return params, arrays
+
+
+def sized_to_image(params: dict, image) -> tuple[int, int]:
+    """Set the job size from an image (padded up to multiples of 8); return the image's (w, h)."""
+    width, height = image.size
+    params["width"], params["height"] = uv_mask.padded_size(width), uv_mask.padded_size(height)
+    return width, height
+
+
+def active_image_texture(obj):
+    """The image of the active material's active (or first) Image Texture node."""
+    material = obj.active_material if obj is not None else None
+    if material is None or material.node_tree is None:
+        return None
+    nodes = material.node_tree.nodes
+    node = nodes.active if nodes.active is not None and nodes.active.type == "TEX_IMAGE" else next(
+        (n for n in nodes if n.type == "TEX_IMAGE" and n.image is not None), None)
+    return node.image if node is not None else None
+
+
+def selected_faces_uv_mask(obj, width: int, height: int, margin: int) -> np.ndarray:
+    """The selected faces' UV polygons rasterised at the image size (rows bottom-up), grown by
+    ``margin`` pixels. Works in Edit and Object mode."""
+    mesh = obj.data
+    if obj.mode == "EDIT":
+        import bmesh
+
+        bm = bmesh.from_edit_mesh(mesh)
+        layer = bm.loops.layers.uv.active
+        if layer is None:
+            raise JobInputError(f"{obj.name!r} has no UV map")
+        faces = [f for f in bm.faces if f.select]
+        totals = np.array([len(f.loops) for f in faces], dtype=np.int64)
+        uvs = np.array([tuple(loop[layer].uv) for f in faces for loop in f.loops], dtype=np.float64).reshape(-1, 2)
+    else:
+        if mesh.uv_layers.active is None:
+            raise JobInputError(f"{obj.name!r} has no UV map")
+        n = len(mesh.polygons)
+        select = np.empty(n, dtype=bool)
+        mesh.polygons.foreach_get("select", select)
+        starts, counts = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+        mesh.polygons.foreach_get("loop_start", starts)
+        mesh.polygons.foreach_get("loop_total", counts)
+        all_uvs = np.empty(len(mesh.loops) * 2, dtype=np.float64)
+        mesh.uv_layers.active.uv.foreach_get("vector", all_uvs)
+        all_uvs = all_uvs.reshape(-1, 2)
+        totals = counts[select]
+        index = uv_mask._loop_indices(starts[select], totals) if len(totals) else np.zeros(0, np.int64)
+        uvs = all_uvs[index]
+    if len(totals) == 0:
+        raise JobInputError(f"No faces of {obj.name!r} are selected")
+    mask = uv_mask.rasterize_polygons(uvs, np.cumsum(totals) - totals, totals, width, height)
+    return uv_mask.dilate(mask, margin)
+
+
+def mask_from_source(props, image, obj) -> np.ndarray:
+    """The inpainting mask (h, w) bool, rows bottom-up, from the chosen source."""
+    width, height = image.size
+    if props.mask_source == "ALPHA":
+        if image.alpha_mode == "NONE":
+            raise JobInputError(f"Image {image.name!r} has no alpha channel")
+        return image_pixels(image)[..., 3] < 0.5
+    if props.mask_source == "IMAGE":
+        if props.mask_image is None:
+            raise JobInputError("Choose a mask image (white = repaint)")
+        if tuple(props.mask_image.size) != (width, height):
+            raise JobInputError(f"The mask image is {tuple(props.mask_image.size)}, the image {(width, height)}: "
+                                "they must be the same size")
+        return image_pixels(props.mask_image)[..., :3].mean(axis=-1) >= 0.5
+    if props.mask_source == "RECT":
+        return uv_mask.rectangle(width, height, *props.rect_min, *props.rect_max)
+    if obj is None or obj.type != "MESH":
+        raise JobInputError("Selected-faces masks need an active mesh object")
+    return selected_faces_uv_mask(obj, width, height, props.uv_margin)

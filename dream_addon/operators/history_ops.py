@@ -1,0 +1,71 @@
+"""History (Recall, Re-run with a new seed) and presets of texture settings."""
+
+import json
+import random
+
+import bpy
+from bl_operators.presets import AddPresetBase
+
+from .. import history
+
+
+class HistoryOperator:
+    index: bpy.props.IntProperty(default=-1, options={"SKIP_SAVE"}, description="History entry; -1 = the active one")
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene is not None and len(context.scene.dream_history) > 0
+
+    def entry(self, context):
+        items = context.scene.dream_history
+        index = self.index if self.index >= 0 else context.scene.dream_history_index
+        return items[min(index, len(items) - 1)]
+
+
+class DREAM_OT_history_recall(HistoryOperator, bpy.types.Operator):
+    bl_idname = "dream.history_recall"
+    bl_label = "Recall Settings"
+    bl_description = "Put this generation's settings back into the panel"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        history.apply(context.scene.dream, json.loads(self.entry(context).settings))
+        return {"FINISHED"}
+
+
+class DREAM_OT_history_rerun(HistoryOperator, bpy.types.Operator):
+    bl_idname = "dream.history_rerun"
+    bl_label = "Re-run with New Seed"
+    bl_description = "Recall this generation's settings, pick a new seed and run it again"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        entry = self.entry(context)
+        props = context.scene.dream
+        history.apply(props, json.loads(entry.settings))
+        props.seed = random.randint(0, 2**31 - 1)
+        category, name = entry.operator.split(".")
+        return getattr(getattr(bpy.ops, category), name)("EXEC_DEFAULT")
+
+
+PRESET_SUBDIR = "dream/texture"
+
+
+class DREAM_MT_presets(bpy.types.Menu):
+    bl_label = "Texture Presets"
+    preset_subdir = PRESET_SUBDIR
+    preset_operator = "script.execute_preset"
+    draw = bpy.types.Menu.draw_preset
+
+
+class DREAM_OT_preset_add(AddPresetBase, bpy.types.Operator):
+    bl_idname = "dream.preset_add"
+    bl_label = "Add Texture Preset"
+    preset_menu = "DREAM_MT_presets"
+    preset_subdir = PRESET_SUBDIR
+    preset_defines = ["dream = bpy.context.scene.dream"]
+    preset_values = [f"dream.{name}" for name in ("negative_prompt", "steps", "guidance", "scheduler", "width",
+                                                   "height", "seamless_x", "seamless_y", "strength", "feather")]
+
+
+classes = (DREAM_OT_history_recall, DREAM_OT_history_rerun, DREAM_MT_presets, DREAM_OT_preset_add)
