@@ -26,8 +26,9 @@ class DreamPreferences(bpy.types.AddonPreferences):
     python_path: bpy.props.StringProperty(name="Python", default="", subtype="FILE_PATH",
                                           description="Interpreter with torch and diffusers installed, "
                                                       "used by Start")
-    model: bpy.props.StringProperty(name="Model", default="tiny",
-                                    description="Diffusers folder or hub id to serve; 'tiny' is the offline test model")
+    model: bpy.props.StringProperty(name="Models", default="tiny",
+                                    description="Diffusers folders or hub ids to serve, separated by commas (the "
+                                                "first is the default); 'tiny' is the offline test model")
     device: bpy.props.EnumProperty(name="Device", default="auto", items=[
         ("auto", "Auto", "CUDA, then Apple MPS, then CPU"), ("cuda", "CUDA", ""), ("mps", "MPS", ""),
         ("cpu", "CPU", "")])

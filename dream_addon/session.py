@@ -103,7 +103,8 @@ class Session:
         if self.backend is not None:
             self.backend.stop()
         self.backend = BackendProcess(
-            prefs.python_path or "python3", prefs.port, models=[prefs.model or "tiny"],
+            prefs.python_path or "python3", prefs.port,
+            models=[m.strip() for m in prefs.model.split(",") if m.strip()] or ["tiny"],
             output_dir=prefs.output_dir or None, device=prefs.device, log_path=log_path,
             on_ready=lambda info: self.events.put(("backend_ready", info)))
         self.backend.start()

@@ -23,7 +23,8 @@ def prepare(operator, context):
 
 
 def send(operator, context, kind, params, arrays, image_name, **view):
-    SESSION.submit(get_preferences(), params, image_name, arrays, kind=kind, operator=operator.bl_idname,
+    prefix, name = type(operator).__name__.split("_OT_")  # DREAM_OT_img2img -> dream.img2img
+    SESSION.submit(get_preferences(), params, image_name, arrays, kind=kind, operator=f"{prefix.lower()}.{name}",
                    scene_name=context.scene.name, settings=history.snapshot(context.scene.dream), **view)
     return {"FINISHED"}
 

@@ -24,6 +24,7 @@ def backend(session, prefs, tmp_path_factory):
     prefs.python_path = sys.executable
     prefs.port = 0
     prefs.device = "cpu"
+    prefs.model = "tiny, tiny-b, tiny-inpaint"
     prefs.output_dir = str(tmp_path_factory.mktemp("outputs"))
     assert bpy.ops.dream.backend_start() == {"FINISHED"}
     assert session.backend.wait_ready(120), "\n".join(session.backend.tail)
