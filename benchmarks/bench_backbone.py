@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import longest_drain
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -93,7 +95,6 @@ def blender_part(repeats):
             t0 = time.perf_counter()
             conn.send({"type": "fetch", "job_id": "big", "output": mods["session"].BLENDER_OUTPUT})
             message, arrays = conn.recv()
-            t1 = time.perf_counter()
             images.write_pixels("big", arrays["image"], flipped=True)
             t2 = time.perf_counter()
             deliver.append(t2 - t0)
@@ -120,13 +121,8 @@ def blender_part(repeats):
         props.steps, props.preview_interval = 12, 0.001
         bpy.ops.dream.generate_texture()
         job = list(session.jobs.values())[-1]
-        durations = []
-        while job.active:
-            session.longest_drain_s = 0.0
-            session.drain(timeout=0.2)
-            durations.append(session.longest_drain_s)
-        assert job.state == "done", job.message
-        results["drain_max_s"] = max(durations)
+        drain_max = longest_drain(session, job)
+        results["drain_max_s"] = drain_max
         results["drain_previews"] = job.previews
         backend.stop()
     print("BLENDER_RESULTS " + json.dumps(results))

@@ -13,7 +13,6 @@ import os
 import secrets
 import subprocess
 import threading
-import time
 from collections import deque
 from pathlib import Path
 

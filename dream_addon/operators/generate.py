@@ -113,30 +113,28 @@ def editor_image(context):
     return space.image if space is not None and space.type == "IMAGE_EDITOR" else None
 
 
-class DREAM_OT_img2img(bpy.types.Operator):
-    bl_idname = "dream.img2img"
-    bl_label = "Image to Image"
-    bl_description = "Repaint the active image, keeping as much of it as Strength says"
+class ImageEditorOperator:
     bl_options = {"REGISTER", "UNDO"}
 
     @classmethod
     def poll(cls, context):
         return editor_image(context) is not None
+
+
+class DREAM_OT_img2img(ImageEditorOperator, bpy.types.Operator):
+    bl_idname = "dream.img2img"
+    bl_label = "Image to Image"
+    bl_description = "Repaint the active image, keeping as much of it as Strength says"
 
     @report_input_errors
     def execute(self, context):
         return image_job(self, context, "img2img", editor_image(context))
 
 
-class DREAM_OT_inpaint(bpy.types.Operator):
+class DREAM_OT_inpaint(ImageEditorOperator, bpy.types.Operator):
     bl_idname = "dream.inpaint"
     bl_label = "Inpaint"
     bl_description = "Repaint the masked part of the active image; the rest stays exactly as it is"
-    bl_options = {"REGISTER", "UNDO"}
-
-    @classmethod
-    def poll(cls, context):
-        return editor_image(context) is not None
 
     @report_input_errors
     def execute(self, context):
@@ -171,6 +169,20 @@ class DREAM_OT_randomize_seed(bpy.types.Operator):
 
     def execute(self, context):
         context.scene.dream.seed = random.randint(0, 2**31 - 1)
+        return {"FINISHED"}
+
+
+class DREAM_OT_rect_from_cursor(ImageEditorOperator, bpy.types.Operator):
+    bl_idname = "dream.rect_from_cursor"
+    bl_label = "Corner from 2D Cursor"
+    bl_description = "Put a corner of the inpainting rectangle where the Image Editor's 2D cursor is"
+
+    corner: bpy.props.EnumProperty(items=[("MIN", "Lower Left", ""), ("MAX", "Upper Right", "")])
+
+    def execute(self, context):
+        props = context.scene.dream
+        u, v = (min(max(c, 0.0), 1.0) for c in context.space_data.cursor_location)
+        setattr(props, "rect_min" if self.corner == "MIN" else "rect_max", (u, v))
         return {"FINISHED"}
 
 
@@ -214,4 +226,5 @@ class DREAM_OT_list_remove(bpy.types.Operator):
 
 
 classes = (DREAM_OT_generate_texture, DREAM_OT_texture_selected_faces, DREAM_OT_img2img, DREAM_OT_inpaint,
-           DREAM_OT_cancel, DREAM_OT_randomize_seed, DREAM_OT_list_add, DREAM_OT_list_remove)
+           DREAM_OT_cancel, DREAM_OT_randomize_seed, DREAM_OT_rect_from_cursor, DREAM_OT_list_add,
+           DREAM_OT_list_remove)

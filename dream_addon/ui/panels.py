@@ -200,8 +200,12 @@ class IMAGE_PT_dream_tools(DreamPanel, bpy.types.Panel):
         if props.mask_source == "IMAGE":
             layout.prop(props, "mask_image")
         elif props.mask_source == "RECT":
-            layout.prop(props, "rect_min")
-            layout.prop(props, "rect_max")
+            row = layout.row(align=True)
+            row.prop(props, "rect_min")
+            row.operator("dream.rect_from_cursor", text="", icon="PIVOT_CURSOR").corner = "MIN"
+            row = layout.row(align=True)
+            row.prop(props, "rect_max")
+            row.operator("dream.rect_from_cursor", text="", icon="PIVOT_CURSOR").corner = "MAX"
         elif props.mask_source == "UV":
             layout.prop(props, "uv_margin")
         layout.prop(props, "feather")

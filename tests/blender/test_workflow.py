@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 
-import bmesh
 import bpy
 import numpy as np
 import pytest
@@ -265,3 +264,28 @@ def test_error_paths(scene, session):
     scene.dream.use_model_ensemble = True
     with pytest.raises(RuntimeError, match="at least two models"):
         bpy.ops.dream.generate_texture()
+
+
+def test_rectangle_corners_from_the_2d_cursor(scene):
+    image, _ = photo("frame")
+    with image_editor(image):
+        space = bpy.context.window_manager.windows[0].screen.areas[0].spaces.active
+        space.cursor_location = (0.1, 0.2)
+        assert bpy.ops.dream.rect_from_cursor(corner="MIN") == {"FINISHED"}
+        space.cursor_location = (0.7, 1.5)
+        assert bpy.ops.dream.rect_from_cursor(corner="MAX") == {"FINISHED"}
+    assert tuple(scene.dream.rect_min) == pytest.approx((0.1, 0.2))
+    assert tuple(scene.dream.rect_max) == pytest.approx((0.7, 1.0))  # clamped to the image
+    assert not bpy.ops.dream.rect_from_cursor.poll()  # outside an image editor
+
+
+@pytest.mark.parametrize("collection", ["extra_prompts", "infusion_images", "ensemble_models"])
+def test_list_add_and_remove(scene, collection):
+    items = getattr(scene.dream, collection)
+    assert bpy.ops.dream.list_add(collection=collection) == {"FINISHED"}
+    assert bpy.ops.dream.list_add(collection=collection) == {"FINISHED"}
+    assert len(items) == 2 and getattr(scene.dream, collection + "_index") == 1
+    if collection == "ensemble_models":  # filled with served models in order
+        assert [m.name for m in items] == ["tiny", "tiny-b"]
+    assert bpy.ops.dream.list_remove(collection=collection) == {"FINISHED"}
+    assert len(items) == 1
