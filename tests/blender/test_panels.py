@@ -1,0 +1,113 @@
+"""Panels draw in background mode through a recording layout: every property they show exists,
+every operator they offer is registered, and each shown control is drawn under its condition."""
+
+import bpy
+import pytest
+
+
+
+class RecordingLayout:
+    """Stands in for UILayout: checks and records what a draw function puts on screen."""
+
+    def __init__(self, log):
+        self.log = log
+        self.scale_y = 1.0
+        self.active = True
+
+    def _child(self, *args, **kwargs):
+        return RecordingLayout(self.log)
+
+    row = column = box = split = _child
+
+    def prop(self, data, name, **kwargs):
+        assert name in data.bl_rna.properties, f"{data} has no property {name!r}"
+        self.log.append(("prop", name))
+
+    def operator(self, idname, **kwargs):
+        category, name = idname.split(".")
+        assert hasattr(getattr(bpy.ops, category), name) and getattr(getattr(bpy.ops, category), name).idname()
+        self.log.append(("operator", idname))
+        return type("OperatorProperties", (), {})()
+
+    def template_list(self, list_type, list_id, data, prop, active_data, active_prop, **kwargs):
+        assert hasattr(bpy.types, list_type) and prop in data.bl_rna.properties
+        assert active_prop in active_data.bl_rna.properties
+        self.log.append(("list", prop))
+
+    def menu(self, menu, **kwargs):
+        assert hasattr(bpy.types, menu)
+        self.log.append(("menu", menu))
+
+    def label(self, **kwargs):
+        self.log.append(("label", kwargs.get("text", "")))
+
+    def progress(self, **kwargs):
+        self.log.append(("progress", kwargs.get("text", "")))
+
+    def separator(self, **kwargs):
+        pass
+
+
+def draw(panel_name, context=None):
+    log = []
+    panel = getattr(bpy.types, panel_name)
+    fake = type("Panel", (), {"layout": RecordingLayout(log)})()
+    panel.draw(fake, context or bpy.context)
+    if hasattr(panel, "draw_header"):
+        panel.draw_header(fake, context or bpy.context)
+    return log
+
+
+def shown(log):
+    return {name for kind, name in log if kind in ("prop", "list", "operator")}
+
+
+PANELS = ["VIEW3D_PT_dream", "VIEW3D_PT_dream_faces", "IMAGE_PT_dream", "IMAGE_PT_dream_tools"] + [
+    f"{prefix}_PT_dream_{name}" for prefix in ("VIEW3D", "IMAGE")
+    for name in ("ensemble", "infusion", "modelensemble", "queue", "history")]
+
+
+@pytest.mark.parametrize("panel", [p for p in PANELS if not p.endswith("_queue")])
+def test_every_panel_draws(scene, panel):
+    assert draw(panel)
+
+
+def test_queue_shows_each_running_job_with_its_cancel(scene, session):
+    scene.dream.steps = 200
+    bpy.ops.dream.generate_texture()
+    job = session.jobs[list(session.jobs)[-1]]
+    assert bpy.types.VIEW3D_PT_dream_queue.poll(bpy.context)
+    log = draw("VIEW3D_PT_dream_queue")
+    assert ("operator", "dream.cancel") in log and any(kind == "progress" for kind, _ in log)
+    bpy.ops.dream.cancel(job_id=job.job_id)
+    session.wait_for(job.job_id)
+    assert job.state == "cancelled" and not bpy.types.VIEW3D_PT_dream_queue.poll(bpy.context)
+
+
+def test_conditional_controls_appear_with_their_condition(scene):
+    props = scene.dream
+    assert "prompt_weight" not in shown(draw("VIEW3D_PT_dream"))
+    assert "ensemble_mode" not in shown(draw("VIEW3D_PT_dream_ensemble"))
+    props.extra_prompts.add().text = "b"
+    assert "prompt_weight" in shown(draw("VIEW3D_PT_dream"))
+    assert "ensemble_mode" in shown(draw("VIEW3D_PT_dream_ensemble"))
+    assert "infusion_mid" not in shown(draw("VIEW3D_PT_dream_infusion"))
+    props.infusion_images.add().image = bpy.data.images.new("b", 8, 8)
+    assert {"infusion_down", "infusion_mid", "infusion_up", "infusion_decay",
+            "infusion_cond_only"} <= shown(draw("VIEW3D_PT_dream_infusion"))
+    for source, control in (("IMAGE", "mask_image"), ("RECT", "rect_min"), ("UV", "uv_margin")):
+        props.mask_source = source
+        assert control in shown(draw("IMAGE_PT_dream_tools"))
+
+
+def test_every_scene_property_is_drawn_somewhere(scene):
+    props = scene.dream
+    props.extra_prompts.add()
+    props.infusion_images.add().image = bpy.data.images.new("b", 8, 8)
+    drawn = set()
+    for source in ("ALPHA", "IMAGE", "RECT", "UV"):
+        props.mask_source = source
+        for panel in PANELS:
+            drawn |= shown(draw(panel))
+    names = {n for n in type(props).__annotations__ if not n.endswith("_index")}
+    assert names <= drawn, names - drawn
