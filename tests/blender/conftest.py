@@ -1,6 +1,7 @@
 """Fixtures: a real backend process on the tiny model, started through the add-on's own
 Start operator, and a fresh default scene for each test."""
 
+import os
 import sys
 
 import bpy
@@ -21,7 +22,8 @@ def prefs():
 
 @pytest.fixture(scope="session")
 def backend(session, prefs, tmp_path_factory):
-    prefs.python_path = sys.executable
+    # The backend needs torch; a Blender-only environment (the 4.2 LTS run) names another Python.
+    prefs.python_path = os.environ.get("DREAM_BACKEND_PYTHON", sys.executable)
     prefs.port = 0
     prefs.device = "cpu"
     prefs.model = "tiny, tiny-b, tiny-inpaint"
