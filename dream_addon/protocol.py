@@ -246,6 +246,8 @@ class Field:
     def allowed(self):
         if self.kind == "choice":
             return list(self.choices)
+        if self.kind in ("strings", "ints"):
+            return {"min_items": 2, "max_items": 16}
         out = {}
         for key in ("min", "max", "multiple_of", "max_length"):
             if getattr(self, key) is not None:
@@ -339,6 +341,13 @@ def validate_params(params, fields: dict) -> dict:
                 raise bad(f"must be one of {list(spec.choices)}, got {value!r}")
         elif spec.kind == "prompts":
             value = validate_prompt_terms(value, where)
+        elif spec.kind in ("strings", "ints"):
+            item_type = str if spec.kind == "strings" else int
+            if (not isinstance(value, list) or not 2 <= len(value) <= 16 or not all(
+                    isinstance(v, item_type) and not isinstance(v, bool) for v in value)
+                    or (item_type is str and any(len(v) > 4000 for v in value))
+                    or (item_type is int and any(not 0 <= v <= MAX_SEED for v in value))):
+                raise bad(f"must be a list of 2..16 {'prompts' if item_type is str else 'seeds'}")
         elif spec.kind == "layer_weights":
             value = validate_layer_weights(value, where)
         elif spec.kind == "models":
@@ -429,8 +438,30 @@ def inpaint_fields(max_size: int = 2048) -> dict:
     return fields
 
 
-JOB_KINDS = {"txt2img": txt2img_fields, "img2img": img2img_fields, "inpaint": inpaint_fields}
-JOB_ARRAYS = {"txt2img": (), "img2img": ("init_image",), "inpaint": ("init_image", "mask")}
+WALKS = ("prompts", "seeds", "random", "direction", "circular")
+EMBEDDING_WALKS = ("prompts", "random", "direction")  # the others move only the starting noise
+MAX_FRAMES = 2000
+
+
+def walk_fields(max_size: int = 2048) -> dict:
+    """A sequence of frames; an optional 'init_image' array makes every frame img2img of it."""
+    return {**img2img_fields(max_size),
+            "walk": Field("choice", "prompts", choices=WALKS, doc="What moves from frame to frame"),
+            "frames": Field("int", 24, min=2, max=MAX_FRAMES, doc="Number of frames"),
+            "walk_prompts": Field("strings", None, doc="prompts walk: 2..16 prompts, visited in order"),
+            "interpolation": Field("choice", "slerp", choices=("slerp", "lerp"),
+                                   doc="prompts walk: how embeddings are interpolated"),
+            "walk_seeds": Field("ints", None, doc="seeds walk: 2..16 seeds, their noise slerped in order"),
+            "step_size": Field("float", 0.05, min=0.0, max=2.0, doc="random/direction walk: step per frame"),
+            "walk_seed": Field("int", 0, min=0, max=MAX_SEED, doc="random/direction walk: the directions' seed"),
+            "period": Field("int", 0, min=0, max=MAX_FRAMES, doc="circular walk: frames per loop (0 = frames)"),
+            "batch_size": Field("int", 4, min=1, max=32, doc="Frames per UNet batch"),
+            "fps": Field("int", 12, min=1, max=120, doc="Frames per second of the sequence and exports")}
+
+
+JOB_KINDS = {"txt2img": txt2img_fields, "img2img": img2img_fields, "inpaint": inpaint_fields, "walk": walk_fields}
+JOB_ARRAYS = {"txt2img": (), "img2img": ("init_image",), "inpaint": ("init_image", "mask"), "walk": ()}
+OPTIONAL_ARRAYS = {"walk": ("init_image",)}
 INFUSION_ARRAYS = tuple(f"infusion_{i}" for i in range(MAX_INFUSION_IMAGES))
 
 
@@ -441,13 +472,14 @@ def validate_job(kind, params, arrays, max_size: int = 2048):
                             allowed=sorted(JOB_KINDS))
     params = validate_params(params, JOB_KINDS[kind](max_size))
     arrays = dict(arrays)
-    if bool(params["prompt"]) == bool(params["prompts"]):
+    if kind != "walk" and bool(params["prompt"]) == bool(params["prompts"]):
         raise ProtocolError("invalid_param", "give either params.prompt or params.prompts (an ensemble), not both",
                             field="params.prompt")
     if bool(params["infusion_weights"]) != any(name in arrays for name in INFUSION_ARRAYS):
         raise ProtocolError("invalid_param", "infusion needs both params.infusion_weights and at least one array "
                             f"of {list(INFUSION_ARRAYS)}", field="params.infusion_weights")
-    expected = JOB_ARRAYS[kind] + tuple(name for name in INFUSION_ARRAYS if name in arrays)
+    optional = OPTIONAL_ARRAYS.get(kind, ()) + INFUSION_ARRAYS
+    expected = JOB_ARRAYS[kind] + tuple(name for name in optional if name in arrays)
     for name in arrays:
         if name not in expected:
             raise ProtocolError("bad_array", f"arrays.{name} is not used by a {kind} job", field=f"arrays.{name}",
@@ -467,11 +499,36 @@ def validate_job(kind, params, arrays, max_size: int = 2048):
             raise ProtocolError("bad_array", f"arrays.{name} has shape {list(array.shape)}; it must be "
                                 f"height x width x {shape[2]} = {shape} (resize it to the job's size)",
                                 field=f"arrays.{name}", allowed={"shape": shape})
-    if "strength" in params and int(params["steps"] * params["strength"]) < 1:
+    if kind == "walk":
+        validate_walk(params)
+    if "strength" in params and (kind != "walk" or "init_image" in arrays) and \
+            int(params["steps"] * params["strength"]) < 1:
         raise ProtocolError("invalid_param", "params.strength x params.steps must be at least 1 so that one "
                             "denoising step runs", field="params.strength",
                             allowed={"min": 1 / params["steps"], "max": 1.0})
     return params, dict(arrays)
+
+
+def validate_walk(params):
+    """What a walk needs besides its fields: its key points, one model, a deterministic sampler."""
+    needs = {"prompts": "walk_prompts", "seeds": "walk_seeds"}.get(params["walk"])
+    if needs and not params[needs]:
+        raise ProtocolError("invalid_param", f"a {params['walk']} walk needs params.{needs} (2..16 entries)",
+                            field=f"params.{needs}", allowed={"min_items": 2, "max_items": 16})
+    if params["walk"] == "prompts" and (params["prompts"] or params["prompt"]):
+        raise ProtocolError("invalid_param", "a prompts walk takes its prompts from params.walk_prompts only",
+                            field="params.prompt")
+    if params["walk"] != "prompts" and bool(params["prompt"]) == bool(params["prompts"]):
+        raise ProtocolError("invalid_param", "give either params.prompt or params.prompts (an ensemble), not both",
+                            field="params.prompt")
+    if params["walk"] in EMBEDDING_WALKS and (params["models"] or params["prompts"]):
+        field = "params.models" if params["models"] else "params.prompts"
+        raise ProtocolError("invalid_param", f"a {params['walk']} walk moves one text embedding, so {field} "
+                            "(an ensemble) cannot join it; seeds and circular walks take ensembles", field=field)
+    if params["scheduler"] == "euler_a":
+        raise ProtocolError("invalid_param", "walks need a deterministic sampler: the fresh noise of Euler "
+                            "ancestral would differ between batched and single frames", field="params.scheduler",
+                            allowed=[s for s in SCHEDULERS if s != "euler_a"])
 
 
 JOB_ID_MAX = 128
@@ -487,8 +544,13 @@ def validate_job_id(job_id) -> str:
 
 
 # --------------------------------------------------------------------------- message types
-CLIENT_MESSAGES = ("hello", "submit", "cancel", "status", "fetch", "shutdown", "ping")
-SERVER_MESSAGES = ("welcome", "accepted", "queued", "started", "progress", "preview", "result", "error",
-                   "cancelled", "status", "pong", "bye")
-JOB_EVENTS = ("accepted", "queued", "started", "progress", "preview", "result", "error", "cancelled")
+CLIENT_MESSAGES = ("hello", "submit", "cancel", "status", "fetch", "export", "shutdown", "ping")
+SERVER_MESSAGES = ("welcome", "accepted", "queued", "started", "progress", "preview", "frame", "result", "error",
+                   "cancelled", "status", "exported", "pong", "bye")
+JOB_EVENTS = ("accepted", "queued", "started", "progress", "preview", "frame", "result", "error", "cancelled")
+EXPORT_FIELDS = {
+    "format": Field("choice", "gif", choices=("gif", "mp4"), doc="File type"),
+    "fps": Field("int", None, min=1, max=120, doc="Frames per second (default: the walk's)"),
+    "rubber_band": Field("bool", False, doc="Play forward, then backward without repeating the ends"),
+}
 TERMINAL_EVENTS = ("result", "error", "cancelled")

@@ -78,6 +78,14 @@ class GenerationRequest:
     infusion_weights: dict = field(default_factory=dict)  # layer name -> weight
     infusion_decay: float = 1.0  # the weights are multiplied by decay**step
     infusion_cond_only: bool = False
+    # Frames generated together (walks): per-frame starting noise (B, C, h, w) of unit variance,
+    # and per-frame conditional text embeddings (B, tokens, dim) in place of the prompts.
+    frame_noise: torch.Tensor | None = None
+    frame_embeds: torch.Tensor | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.frame_noise.shape[0] if self.frame_noise is not None else 1
 
     def terms(self):
         return self.prompts or [PromptTerm(self.prompt)]
@@ -171,13 +179,19 @@ def ensemble_members(components) -> list:
 def prompt_embeddings(c: Components, req: GenerationRequest, use_cfg: bool):
     """Stage 1 for one model: the batch of text embeddings and the terms its rows stand for."""
     terms = req.terms()
-    conds = [encode_prompt(c, term.text) for term in terms]
-    if req.ensemble_mode == "embedding" and len(terms) > 1:
-        total_weight = sum(term.weight for term in terms)
-        conds = [sum(term.weight * e for term, e in zip(terms, conds)) / total_weight]
-        terms = [PromptTerm("", 1.0)]
+    if req.frame_embeds is not None:  # a walk: one conditional embedding per frame
+        conds, terms = [req.frame_embeds.to(c.device, c.dtype)], [PromptTerm("", 1.0)]
+    else:
+        conds = [encode_prompt(c, term.text) for term in terms]
+        if req.ensemble_mode == "embedding" and len(terms) > 1:
+            total_weight = sum(term.weight for term in terms)
+            conds = [sum(term.weight * e for term, e in zip(terms, conds)) / total_weight]
+            terms = [PromptTerm("", 1.0)]
     negative = encode_prompt(c, req.negative_prompt) if use_cfg or req.infusion_images else None
-    return torch.cat(([negative] if use_cfg else []) + conds), terms, negative
+    # Rows in blocks of one row per frame: [negative × B, prompt 1 × B, ..., prompt K × B].
+    conds = [cond.expand(req.batch, -1, -1) for cond in conds]
+    blocks = ([negative.expand(req.batch, -1, -1)] if use_cfg else []) + conds
+    return torch.cat(blocks), terms, negative
 
 
 def inpaint_inputs(c: Components, req: GenerationRequest, generator):
@@ -221,7 +235,8 @@ def offloaded(members, offload: bool):
 
 @torch.no_grad()
 def generate(components, req: GenerationRequest, on_step=None, offload: bool = False) -> torch.Tensor:
-    """Run the denoising loop; return the decoded image as a (H, W, 3) float32 tensor in [0, 1].
+    """Run the denoising loop; return the decoded image as a (H, W, 3) float32 tensor in [0, 1],
+    or (B, H, W, 3) for a batch of frames (``req.frame_noise``).
 
     ``components`` is one model's Components, or [(Components, weight)] for model ensembling.
     ``on_step(step, total, latents)`` is called after every denoising step; it may raise
@@ -237,7 +252,8 @@ def generate(components, req: GenerationRequest, on_step=None, offload: bool = F
 
     # 1. Encode prompts, with each model's own text encoder: [negative, prompt 1..K] rows.
     encoded = [prompt_embeddings(m, req, use_cfg) for m, _ in members]
-    rows = encoded[0][0].shape[0]
+    rows = encoded[0][0].shape[0]  # blocks × frames
+    blocks = rows // req.batch
 
     # 2. Timesteps, from a scheduler of the job's own (no state shared between jobs);
     #    img2img and inpainting below strength 1 keep the last ``strength`` part of the schedule.
@@ -256,7 +272,10 @@ def generate(components, req: GenerationRequest, on_step=None, offload: bool = F
         image_latents = None
         if req.init_image is not None and (unet_channels == 4 and inpaint or req.strength < 1.0 or not inpaint):
             image_latents = encode_image(c, req.init_image, generator)
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(c.device, c.dtype)
+        if req.frame_noise is not None:
+            noise = req.frame_noise.to(c.device, c.dtype)
+        else:
+            noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(c.device, c.dtype)
         if req.init_image is None or (inpaint and req.strength == 1.0):
             latents = noise * scheduler.init_noise_sigma
         else:
@@ -271,11 +290,11 @@ def generate(components, req: GenerationRequest, on_step=None, offload: bool = F
             bias_noise = torch.randn(bias_latents.shape[1:], generator=torch.Generator().manual_seed(req.seed + 1))
             bias_noise = bias_noise.to(c.device, c.dtype).expand_as(bias_latents)
             infusion = Infusion(req.infusion_weights, generated=rows,
-                                targets=slice(1, None) if use_cfg and req.infusion_cond_only else slice(None))
+                                targets=slice(req.batch, None) if use_cfg and req.infusion_cond_only else slice(None))
 
         # 4. Denoise: UNet (all rows of every model) → guidance → model weights → scheduler step.
         for i, t in enumerate(timesteps):
-            model_input = torch.cat([latents] * rows) if rows > 1 else latents
+            model_input = torch.cat([latents] * blocks) if blocks > 1 else latents
             if infusion is not None:
                 model_input = torch.cat([model_input, scheduler.add_noise(bias_latents, bias_noise, t[None])])
                 infusion.scale = req.infusion_decay ** i
@@ -307,12 +326,12 @@ def generate(components, req: GenerationRequest, on_step=None, offload: bool = F
 
         # 5. Decode to pixels in [0, 1]; inpainting pastes the original back outside the mask.
         image = c.vae.decode(latents / c.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
-    image = (image[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).float()
+    image = (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()
     if inpaint:
         soft = feathered(pixel_mask.to(image.device), req.feather)[..., None]
         original = req.init_image.to(image.device)
         image = torch.where(soft > 0, original * (1 - soft) + image * soft, original)
-    return image
+    return image if req.frame_noise is not None else image[0]
 
 
 # Linear map from SD latents to RGB, a cheap preview that needs no VAE decode.

@@ -31,7 +31,7 @@ class Job:
         self.created = time.time()
         self.timings = {}
         self.step = 0
-        self.total = params.get("steps", 0)
+        self.total = params.get("frames") or params.get("steps", 0)  # walks count frames
         self.error = None  # the error message dict when state is FAILED
         self.cancel_requested = threading.Event()
         self.subscribers = {}  # connection -> how it wants the result (None: as the job's params say)
@@ -116,6 +116,27 @@ class JobStore:
 
     def load_image(self, job_id: str) -> np.ndarray:
         return np.load(self.job_dir(job_id) / "result.npy")
+
+    # Frames of a walk: frame_000001.png ... and manifest.json, each written as it is done.
+    def frame_path(self, job_id: str, index: int) -> Path:
+        return self.job_dir(job_id) / f"frame_{index + 1:06d}.png"
+
+    def frames_done(self, job_id: str, count: int):
+        return [k for k in range(count) if self.frame_path(job_id, k).exists()]
+
+    def save_frame(self, job: Job, index: int, image: np.ndarray):
+        from PIL import Image
+
+        path = self.frame_path(job.job_id, index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        png = (image * 255).round().clip(0, 255).astype(np.uint8)
+        _write_atomic(path, lambda p: Image.fromarray(png).save(p, format="PNG"))
+        done = self.frames_done(job.job_id, job.params["frames"])
+        manifest = {"job_id": job.job_id, "frames": job.params["frames"], "done": len(done), "fps": job.params["fps"],
+                    "width": job.params["width"], "height": job.params["height"],
+                    "files": [self.frame_path(job.job_id, k).name for k in done], "params": job.params}
+        _write_atomic(self.job_dir(job.job_id) / "manifest.json", lambda p: p.write_text(json.dumps(manifest)))
+        return path
 
 
 class JobQueue:

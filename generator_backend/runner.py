@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
 
 from dream_addon import protocol
 from dream_addon.protocol import ProtocolError
@@ -15,6 +16,7 @@ from dream_addon.protocol import ProtocolError
 from .core import (Cancelled, GenerationRequest, IncompatibleModels, PromptTerm, StepTimer, generate,
                    latent_preview, linear_to_srgb, to_rgba)
 from .modifiers import Infusion
+from .walks import WalkPlan
 from .jobs import CANCELLED, DONE, FAILED, RUNNING, Job, JobQueue, JobStore
 from .models import ModelLoadError, ModelManager
 
@@ -75,7 +77,8 @@ def result_frame(store: JobStore, meta: dict, image, output: dict):
     """The ``result`` message and its image array, delivered as ``output`` asks (dtype, flip, linear)."""
     message = {"type": "result", "job_id": meta["job_id"], "width": meta["width"], "height": meta["height"],
                "seed": meta["seed"], "model": meta["model"], "timings": meta["timings"],
-               "path": str(store.job_dir(meta["job_id"])), **{k: output[k] for k in ("flip_y", "linear")}}
+               "path": str(store.job_dir(meta["job_id"])), **{k: output[k] for k in ("flip_y", "linear")},
+               **{k: meta[k] for k in ("frames", "fps", "folder") if k in meta}}  # walks
     return message, {"image": to_rgba(image, output["output_dtype"], output["flip_y"], output["linear"])}
 
 
@@ -98,33 +101,16 @@ class Worker(threading.Thread):
     def execute(self, job: Job):
         if job.cancel_requested.is_set():
             return self._cancelled(job)
+        if job.kind == "walk":
+            return self._guarded(job, self.execute_walk)
+        return self._guarded(job, self.execute_image)
+
+    def _guarded(self, job: Job, run):
+        """Run a job; every failure becomes its error event, and the worker lives on."""
         job.state = RUNNING
         job.emit({"type": "started", "total": job.total})
-        p = job.params
         try:
-            job.emit({"type": "progress", "step": 0, "total": job.total, "stage": "loading", "eta": None})
-            t0 = time.perf_counter()
-            if p["models"]:  # model ensemble: ε = Σ w_m ε_m
-                members = [(self.models.get(m["name"]), m["weight"]) for m in p["models"]]
-                model_name = "+".join(f"{m['name']}*{m['weight']:g}" for m in p["models"])
-            else:
-                members = [(self.models.get(p["model"]), 1.0)]
-                model_name = self.models.resolve(p["model"])
-            components = members[0][0]
-            job.timings["load_s"] = round(time.perf_counter() - t0, 4)
-            request = build_request(job)
-            check_request(request, components.unet)
-            t1 = time.perf_counter()
-            image = generate(members, request, on_step=self._step_callback(job, components),
-                             offload=p["offload"])
-            if job.cancel_requested.is_set():
-                raise Cancelled()
-            job.timings["generate_s"] = round(time.perf_counter() - t1, 4)
-            job.emit({"type": "progress", "step": job.total, "total": job.total, "stage": "saving", "eta": 0.0})
-            meta = self.store.save_result(job, image.cpu().numpy(), model_name)
-            job.state = DONE
-            job.emit_result(lambda output: result_frame(self.store, meta, image, output))
-            return meta
+            return run(job)
         except Cancelled:
             return self._cancelled(job)
         except ModelLoadError as exc:
@@ -136,6 +122,75 @@ class Worker(threading.Thread):
         except Exception as exc:  # the backend must survive any job; details go to the log
             log.exception("job %s failed", job.job_id)
             self._failed(job, "job_failed", f"{type(exc).__name__}: {exc}")
+
+    def _members(self, job: Job):
+        """[(Components, weight)] and a name for the result's sidecar."""
+        p = job.params
+        if p["models"]:  # model ensemble: ε = Σ w_m ε_m
+            members = [(self.models.get(m["name"]), m["weight"]) for m in p["models"]]
+            return members, "+".join(f"{m['name']}*{m['weight']:g}" for m in p["models"])
+        return [(self.models.get(p["model"]), 1.0)], self.models.resolve(p["model"])
+
+    def execute_image(self, job: Job):
+        p = job.params
+        job.emit({"type": "progress", "step": 0, "total": job.total, "stage": "loading", "eta": None})
+        t0 = time.perf_counter()
+        members, model_name = self._members(job)
+        components = members[0][0]
+        job.timings["load_s"] = round(time.perf_counter() - t0, 4)
+        request = build_request(job)
+        check_request(request, components.unet)
+        t1 = time.perf_counter()
+        image = generate(members, request, on_step=self._step_callback(job, components),
+                         offload=p["offload"])
+        if job.cancel_requested.is_set():
+            raise Cancelled()
+        job.timings["generate_s"] = round(time.perf_counter() - t1, 4)
+        job.emit({"type": "progress", "step": job.total, "total": job.total, "stage": "saving", "eta": 0.0})
+        meta = self.store.save_result(job, image.cpu().numpy(), model_name)
+        job.state = DONE
+        job.emit_result(lambda output: result_frame(self.store, meta, image, output))
+        return meta
+
+    def execute_walk(self, job: Job):
+        """Frames in batches; each is written and streamed as soon as it is done. Cancel stops
+        after the current batch; frames already on disk (a resumed job) are not made again."""
+        p = job.params
+        job.emit({"type": "progress", "step": 0, "total": p["frames"], "stage": "loading", "eta": None})
+        members, model_name = self._members(job)
+        components = members[0][0]
+        request = build_request(job)
+        check_request(request, components.unet)
+        plan = WalkPlan(components, p)
+        todo = [k for k in range(p["frames"]) if k not in set(self.store.frames_done(job.job_id, p["frames"]))]
+        done = p["frames"] - len(todo)
+        timer, started = StepTimer(), time.perf_counter()
+        image = None
+        for first in range(0, len(todo), p["batch_size"]):
+            if job.cancel_requested.is_set():
+                raise Cancelled()
+            ks = todo[first:first + p["batch_size"]]
+            request.frame_noise, request.frame_embeds = plan.batch(ks)
+            images = generate(members, request, offload=p["offload"])
+            for k, image in zip(ks, images):
+                path = self.store.save_frame(job, k, image.cpu().numpy())
+                done += 1
+                job.step = done
+                job.emit({"type": "frame", "index": k, "frames": p["frames"], "done": done, "path": str(path)},
+                         {"image": to_rgba(image, p["output_dtype"], p["flip_y"], p["linear"])})
+            fresh = done - (p["frames"] - len(todo))
+            job.emit({"type": "progress", "step": done, "total": p["frames"], "stage": "frames",
+                      "eta": round(timer.eta(fresh, len(todo)), 3)}, coalesce=True)
+        job.timings["generate_s"] = round(time.perf_counter() - started, 4)
+        last = self.store.frame_path(job.job_id, p["frames"] - 1)
+        if image is None:  # everything was on disk already
+            image = torch.from_numpy(np.asarray(Image.open(last).convert("RGB"), dtype=np.float32) / 255.0)
+        meta = self.store.save_result(job, image.cpu().numpy(), model_name)
+        meta.update(frames=p["frames"], fps=p["fps"], folder=str(self.store.job_dir(job.job_id)))
+        self.store.save_meta(job.job_id, meta)
+        job.state = DONE
+        job.emit_result(lambda output: result_frame(self.store, meta, image, output))
+        return meta
 
     def _step_callback(self, job: Job, components):
         timer = StepTimer()

@@ -185,7 +185,8 @@ class Connection:
             if name not in self.server.models.sources:
                 raise ProtocolError("invalid_param", f"{where} {name!r} is not served here", field=where,
                                     allowed=self.server.models.names(), job_id=job_id)
-        self.server.submit(self, job_id, message.get("kind", "txt2img"), params, inputs)
+        self.server.submit(self, job_id, message.get("kind", "txt2img"), params, inputs,
+                           resume=message.get("resume") is True)
 
     def on_cancel(self, message, arrays):
         job_id = protocol.validate_job_id(message.get("job_id"))
@@ -203,6 +204,18 @@ class Connection:
         output = protocol.validate_params(message.get("output", {}), {
             k: v for k, v in protocol.txt2img_fields().items() if k in OUTPUT_FIELDS})
         self.server.fetch(self, job_id, output)
+
+    def on_export(self, message, arrays):
+        from .export import export_frames
+
+        job_id = protocol.validate_job_id(message.get("job_id"))
+        options = protocol.validate_params(message.get("options", {}), protocol.EXPORT_FIELDS)
+        meta = self.server.store.load_meta(job_id)
+        if meta is None or meta.get("kind") != "walk" or meta.get("state") != DONE:
+            raise ProtocolError("not_found", f"no finished walk {job_id!r} to export", field="job_id", job_id=job_id)
+        path, count = export_frames(self.server.store.job_dir(job_id), options["format"],
+                                    options["fps"] or meta["params"]["fps"], options["rubber_band"])
+        self.send({"type": "exported", "job_id": job_id, "path": str(path), "frames": count, **options})
 
     def on_shutdown(self, message, arrays):
         self.send({"type": "bye"})
@@ -306,10 +319,14 @@ class Server:
                     del self.jobs[old_id]
                     break
 
-    def submit(self, connection, job_id, kind, params, inputs):
+    def submit(self, connection, job_id, kind, params, inputs, resume=False):
         with self._lock:
             job = self.jobs.get(job_id)
             meta = None if job else self.store.load_meta(job_id)
+            state = job.state if job else (meta or {}).get("state")
+            unfinished = state in (CANCELLED, FAILED) or (job is None and state == QUEUED)  # QUEUED on disk: lost
+            if resume and unfinished and (job.params if job else meta["params"]) == params:
+                job = meta = None  # run it again under the same id; a walk keeps its finished frames
             if job is None and meta is None:
                 job = Job(job_id, kind, params, inputs)
                 job.subscribe(connection)

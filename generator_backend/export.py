@@ -1,0 +1,40 @@
+"""Walk frames to GIF (Pillow) and MP4 (PyAV), with an optional rubber band."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def rubber_band(frames: list) -> list:
+    """Forward, then backward without repeating either end: 2n − 2 frames that loop smoothly."""
+    return frames + frames[-2:0:-1]
+
+
+def export_frames(folder: Path, fmt: str, fps: int, bounce: bool):
+    """Write walk.gif or walk.mp4 from the folder's frame files; return (path, frame count)."""
+    paths = sorted(Path(folder).glob("frame_*.png"))
+    frames = [Image.open(p).convert("RGB") for p in paths]
+    if bounce:
+        frames = rubber_band(frames)
+    out = Path(folder) / f"walk{'_bounce' if bounce else ''}.{fmt}"
+    tmp = out.with_name(out.name + ".tmp." + fmt)
+    if fmt == "gif":
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps),
+                       loop=0)
+    else:
+        import av
+
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height = frames[0].width, frames[0].height  # multiples of 8: even, as yuv420p needs
+            stream.pix_fmt = "yuv420p"
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.asarray(frame), format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+    tmp.replace(out)
+    return out, len(frames)
