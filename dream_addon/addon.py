@@ -14,6 +14,7 @@ def register():
     bpy.types.Scene.dream = bpy.props.PointerProperty(type=properties.DreamSceneProperties)
     bpy.types.Scene.dream_history = bpy.props.CollectionProperty(type=properties.DreamHistoryItem)
     bpy.types.Scene.dream_history_index = bpy.props.IntProperty()
+    bpy.types.Scene.dream_walk = bpy.props.PointerProperty(type=properties.DreamWalkProperties)
     bpy.types.STATUSBAR_HT_header.append(ui.panels.draw_status_bar)
     # No network and no process start here: the connection opens on first use.
     bpy.app.timers.register(session.drain_timer, first_interval=0.25, persistent=True)
@@ -25,5 +26,6 @@ def unregister():
     session.SESSION.stop_backend()
     bpy.types.STATUSBAR_HT_header.remove(ui.panels.draw_status_bar)
     del bpy.types.Scene.dream, bpy.types.Scene.dream_history, bpy.types.Scene.dream_history_index
+    del bpy.types.Scene.dream_walk
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

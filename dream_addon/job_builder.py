@@ -144,3 +144,27 @@ def mask_from_source(props, image, obj) -> np.ndarray:
     if obj is None or obj.type != "MESH":
         raise JobInputError("Selected-faces masks need an active mesh object")
     return selected_faces_uv_mask(obj, width, height, props.uv_margin)
+
+
+def walk_params(scene) -> tuple[dict, dict]:
+    """A walk job from Scene.dream (generation settings) and Scene.dream_walk."""
+    walk = scene.dream_walk
+    params, arrays = scene_params(scene.dream)
+    params.update(walk=walk.kind, frames=walk.frames, fps=walk.fps, batch_size=walk.batch_size)
+    if walk.kind == "prompts":
+        params["walk_prompts"] = [params.pop("prompt", "") or scene.dream.prompt] + [p.text for p in walk.prompts]
+        params["interpolation"] = walk.interpolation
+    elif walk.kind == "seeds":
+        try:
+            params["walk_seeds"] = [int(s) for s in walk.seeds.replace(",", " ").split()]
+        except ValueError:
+            raise JobInputError(f"Seeds must be whole numbers separated by commas, not {walk.seeds!r}") from None
+    elif walk.kind in ("random", "direction"):
+        params["step_size"], params["walk_seed"] = walk.step_size, walk.walk_seed
+    if walk.init_image is not None:
+        image = walk.init_image
+        pixels = resized(image_pixels(image), params["height"], params["width"])
+        arrays["init_image"] = wire_array(image, pixels)
+        params["strength"] = scene.dream.strength
+    params["preview_interval"] = 0.0  # frames stream instead
+    return params, arrays

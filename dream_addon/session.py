@@ -16,7 +16,7 @@ import bpy
 
 import numpy as np
 
-from . import blender_images, history
+from . import blender_images, history, walk_frames
 from .client import ClientWorker, describe_error
 from .supervisor import BackendProcess
 
@@ -40,6 +40,7 @@ class JobView:
     mask: object = None  # (h, w) bool: only these pixels change; the rest is pasted back exactly
     original: object = None  # (h, w, 4) pixels the mask composites onto
     backup_name: str = ""  # a copy of an image that the result replaces
+    walk_target: dict = field(default_factory=dict)  # walks: where frames go (sequencer or texture)
     state: str = "submitting"
     step: int = 0
     total: int = 0
@@ -129,6 +130,15 @@ class Session:
         self.jobs[job.job_id] = job
         self.worker.send({"type": "submit", "job_id": job.job_id, "kind": job.kind, "params": params}, arrays)
         return job
+
+    def export(self, job_id: str, options: dict):
+        """Ask the backend to export a finished walk (GIF or MP4); the answer arrives as 'exported'."""
+        job = self.jobs.get(job_id)
+        if job is None or job.kind != "walk" or job.state != "done" or self.worker is None:
+            return False
+        self.worker.send({"type": "export", "job_id": job_id, "options": options})
+        job.message = "Exporting"
+        return True
 
     def cancel(self, job_id: str):
         job = self.jobs.get(job_id)
@@ -228,6 +238,15 @@ class Session:
         elif kind == "preview":
             if self._write(job, arrays["image"], message, final=False):
                 job.previews += 1
+        elif kind == "frame":
+            walk_frames.place(job, message)
+        elif kind == "exported":
+            job.message = f"Exported {message['frames']} frames to {message['path']}"
+            self.status = job.message
+        elif kind == "result" and job.kind == "walk":
+            job.state, job.step = "done", job.total
+            job.message = f"{message['frames']} frames in {message['folder']}"
+            history.record(job)
         elif kind == "result":
             self._write(job, arrays["image"], message, final=True)
             job.state, job.step, job.message = "done", job.total, f"Done in {sum(message['timings'].values()):.1f} s"

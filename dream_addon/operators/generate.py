@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import blender_images, history
 from ..job_builder import (JobInputError, active_image_texture, image_pixels, mask_from_source, scene_params,
-                           selected_faces_uv_mask, sized_to_image, wire_array)
+                           selected_faces_uv_mask, sized_to_image, walk_params, wire_array)
 from ..uv_mask import pad_to
 from ..preferences import get_preferences
 from ..protocol import ProtocolError
@@ -186,8 +186,54 @@ class DREAM_OT_rect_from_cursor(ImageEditorOperator, bpy.types.Operator):
         return {"FINISHED"}
 
 
+class DREAM_OT_walk(bpy.types.Operator):
+    bl_idname = "dream.walk"
+    bl_label = "Generate Walk"
+    bl_description = ("Render a latent walk; frames go onto the Sequencer or into an image-sequence texture "
+                      "as they finish")
+    bl_options = {"REGISTER", "UNDO"}
+
+    @report_input_errors
+    def execute(self, context):
+        walk = context.scene.dream_walk
+        params, arrays = walk_params(context.scene)
+        obj = context.active_object
+        target = {"kind": walk.target, "channel": walk.channel, "start_frame": walk.start_frame,
+                  "object": obj.name if obj is not None else ""}
+        if walk.target == "TEXTURE" and (obj is None or obj.type != "MESH"):
+            raise JobInputError("An image-sequence texture needs an active mesh object")
+        return send(self, context, "walk", params, arrays, "", walk_target=target)
+
+
+class DREAM_OT_walk_export(bpy.types.Operator):
+    bl_idname = "dream.walk_export"
+    bl_label = "Export Walk"
+    bl_description = "Write the last finished walk as a GIF or MP4 next to its frames"
+
+    @classmethod
+    def poll(cls, context):
+        return last_walk() is not None
+
+    def execute(self, context):
+        walk = context.scene.dream_walk
+        SESSION.export(last_walk().job_id, {"format": walk.export_format, "rubber_band": walk.rubber_band,
+                                            "fps": walk.fps})
+        return {"FINISHED"}
+
+
+def last_walk():
+    return next((j for j in reversed(SESSION.jobs.values()) if j.kind == "walk" and j.state == "done"), None)
+
+
 LISTS = [("extra_prompts", "Prompts", ""), ("infusion_images", "Biasing Images", ""),
-         ("ensemble_models", "Models", "")]
+         ("ensemble_models", "Models", ""), ("walk_prompts", "Walk Prompts", "")]
+
+
+def owner(context, collection):
+    """The property group holding a list: walk prompts live in Scene.dream_walk."""
+    if collection == "walk_prompts":
+        return context.scene.dream_walk, "prompts"
+    return context.scene.dream, collection
 
 
 class DREAM_OT_list_add(bpy.types.Operator):
@@ -197,12 +243,12 @@ class DREAM_OT_list_add(bpy.types.Operator):
     collection: bpy.props.EnumProperty(items=LISTS)
 
     def execute(self, context):
-        props = context.scene.dream
-        item = getattr(props, self.collection).add()
+        props, name = owner(context, self.collection)
+        item = getattr(props, name).add()
         if self.collection == "ensemble_models" and SESSION.welcome:
             names = [m["name"] for m in SESSION.welcome["models"]]
             item.name = names[min(len(props.ensemble_models) - 1, len(names) - 1)]
-        setattr(props, self.collection + "_index", len(getattr(props, self.collection)) - 1)
+        setattr(props, name + "_index", len(getattr(props, name)) - 1)
         return {"FINISHED"}
 
 
@@ -217,14 +263,14 @@ class DREAM_OT_list_remove(bpy.types.Operator):
         return context.scene is not None
 
     def execute(self, context):
-        props = context.scene.dream
-        items, index = getattr(props, self.collection), getattr(props, self.collection + "_index")
+        props, name = owner(context, self.collection)
+        items, index = getattr(props, name), getattr(props, name + "_index")
         if 0 <= index < len(items):
             items.remove(index)
-            setattr(props, self.collection + "_index", max(0, index - 1))
+            setattr(props, name + "_index", max(0, index - 1))
         return {"FINISHED"}
 
 
 classes = (DREAM_OT_generate_texture, DREAM_OT_texture_selected_faces, DREAM_OT_img2img, DREAM_OT_inpaint,
-           DREAM_OT_cancel, DREAM_OT_randomize_seed, DREAM_OT_rect_from_cursor, DREAM_OT_list_add,
-           DREAM_OT_list_remove)
+           DREAM_OT_cancel, DREAM_OT_randomize_seed, DREAM_OT_rect_from_cursor, DREAM_OT_walk,
+           DREAM_OT_walk_export, DREAM_OT_list_add, DREAM_OT_list_remove)

@@ -143,4 +143,40 @@ class DreamSceneProperties(bpy.types.PropertyGroup):
         ("REPLACE", "Replace", "Write the result into the active image (undo or history keep the original)")])
 
 
-classes = (DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties)
+class DreamWalkPrompt(bpy.types.PropertyGroup):
+    text: bpy.props.StringProperty(name="Prompt", default="")
+
+
+class DreamWalkProperties(bpy.types.PropertyGroup):
+    """Settings of a latent walk (Scene.dream_walk); the generation settings come from Scene.dream."""
+
+    kind: bpy.props.EnumProperty(name="Walk", default="circular", items=[
+        ("prompts", "Prompts", "Move from the panel prompt through the prompts below"),
+        ("seeds", "Seeds", "Move the starting noise from seed to seed"),
+        ("random", "Random", "A random walk of the text embedding"),
+        ("direction", "Direction", "Move the text embedding along one random direction"),
+        ("circular", "Circular", "A seamless loop of the starting noise")])
+    prompts: bpy.props.CollectionProperty(type=DreamWalkPrompt)
+    prompts_index: bpy.props.IntProperty()
+    interpolation: bpy.props.EnumProperty(name="Interpolation", default="slerp", items=[
+        ("slerp", "Slerp", "Spherical: keeps the embedding's length"), ("lerp", "Lerp", "Straight line")])
+    seeds: bpy.props.StringProperty(name="Seeds", default="1, 2, 3", description="Seeds, separated by commas")
+    step_size: bpy.props.FloatProperty(name="Step", default=0.05, min=0.0, max=2.0)
+    walk_seed: bpy.props.IntProperty(name="Walk Seed", default=0, min=0, max=2**31 - 1)
+    frames: bpy.props.IntProperty(name="Frames", default=24, min=2, max=2000)
+    fps: bpy.props.IntProperty(name="FPS", default=12, min=1, max=120)
+    batch_size: bpy.props.IntProperty(name="Batch", default=4, min=1, max=32, description="Frames per UNet batch")
+    init_image: bpy.props.PointerProperty(name="Init Image", type=bpy.types.Image,
+                                          description="Optional: every frame is img2img of this image")
+    target: bpy.props.EnumProperty(name="Frames To", default="SEQUENCER", items=[
+        ("SEQUENCER", "Sequencer", "An image strip in the Video Sequencer"),
+        ("TEXTURE", "Texture", "An image-sequence texture on the active object's material")])
+    channel: bpy.props.IntProperty(name="Channel", default=1, min=1, max=128)
+    start_frame: bpy.props.IntProperty(name="Start Frame", default=1)
+    export_format: bpy.props.EnumProperty(name="Export", default="gif", items=[("gif", "GIF", ""),
+                                                                                ("mp4", "MP4", "")])
+    rubber_band: bpy.props.BoolProperty(name="Rubber Band", description="Forward, then back (2n - 2 frames)")
+
+
+classes = (DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties,
+           DreamWalkPrompt, DreamWalkProperties)

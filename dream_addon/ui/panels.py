@@ -215,12 +215,65 @@ class IMAGE_PT_dream_tools(DreamPanel, bpy.types.Panel):
 def sub_panels(prefix, space, parent):
     """The ensemble, infusion, model, queue and history panels, under ``parent`` in ``space``."""
     made = []
-    for base in (DreamEnsemblePanel, DreamInfusionPanel, DreamModelEnsemblePanel, DreamQueuePanel,
-                 DreamHistoryPanel):
+    for base in (DreamEnsemblePanel, DreamInfusionPanel, DreamModelEnsemblePanel, DreamWalkPanel,
+                 DreamQueuePanel, DreamHistoryPanel):
         name = f"{prefix}_PT_dream_{base.__name__[5:-5].lower()}"
         made.append(type(name, (base, bpy.types.Panel), {"bl_space_type": space, "bl_parent_id": parent,
                                                          "bl_idname": name}))
     return tuple(made)
+
+
+class DREAM_UL_walk_prompts(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        layout.prop(item, "text", text="", emboss=False)
+
+
+class DreamWalkPanel(DreamPanel):
+    bl_label = "Walk"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        walk = context.scene.dream_walk
+        layout = self.layout
+        layout.prop(walk, "kind")
+        if walk.kind == "prompts":
+            layout.label(text="From the panel prompt through:")
+            row = layout.row()
+            row.template_list("DREAM_UL_walk_prompts", "", walk, "prompts", walk, "prompts_index", rows=2)
+            col = row.column(align=True)
+            col.operator("dream.list_add", text="", icon="ADD").collection = "walk_prompts"
+            col.operator("dream.list_remove", text="", icon="REMOVE").collection = "walk_prompts"
+            layout.prop(walk, "interpolation")
+        elif walk.kind == "seeds":
+            layout.prop(walk, "seeds")
+        elif walk.kind in ("random", "direction"):
+            row = layout.row(align=True)
+            row.prop(walk, "step_size")
+            row.prop(walk, "walk_seed")
+        col = layout.column(align=True)
+        for name in ("frames", "fps", "batch_size"):
+            col.prop(walk, name)
+        layout.prop(walk, "init_image")
+        if walk.init_image is not None:
+            layout.prop(context.scene.dream, "strength")
+        layout.prop(walk, "target", expand=True)
+        if walk.target == "SEQUENCER":
+            layout.prop(walk, "channel")
+        layout.prop(walk, "start_frame")
+        layout.operator("dream.walk", icon="SEQUENCE")
+        row = layout.row(align=True)
+        row.prop(walk, "export_format", text="")
+        row.prop(walk, "rubber_band", toggle=True)
+        row.operator("dream.walk_export", text="Export", icon="EXPORT")
+
+
+class SEQUENCER_PT_dream_walk(DreamWalkPanel, bpy.types.Panel):
+    bl_space_type = "SEQUENCE_EDITOR"
+    bl_options = set()
+
+
+class SEQUENCER_PT_dream_queue(DreamQueuePanel, bpy.types.Panel):
+    bl_space_type = "SEQUENCE_EDITOR"
 
 
 def draw_status_bar(self, context):
@@ -233,4 +286,5 @@ def draw_status_bar(self, context):
 
 classes = ((DREAM_UL_prompts, DREAM_UL_images, DREAM_UL_models, DREAM_UL_history, VIEW3D_PT_dream,
             VIEW3D_PT_dream_faces) + sub_panels("VIEW3D", "VIEW_3D", "VIEW3D_PT_dream")
-           + (IMAGE_PT_dream, IMAGE_PT_dream_tools) + sub_panels("IMAGE", "IMAGE_EDITOR", "IMAGE_PT_dream"))
+           + (IMAGE_PT_dream, IMAGE_PT_dream_tools) + sub_panels("IMAGE", "IMAGE_EDITOR", "IMAGE_PT_dream")
+           + (DREAM_UL_walk_prompts, SEQUENCER_PT_dream_walk, SEQUENCER_PT_dream_queue))

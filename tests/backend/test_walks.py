@@ -109,15 +109,18 @@ def test_walk_job_streams_cancels_resumes_and_exports(backend):
                 conn.send({"type": "cancel", "job_id": "walk-1"})
         if message["type"] in protocol.TERMINAL_EVENTS:
             break
-    assert message["type"] == "cancelled" and first == [0, 1]  # the batch in flight finishes
+    # Cancel stops after the batch in flight (the worker may have begun the next one before the
+    # cancel arrived): whole batches of 2, fewer than all 6 frames.
+    assert message["type"] == "cancelled" and first in ([0, 1], [0, 1, 2, 3])
     conn.send({"type": "status", "job_id": "walk-1"})
     assert conn.recv()[0]["job"]["state"] == "cancelled"
     job_dir = os.path.join(backend.ready_info["output_dir"], "walk-1")
     kept = sorted(f for f in os.listdir(job_dir) if f.startswith("frame_"))
-    assert kept == ["frame_000001.png", "frame_000002.png"]  # cancel keeps the finished frames
+    assert kept == [f"frame_{k + 1:06d}.png" for k in first]  # cancel keeps the finished frames
     conn.send({"type": "submit", "job_id": "walk-1", "kind": "walk", "params": params, "resume": True})
     events = events_until_terminal(conn, "walk-1")
-    assert [m["index"] for m, _ in events if m["type"] == "frame"] == [2, 3, 4, 5]  # only the missing ones
+    resumed = [m["index"] for m, _ in events if m["type"] == "frame"]
+    assert resumed == [k for k in range(6) if k not in first]  # only the missing ones
     result = events[-1][0]
     assert result["type"] == "result" and result["frames"] == 6 and result["fps"] == 12
     assert sorted(f for f in os.listdir(job_dir) if f.startswith("frame_")) == [f"frame_{i:06d}.png"

@@ -64,7 +64,7 @@ def shown(log):
 
 PANELS = ["VIEW3D_PT_dream", "VIEW3D_PT_dream_faces", "IMAGE_PT_dream", "IMAGE_PT_dream_tools"] + [
     f"{prefix}_PT_dream_{name}" for prefix in ("VIEW3D", "IMAGE")
-    for name in ("ensemble", "infusion", "modelensemble", "queue", "history")]
+    for name in ("ensemble", "infusion", "modelensemble", "walk", "queue", "history")] + ["SEQUENCER_PT_dream_walk"]
 
 
 @pytest.mark.parametrize("panel", [p for p in PANELS if not p.endswith("_queue")])
@@ -111,3 +111,12 @@ def test_every_scene_property_is_drawn_somewhere(scene):
             drawn |= shown(draw(panel))
     names = {n for n in type(props).__annotations__ if not n.endswith("_index")}
     assert names <= drawn, names - drawn
+    walk = scene.dream_walk
+    walk.init_image = bpy.data.images.new("w", 8, 8)
+    for kind in ("prompts", "seeds", "random", "circular"):
+        walk.kind = kind
+        for target in ("SEQUENCER", "TEXTURE"):
+            walk.target = target
+            drawn |= shown(draw("SEQUENCER_PT_dream_walk"))
+    walk_names = {n for n in type(walk).__annotations__ if not n.endswith("_index")}
+    assert walk_names <= drawn, walk_names - drawn
