@@ -41,6 +41,7 @@ class JobView:
     original: object = None  # (h, w, 4) pixels the mask composites onto
     backup_name: str = ""  # a copy of an image that the result replaces
     walk_target: dict = field(default_factory=dict)  # walks: where frames go (sequencer or texture)
+    arrays: dict | None = None
     state: str = "submitting"
     step: int = 0
     total: int = 0
@@ -128,8 +129,20 @@ class Session:
         job = JobView(job_id=f"blender-{uuid.uuid4().hex[:16]}", params=params, image_name=image_name,
                       total=params["steps"], **view)
         self.jobs[job.job_id] = job
+        job.arrays = arrays  # kept for a resume
         self.worker.send({"type": "submit", "job_id": job.job_id, "kind": job.kind, "params": params}, arrays)
         return job
+
+    def resume(self, prefs, job_id: str) -> bool:
+        """Run a cancelled or failed job again under its id; a walk keeps its finished frames."""
+        job = self.jobs.get(job_id)
+        if job is None or job.state not in ("cancelled", "error", "lost"):
+            return False
+        self.ensure_connected(prefs)
+        job.state, job.message = "submitting", "Resuming"
+        self.worker.send({"type": "submit", "job_id": job_id, "kind": job.kind, "params": job.params,
+                          "resume": True}, job.arrays)
+        return True
 
     def export(self, job_id: str, options: dict):
         """Ask the backend to export a finished walk (GIF or MP4); the answer arrives as 'exported'."""

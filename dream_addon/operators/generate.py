@@ -221,8 +221,22 @@ class DREAM_OT_walk_export(bpy.types.Operator):
         return {"FINISHED"}
 
 
-def last_walk():
-    return next((j for j in reversed(SESSION.jobs.values()) if j.kind == "walk" and j.state == "done"), None)
+class DREAM_OT_walk_resume(bpy.types.Operator):
+    bl_idname = "dream.walk_resume"
+    bl_label = "Resume Walk"
+    bl_description = "Finish the last cancelled or failed walk; frames already made are kept"
+
+    @classmethod
+    def poll(cls, context):
+        return last_walk(("cancelled", "error", "lost")) is not None
+
+    def execute(self, context):
+        SESSION.resume(get_preferences(), last_walk(("cancelled", "error", "lost")).job_id)
+        return {"FINISHED"}
+
+
+def last_walk(states=("done",)):
+    return next((j for j in reversed(SESSION.jobs.values()) if j.kind == "walk" and j.state in states), None)
 
 
 LISTS = [("extra_prompts", "Prompts", ""), ("infusion_images", "Biasing Images", ""),
@@ -273,4 +287,4 @@ class DREAM_OT_list_remove(bpy.types.Operator):
 
 classes = (DREAM_OT_generate_texture, DREAM_OT_texture_selected_faces, DREAM_OT_img2img, DREAM_OT_inpaint,
            DREAM_OT_cancel, DREAM_OT_randomize_seed, DREAM_OT_rect_from_cursor, DREAM_OT_walk,
-           DREAM_OT_walk_export, DREAM_OT_list_add, DREAM_OT_list_remove)
+           DREAM_OT_walk_export, DREAM_OT_walk_resume, DREAM_OT_list_add, DREAM_OT_list_remove)

@@ -260,7 +260,9 @@ class DreamWalkPanel(DreamPanel):
         if walk.target == "SEQUENCER":
             layout.prop(walk, "channel")
         layout.prop(walk, "start_frame")
-        layout.operator("dream.walk", icon="SEQUENCE")
+        row = layout.row(align=True)
+        row.operator("dream.walk", icon="SEQUENCE")
+        row.operator("dream.walk_resume", text="", icon="PLAY")
         row = layout.row(align=True)
         row.prop(walk, "export_format", text="")
         row.prop(walk, "rubber_band", toggle=True)

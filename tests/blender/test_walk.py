@@ -97,3 +97,27 @@ def test_export_walk(scene, session, fmt, bounce, count):
     assert f"Exported {count} frames" in job.message
     path = job.message.split(" to ", 1)[1]
     assert path.endswith("." + fmt) and os.path.getsize(path) > 0
+
+
+def test_cancel_keeps_placed_frames_and_resume_completes_the_strip(scene, session):
+    walk = scene.dream_walk
+    walk.kind, walk.frames, walk.batch_size, walk.target = "circular", 6, 2, "SEQUENCER"
+    scene.dream.steps = 25
+    before = set(session.jobs)
+    bpy.ops.dream.walk()
+    (job_id,) = set(session.jobs) - before
+    job = session.jobs[job_id]
+    while not job.walk_target.get("placed"):
+        assert job.active, job.message
+        session.drain(timeout=1.0)
+    bpy.ops.dream.cancel()
+    session.wait_for(job_id)
+    assert job.state == "cancelled"
+    placed = list(job.walk_target["placed"])
+    strip = strips_of(scene.sequence_editor)[job.walk_target["strip"]]
+    assert 2 <= len(strip.elements) == len(placed) < 6  # finished frames stay on the timeline
+    assert bpy.ops.dream.walk_resume() == {"FINISHED"}
+    session.wait_for(job_id, 300)
+    assert job.state == "done", job.message
+    assert len(strip.elements) == 6 and job.walk_target["placed"] == list(range(6))
+    assert not bpy.ops.dream.walk_resume.poll()
