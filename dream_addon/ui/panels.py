@@ -269,12 +269,7 @@ class DreamWalkPanel(DreamPanel):
         row.operator("dream.walk_export", text="Export", icon="EXPORT")
 
 
-class SEQUENCER_PT_dream_walk(DreamWalkPanel, bpy.types.Panel):
-    bl_space_type = "SEQUENCE_EDITOR"
-    bl_options = set()
-
-
-class SEQUENCER_PT_dream_queue(DreamQueuePanel, bpy.types.Panel):
+class SEQUENCER_PT_dream(DreamMainPanel, bpy.types.Panel):
     bl_space_type = "SEQUENCE_EDITOR"
 
 
@@ -289,4 +284,5 @@ def draw_status_bar(self, context):
 classes = ((DREAM_UL_prompts, DREAM_UL_images, DREAM_UL_models, DREAM_UL_history, VIEW3D_PT_dream,
             VIEW3D_PT_dream_faces) + sub_panels("VIEW3D", "VIEW_3D", "VIEW3D_PT_dream")
            + (IMAGE_PT_dream, IMAGE_PT_dream_tools) + sub_panels("IMAGE", "IMAGE_EDITOR", "IMAGE_PT_dream")
-           + (DREAM_UL_walk_prompts, SEQUENCER_PT_dream_walk, SEQUENCER_PT_dream_queue))
+           + (DREAM_UL_walk_prompts, SEQUENCER_PT_dream)
+           + sub_panels("SEQUENCER", "SEQUENCE_EDITOR", "SEQUENCER_PT_dream"))

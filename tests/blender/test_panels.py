@@ -64,7 +64,8 @@ def shown(log):
 
 PANELS = ["VIEW3D_PT_dream", "VIEW3D_PT_dream_faces", "IMAGE_PT_dream", "IMAGE_PT_dream_tools"] + [
     f"{prefix}_PT_dream_{name}" for prefix in ("VIEW3D", "IMAGE")
-    for name in ("ensemble", "infusion", "modelensemble", "walk", "queue", "history")] + ["SEQUENCER_PT_dream_walk"]
+    for name in ("ensemble", "infusion", "modelensemble", "walk", "queue", "history")] + [
+    "SEQUENCER_PT_dream", "SEQUENCER_PT_dream_walk"]
 
 
 @pytest.mark.parametrize("panel", [p for p in PANELS if not p.endswith("_queue")])
