@@ -1,0 +1,168 @@
+"""Training of the pocket texture model on the procedural dataset (CPU-friendly, resumable).
+
+Two stages, each checkpointed with its optimiser and every random state so a resumed run
+continues exactly where it stopped:
+
+1. an f=4 VAE trained as a plain autoencoder; the log-variance half of ``quant_conv`` is fixed
+   (weight 0, bias -30) so ``latent_dist.sample()`` equals the mode, which img2img and
+   inpainting rely on;
+2. a small UNet with attention only at the low resolutions, and the CLIP text encoder, trained
+   with the epsilon objective on the frozen VAE's latents; 10 % empty prompts teach the
+   unconditional prediction that classifier-free guidance needs.
+
+The result is saved as a Stable Diffusion folder (``save_pretrained``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import pocket_dataset
+from .tiny_model import build_tokenizer_vocab
+
+LOGVAR_BIAS = -30.0
+
+
+def build_components(seed: int = 0):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab, merges = build_tokenizer_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(block_out_channels=(32, 64, 64), in_channels=3, out_channels=3,
+                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                        latent_channels=4, norm_num_groups=16, layers_per_block=1, mid_block_add_attention=False)
+    with torch.no_grad():  # sample() == mode(): no noise from the log-variance half
+        vae.quant_conv.weight[4:].zero_()
+        vae.quant_conv.bias[4:].fill_(LOGVAR_BIAS)
+    vae.quant_conv.requires_grad_(False)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(48, 96, 96), norm_num_groups=16, cross_attention_dim=64,
+                                attention_head_dim=8,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"], hidden_size=64, intermediate_size=128, num_attention_heads=4,
+        num_hidden_layers=2, vocab_size=len(vocab), max_position_embeddings=16))
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
+    return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+def batch_of(rng, size, count):
+    images, labels = [], []
+    for _ in range(count):
+        image, text, _ = pocket_dataset.sample(rng, size)
+        images.append(image)
+        labels.append(text)
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1
+    return pixels, labels
+
+
+class Trainer:
+    """Holds the components, optimisers and random states; ``save``/``load`` make runs resumable."""
+
+    def __init__(self, out: Path, seed=0, size=32, batch=16, lr=1e-3):
+        self.out, self.seed, self.size, self.batch = Path(out), seed, size, batch
+        self.c = build_components(seed)
+        self.vae_opt = torch.optim.AdamW([p for p in self.c["vae"].parameters() if p.requires_grad], lr=lr)
+        self.unet_opt = torch.optim.AdamW(list(self.c["unet"].parameters())
+                                          + list(self.c["text_encoder"].parameters()), lr=lr / 2)
+        self.rng = np.random.default_rng(seed)
+        self.torch_gen = torch.Generator().manual_seed(seed)
+        self.steps = {"vae": 0, "unet": 0}
+        self.log = []
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def save(self):
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = {"vae": self.c["vae"].state_dict(), "unet": self.c["unet"].state_dict(),
+                 "text_encoder": self.c["text_encoder"].state_dict(), "vae_opt": self.vae_opt.state_dict(),
+                 "unet_opt": self.unet_opt.state_dict(), "steps": self.steps, "rng": self.rng.bit_generator.state,
+                 "torch_gen": self.torch_gen.get_state(), "log": self.log}
+        tmp = self.checkpoint.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.checkpoint)
+
+    def load(self) -> bool:
+        if not self.checkpoint.exists():
+            return False
+        state = torch.load(self.checkpoint, weights_only=False)
+        for name in ("vae", "unet", "text_encoder"):
+            self.c[name].load_state_dict(state[name])
+        self.vae_opt.load_state_dict(state["vae_opt"])
+        self.unet_opt.load_state_dict(state["unet_opt"])
+        self.steps, self.log = state["steps"], state["log"]
+        self.rng.bit_generator.state = state["rng"]
+        self.torch_gen.set_state(state["torch_gen"])
+        return True
+
+    def vae_step(self):
+        vae = self.c["vae"].train()
+        pixels, _ = batch_of(self.rng, self.size, self.batch)
+        latents = vae.encode(pixels).latent_dist.mode()
+        loss = F.mse_loss(vae.decode(latents).sample, pixels)
+        self.vae_opt.zero_grad()
+        loss.backward()
+        self.vae_opt.step()
+        self.steps["vae"] += 1
+        return loss.item()
+
+    def unet_step(self):
+        vae, unet, text_encoder = self.c["vae"].eval(), self.c["unet"].train(), self.c["text_encoder"].train()
+        pixels, labels = batch_of(self.rng, self.size, self.batch)
+        labels = ["" if self.rng.random() < 0.1 else text for text in labels]
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+        ids = self.c["tokenizer"](labels, padding="max_length", max_length=16, truncation=True,
+                                  return_tensors="pt").input_ids
+        noise = torch.randn(latents.shape, generator=self.torch_gen)
+        t = torch.randint(0, 1000, (latents.shape[0],), generator=self.torch_gen)
+        noisy = self.c["scheduler"].add_noise(latents, noise, t)
+        prediction = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+        loss = F.mse_loss(prediction, noise)
+        self.unet_opt.zero_grad()
+        loss.backward()
+        self.unet_opt.step()
+        self.steps["unet"] += 1
+        return loss.item()
+
+    def train(self, vae_steps: int, unet_steps: int, checkpoint_every: int = 200, report=print):
+        """Run both stages up to the given step counts, checkpointing as it goes."""
+        started = time.perf_counter()
+        for stage, target, step in (("vae", vae_steps, self.vae_step), ("unet", unet_steps, self.unet_step)):
+            while self.steps[stage] < target:
+                loss = step()
+                if self.steps[stage] % 50 == 0 or self.steps[stage] == target:
+                    self.log.append({"stage": stage, "step": self.steps[stage], "loss": round(loss, 5),
+                                     "elapsed_s": round(time.perf_counter() - started, 1)})
+                    report(json.dumps(self.log[-1]))
+                if self.steps[stage] % checkpoint_every == 0:
+                    self.save()
+        self.save()
+
+    def export(self, folder: Path):
+        """Save as a Stable Diffusion folder that from_pretrained loads (Euler for inference)."""
+        from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+        scheduler = EulerDiscreteScheduler.from_config(self.c["scheduler"].config)
+        pipe = StableDiffusionPipeline(vae=self.c["vae"].eval(), unet=self.c["unet"].eval(),
+                                       text_encoder=self.c["text_encoder"].eval(), tokenizer=self.c["tokenizer"],
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+        pipe.save_pretrained(folder, safe_serialization=True)
+        (Path(folder) / "training_log.json").write_text(json.dumps({"steps": self.steps, "log": self.log}))
+        return folder

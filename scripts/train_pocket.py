@@ -1,0 +1,38 @@
+"""Train the pocket texture model (see generator_backend/pocket_train.py). Resumable: run it
+again with the same --work folder and it continues from its last checkpoint.
+
+    .venv/bin/python scripts/train_pocket.py --work .cache/pocket --vae-steps 1500 --unet-steps 20000 \
+        --export generator_backend/pocket_model
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from generator_backend.pocket_train import Trainer  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="checkpoint folder")
+    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--unet-steps", type=int, default=20000)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=32, help="training image size (textures are stationary)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=int, default=200)
+    parser.add_argument("--export", type=Path, help="save the model here as a diffusers folder when done")
+    args = parser.parse_args(argv)
+    trainer = Trainer(args.work, seed=args.seed, size=args.size, batch=args.batch)
+    if trainer.load():
+        print(f"resumed at {trainer.steps}", flush=True)
+    trainer.train(args.vae_steps, args.unet_steps, args.checkpoint_every,
+                  report=lambda line: print(line, flush=True))
+    if args.export:
+        print(f"exported to {trainer.export(args.export)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
