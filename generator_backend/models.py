@@ -10,7 +10,8 @@ from pathlib import Path
 
 log = logging.getLogger("generator_backend.models")
 
-BUILTIN_MODELS = ("tiny", "tiny-b", "tiny-inpaint")  # built offline by tiny_model.py
+BUILTIN_MODELS = ("tiny", "tiny-b", "tiny-inpaint", "pocket")  # tiny*: built offline by tiny_model.py
+POCKET_DIR = Path(__file__).resolve().parent / "pocket_model"  # the trained model shipped in the package
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -70,7 +71,7 @@ class ModelManager:
         source = self.sources[name]
         if source in TINY_VARIANTS:
             return f"tiny/unet{TINY_VARIANTS[source].get('unet_in_channels', 4)}"
-        folder = Path(source)
+        folder = POCKET_DIR if source == "pocket" else Path(source)
         try:
             vae = json.loads((folder / "vae" / "config.json").read_text())
             unet = json.loads((folder / "unet" / "config.json").read_text())
@@ -102,7 +103,11 @@ class ModelManager:
 
         dlogging.disable_progress_bar()
         source = self.sources[name]
-        if source in BUILTIN_MODELS:
+        if source == "pocket":
+            if not (POCKET_DIR / "model_index.json").exists():
+                raise ModelLoadError(f"the pocket model is not in this installation ({POCKET_DIR})")
+            source = str(POCKET_DIR)
+        elif source in BUILTIN_MODELS:
             source = str(ensure_tiny_model(self.models_dir, source))
         log.info("loading model %s from %s on %s", name, source, self.device)
         try:
