@@ -1,0 +1,74 @@
+"""Semantic checks with the trained pocket model (kept fast: 64 px, few steps).
+
+The current weights (40 minutes of CPU training) follow colours but not yet patterns; the
+img2img-keeps-pattern and infusion-monotonic checks of issue 6 fail with them and are not
+here yet (see the issue note)."""
+
+import numpy as np
+import pytest
+import torch
+
+from generator_backend import pocket_dataset as ds
+from generator_backend.core import GenerationRequest, PromptTerm, generate
+from generator_backend.models import POCKET_DIR, ModelManager
+from generator_backend.pocket_eval import TextureClassifier
+
+STEPS, GUIDANCE = 15, 5.0
+
+
+@pytest.fixture(scope="module")
+def pocket():
+    assert (POCKET_DIR / "model_index.json").exists(), "the pocket model ships in generator_backend/pocket_model"
+    return ModelManager(["pocket"], device="cpu").get()
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return TextureClassifier(size=64, per_class=20)
+
+
+def run(c, **kw):
+    base = dict(seed=1, steps=STEPS, guidance=GUIDANCE, width=64, height=64, scheduler="euler")
+    return generate(c, GenerationRequest(**{**base, **kw})).numpy()
+
+
+def mean_rgb(image):
+    return image.reshape(-1, 3).mean(0)
+
+
+def test_colours_follow_the_prompt(pocket, classifier):
+    hits = sum(classifier.colour(run(pocket, prompt=f"{c} checker", seed=s)) == c
+               for c in ds.COLOURS for s in range(2))
+    assert hits >= 14  # of 16
+
+
+def test_ensembling_red_and_blue_gives_a_colour_between(pocket):
+    red, blue = mean_rgb(run(pocket, prompt="red stripes")), mean_rgb(run(pocket, prompt="blue stripes"))
+    mixed = mean_rgb(run(pocket, prompts=[PromptTerm("red stripes", 0.5), PromptTerm("blue stripes", 0.5)]))
+    assert red[0] > mixed[0] > blue[0] and red[2] < mixed[2] < blue[2]
+
+
+def test_inpainting_changes_only_the_mask_and_follows_the_prompt(pocket, classifier):
+    source = torch.from_numpy(ds.render("green", "checker", 64, seed=5))
+    mask = torch.zeros(64, 64)
+    mask[16:48, 16:48] = 1
+    out = run(pocket, prompt="red stripes", init_image=source, mask=mask)
+    inside = mask.numpy().astype(bool)
+    np.testing.assert_array_equal(out[~inside], source.numpy()[~inside])
+    assert mean_rgb(out[16:48, 16:48][None])[0] > mean_rgb(source.numpy()[16:48, 16:48][None])[0] + 0.1
+
+
+def test_walk_between_two_colours_is_smooth(pocket):
+    from dream_addon import protocol
+    from generator_backend.walks import WalkPlan
+
+    params = protocol.validate_params({"walk": "prompts", "walk_prompts": ["red checker", "blue checker"],
+                                       "frames": 6, "width": 64, "height": 64, "steps": STEPS,
+                                       "guidance": GUIDANCE, "seed": 1}, protocol.walk_fields())
+    plan = WalkPlan(pocket, params)
+    request = GenerationRequest(seed=1, steps=STEPS, guidance=GUIDANCE, width=64, height=64, scheduler="euler")
+    request.frame_noise, request.frame_embeds = plan.batch(range(6))
+    means = [mean_rgb(f) for f in generate(pocket, request).numpy()]
+    steps = [np.abs(means[i + 1] - means[i]).sum() for i in range(5)]
+    total = np.abs(means[-1] - means[0]).sum()
+    assert total > 0.2 and max(steps) < 0.6 * total  # no jump carries most of the change
