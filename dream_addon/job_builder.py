@@ -6,6 +6,7 @@ import numpy as np
 
 from . import protocol, uv_mask
 from .properties import DEFAULT_MODEL
+from .session import BLENDER_OUTPUT
 
 
 class JobInputError(Exception):
@@ -47,7 +48,7 @@ def scene_params(props) -> tuple[dict, dict]:
         "scheduler": props.scheduler, "preview_interval": props.preview_interval,
         "model": "" if props.model == DEFAULT_MODEL else props.model,
         "seamless": ("x" if props.seamless_x else "") + ("y" if props.seamless_y else ""),
-        "output_dtype": "float32", "flip_y": True, "linear": True, "input_linear": True, "input_flip_y": True,
+        **BLENDER_OUTPUT, "input_linear": True, "input_flip_y": True,
     }
     if len(props.extra_prompts):
         params["prompts"] = [{"text": props.prompt, "weight": props.prompt_weight}] + [

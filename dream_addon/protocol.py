@@ -545,9 +545,6 @@ def validate_job_id(job_id) -> str:
 
 # --------------------------------------------------------------------------- message types
 CLIENT_MESSAGES = ("hello", "submit", "cancel", "status", "fetch", "export", "shutdown", "ping")
-SERVER_MESSAGES = ("welcome", "accepted", "queued", "started", "progress", "preview", "frame", "result", "error",
-                   "cancelled", "status", "exported", "pong", "bye")
-JOB_EVENTS = ("accepted", "queued", "started", "progress", "preview", "frame", "result", "error", "cancelled")
 EXPORT_FIELDS = {
     "format": Field("choice", "gif", choices=("gif", "mp4"), doc="File type"),
     "fps": Field("int", None, min=1, max=120, doc="Frames per second (default: the walk's)"),
