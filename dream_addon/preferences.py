@@ -26,9 +26,10 @@ class DreamPreferences(bpy.types.AddonPreferences):
     python_path: bpy.props.StringProperty(name="Python", default="", subtype="FILE_PATH",
                                           description="Interpreter with torch and diffusers installed, "
                                                       "used by Start")
-    model: bpy.props.StringProperty(name="Models", default="tiny",
+    model: bpy.props.StringProperty(name="Models", default="pocket",
                                     description="Diffusers folders or hub ids to serve, separated by commas (the "
-                                                "first is the default); 'tiny' is the offline test model")
+                                                "first is the default); 'pocket' is the small offline texture "
+                                                "model that ships with the backend")
     device: bpy.props.EnumProperty(name="Device", default="auto", items=[
         ("auto", "Auto", "CUDA, then Apple MPS, then CPU"), ("cuda", "CUDA", ""), ("mps", "MPS", ""),
         ("cpu", "CPU", "")])

@@ -37,8 +37,9 @@ def build_parser():
                        help="allow a non-loopback --host (anyone with the token can then run jobs)")
     serve.add_argument("--port", type=int, default=protocol.DEFAULT_PORT, help="TCP port; 0 picks a free one")
     serve.add_argument("--model", action="append", dest="models", metavar="[NAME=]SOURCE",
-                       help="local diffusers folder, hub id, or 'tiny' (the offline test model); repeatable, "
-                            "the first is the default (default: tiny)")
+                       help="local diffusers folder, hub id, 'pocket' (the small offline texture model) or "
+                            "'tiny' (the random test model); repeatable, the first is the default "
+                            "(default: pocket)")
     serve.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     serve.add_argument("--output-dir", type=Path, default=default_data_dir() / "outputs",
                        help="where every result is written before it is sent")
@@ -64,7 +65,7 @@ def serve(args) -> int:
     token = os.environ.get(protocol.TOKEN_ENV) or secrets.token_urlsafe(32)
     if not os.environ.get(protocol.TOKEN_ENV):
         write_private(args.token_file, token)
-    models = ModelManager(args.models or ["tiny"], device=args.device, models_dir=args.models_dir)
+    models = ModelManager(args.models or ["pocket"], device=args.device, models_dir=args.models_dir)
     try:
         server = Server(models, args.output_dir, token, host=args.host, port=args.port,
                         allow_remote=args.allow_remote, max_size=args.max_size)

@@ -1,7 +1,7 @@
 """Procedural, tileable textures with text labels: the training data of the pocket model.
 
-Every pattern is a periodic function of the pixel position with whole periods across the image,
-so each texture tiles seamlessly. Labels read like prompts: "thin vertical red stripes",
+Every pattern is a periodic function of the pixel position whose periods are fixed in pixels and
+divide 32, so a texture has the same scale at any size that is a multiple of 32, and tiles. Labels read like prompts: "thin vertical red stripes",
 "dark blue checker", "green marble".
 """
 
@@ -20,55 +20,59 @@ SIZED = ("stripes", "checker", "dots", "bricks", "scales")  # take thin / thick
 TONES = ("", "light", "dark")
 
 
+TILE = 32  # every period divides this, so any multiple of it tiles
+PERIOD = {"thin": 8, "normal": 16, "thick": 32}  # pixels: the same scale at any canvas size
+
+
 def _grid(size):
+    if size % TILE:
+        raise ValueError(f"size must be a multiple of {TILE}, got {size}")
     y, x = np.mgrid[0:size, 0:size].astype(np.float64)
-    return (x + 0.5) / size, (y + 0.5) / size  # 0..1, one period = the whole image
+    return x + 0.5, y + 0.5  # pixel centres
 
 
 def _periodic_noise(size, rng, octaves=3):
-    """Smooth tileable noise: a sum of random whole-period sinusoids."""
-    u, v = _grid(size)
+    """Smooth tileable noise: a sum of random sinusoids with wavelengths of 32/k pixels."""
+    x, y = _grid(size)
     out = np.zeros((size, size))
     for octave in range(octaves):
         for _ in range(3):
-            fx, fy = rng.integers(-2 - 2 * octave, 3 + 2 * octave, size=2)
-            out += np.sin(2 * np.pi * (fx * u + fy * v) + rng.uniform(0, 2 * np.pi)) / (1 + octave)
-    return out / np.abs(out).max()
+            kx, ky = rng.integers(-2 - 2 * octave, 3 + 2 * octave, size=2)
+            out += np.sin(2 * np.pi * (kx * x + ky * y) / TILE + rng.uniform(0, 2 * np.pi)) / (1 + octave)
+    return out / max(np.abs(out).max(), 1e-9)
 
 
 def pattern_field(pattern, size, rng, orientation="vertical", scale="normal"):
-    """The pattern as a field in [0, 1] (1 = the accent), tileable at ``size``."""
-    u, v = _grid(size)
-    count = {"thin": 8, "normal": 5, "thick": 3}[scale]
+    """The pattern as a field in [0, 1] (1 = the accent), tileable at ``size``; periods in pixels."""
+    x, y = _grid(size)
+    period = PERIOD[scale]
     if pattern in ORIENTED:
-        axis = {"vertical": u, "horizontal": v, "diagonal": (u + v)}[orientation]
+        axis = {"vertical": x, "horizontal": y, "diagonal": (x + y)}[orientation]
     if pattern == "stripes":
-        return (np.sin(2 * np.pi * count * axis) > 0).astype(float)
+        return (np.sin(2 * np.pi * axis / period) > 0).astype(float)
     if pattern == "waves":
-        other = v if orientation == "vertical" else u
-        return 0.5 + 0.5 * np.sin(2 * np.pi * (4 * axis + 0.35 * np.sin(2 * np.pi * 2 * other)))
+        other = y if orientation == "vertical" else x
+        return 0.5 + 0.5 * np.sin(2 * np.pi * (axis / 16 + 0.35 * np.sin(2 * np.pi * other / 32)))
     if pattern == "checker":
-        return ((np.floor(u * count * 2) + np.floor(v * count * 2)) % 2).astype(float)
+        return ((np.floor(x / period * 2) + np.floor(y / period * 2)) % 2).astype(float)
     if pattern == "dots":
-        cu, cv = (u * count) % 1 - 0.5, (v * count) % 1 - 0.5
+        cu, cv = (x / period) % 1 - 0.5, (y / period) % 1 - 0.5
         return (cu**2 + cv**2 < 0.09).astype(float)
     if pattern == "bricks":
-        rows = count * 2
-        row = np.floor(v * rows)
-        shifted = (u * count + 0.5 * (row % 2)) % 1
-        mortar = ((v * rows) % 1 < 0.12) | (shifted < 0.06)
+        row = np.floor(y / period * 2)
+        shifted = (x / period + 0.5 * (row % 2)) % 1
+        mortar = ((y / period * 2) % 1 < 0.14) | (shifted < 0.07)
         return 1.0 - mortar.astype(float)
     if pattern == "wood":
-        warp = 0.15 * _periodic_noise(size, rng, 2)
-        return 0.5 + 0.5 * np.sin(2 * np.pi * (6 * u + warp * 4))
+        warp = 0.5 * _periodic_noise(size, rng, 1)
+        return 0.5 + 0.5 * np.sin(2 * np.pi * (x / 8 + warp))
     if pattern == "marble":
-        warp = _periodic_noise(size, rng, 3)
-        return (0.5 + 0.5 * np.sin(2 * np.pi * (2 * (u + v) + 1.5 * warp))) ** 3
+        warp = _periodic_noise(size, rng, 2)
+        return (0.5 + 0.5 * np.sin(2 * np.pi * ((x + y) / 32 + warp))) ** 3
     if pattern == "scales":
-        rows = count * 2
-        row = np.floor(v * rows)
-        cu = (u * count + 0.5 * (row % 2)) % 1 - 0.5
-        cv = (v * rows) % 1
+        row = np.floor(y / period * 2)
+        cu = (x / period + 0.5 * (row % 2)) % 1 - 0.5
+        cv = (y / period * 2) % 1
         return ((cu**2 + (cv - 0.9) ** 2) > 0.2).astype(float) * cv
     raise ValueError(f"unknown pattern {pattern!r}")
 
@@ -82,7 +86,8 @@ def render(colour, pattern, size=64, tone="", orientation="vertical", scale="nor
     elif tone == "dark":
         base = base * 0.45
     accent = base * 0.45 if base.mean() > 0.35 else base + (1 - base) * 0.35  # contrast within the colour
-    field = pattern_field(pattern, size, rng, orientation, scale)[..., None]
+    field = pattern_field(pattern, size, rng, orientation, scale)
+    field = np.roll(field, rng.integers(TILE, size=2), axis=(0, 1))[..., None]  # random phase: stationary
     image = base * (1 - field) + accent * field
     image = image + rng.normal(0, 0.015, image.shape)  # a little grain
     return np.clip(image, 0, 1).astype(np.float32)

@@ -8,7 +8,10 @@ continues exactly where it stopped:
    inpainting rely on;
 2. a small UNet with attention only at the low resolutions, and the CLIP text encoder, trained
    with the epsilon objective on the frozen VAE's latents; 10 % empty prompts teach the
-   unconditional prediction that classifier-free guidance needs.
+   unconditional prediction that classifier-free guidance needs. Steps cycle through canvas
+   sizes (same pixels per step: batch 16 at 32 px, 4 at 64, 1 at 128) so the model meets the
+   sizes it will be asked for; an exponential moving average of the weights is what gets
+   exported.
 
 The result is saved as a Stable Diffusion folder (``save_pretrained``).
 """
@@ -27,6 +30,9 @@ from . import pocket_dataset
 from .tiny_model import build_tokenizer_vocab
 
 LOGVAR_BIAS = -30.0
+# Words users type that carry no texture meaning: seen in training, they stay neutral.
+PROMPT_FORMS = ("{}", "{}", "{}", "{} texture", "seamless {}", "seamless {} texture", "a {} pattern",
+                "{} pattern", "a {} texture")
 
 
 def build_components(seed: int = 0):
@@ -69,12 +75,17 @@ def batch_of(rng, size, count):
     return pixels, labels
 
 
+EMA_DECAY = 0.999
+
+
 class Trainer:
     """Holds the components, optimisers and random states; ``save``/``load`` make runs resumable."""
 
-    def __init__(self, out: Path, seed=0, size=32, batch=16, lr=1e-3):
+    def __init__(self, out: Path, seed=0, size=32, batch=16, lr=1e-3, unet_sizes=None):
         self.out, self.seed, self.size, self.batch = Path(out), seed, size, batch
+        self.unet_sizes = tuple(unet_sizes or (size,))
         self.c = build_components(seed)
+        self.ema = self._weights()
         self.vae_opt = torch.optim.AdamW([p for p in self.c["vae"].parameters() if p.requires_grad], lr=lr)
         self.unet_opt = torch.optim.AdamW(list(self.c["unet"].parameters())
                                           + list(self.c["text_encoder"].parameters()), lr=lr / 2)
@@ -83,6 +94,32 @@ class Trainer:
         self.steps = {"vae": 0, "unet": 0}
         self.log = []
 
+    def _weights(self):
+        return {f"{name}.{key}": value.detach().clone() for name in ("unet", "text_encoder")
+                for key, value in self.c[name].state_dict().items()}
+
+    def _update_ema(self):
+        decay = min(EMA_DECAY, (1 + self.steps["unet"]) / (10 + self.steps["unet"]))
+        with torch.no_grad():
+            for name in ("unet", "text_encoder"):
+                for key, value in self.c[name].state_dict().items():
+                    average = self.ema[f"{name}.{key}"]
+                    if average.is_floating_point():
+                        average.lerp_(value, 1 - decay)
+                    else:
+                        average.copy_(value)
+
+    def init_from(self, folder: Path):
+        """Start from the weights of an exported pocket model (fresh optimisers)."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        for name, cls in (("vae", AutoencoderKL), ("unet", UNet2DConditionModel), ("text_encoder", CLIPTextModel)):
+            self.c[name].load_state_dict(cls.from_pretrained(Path(folder) / name).state_dict())
+        self.ema = self._weights()
+
+    def batch_size(self, size):
+        return max(1, round(self.batch * (self.size / size) ** 2))  # same pixels per step
     @property
     def checkpoint(self) -> Path:
         return self.out / "checkpoint.pt"
@@ -92,7 +129,7 @@ class Trainer:
         state = {"vae": self.c["vae"].state_dict(), "unet": self.c["unet"].state_dict(),
                  "text_encoder": self.c["text_encoder"].state_dict(), "vae_opt": self.vae_opt.state_dict(),
                  "unet_opt": self.unet_opt.state_dict(), "steps": self.steps, "rng": self.rng.bit_generator.state,
-                 "torch_gen": self.torch_gen.get_state(), "log": self.log}
+                 "torch_gen": self.torch_gen.get_state(), "log": self.log, "ema": self.ema}
         tmp = self.checkpoint.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.checkpoint)
@@ -108,6 +145,7 @@ class Trainer:
         self.steps, self.log = state["steps"], state["log"]
         self.rng.bit_generator.state = state["rng"]
         self.torch_gen.set_state(state["torch_gen"])
+        self.ema = state.get("ema") or self._weights()
         return True
 
     def vae_step(self):
@@ -123,8 +161,10 @@ class Trainer:
 
     def unet_step(self):
         vae, unet, text_encoder = self.c["vae"].eval(), self.c["unet"].train(), self.c["text_encoder"].train()
-        pixels, labels = batch_of(self.rng, self.size, self.batch)
-        labels = ["" if self.rng.random() < 0.1 else text for text in labels]
+        size = self.unet_sizes[self.steps["unet"] % len(self.unet_sizes)]
+        pixels, labels = batch_of(self.rng, size, self.batch_size(size))
+        labels = ["" if self.rng.random() < 0.1 else PROMPT_FORMS[self.rng.integers(len(PROMPT_FORMS))].format(text)
+                  for text in labels]
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
         ids = self.c["tokenizer"](labels, padding="max_length", max_length=16, truncation=True,
@@ -138,6 +178,7 @@ class Trainer:
         loss.backward()
         self.unet_opt.step()
         self.steps["unet"] += 1
+        self._update_ema()
         return loss.item()
 
     def train(self, vae_steps: int, unet_steps: int, checkpoint_every: int = 200, report=print):
@@ -155,12 +196,20 @@ class Trainer:
         self.save()
 
     def export(self, folder: Path):
-        """Save as a Stable Diffusion folder that from_pretrained loads (Euler for inference)."""
+        """Save as a Stable Diffusion folder that from_pretrained loads (Euler for inference), with
+        the moving-average weights."""
+        import copy
+
         from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
+        averaged = {}
+        for name in ("unet", "text_encoder"):
+            averaged[name] = copy.deepcopy(self.c[name])
+            averaged[name].load_state_dict({key[len(name) + 1:]: value for key, value in self.ema.items()
+                                            if key.startswith(name + ".")})
         scheduler = EulerDiscreteScheduler.from_config(self.c["scheduler"].config)
-        pipe = StableDiffusionPipeline(vae=self.c["vae"].eval(), unet=self.c["unet"].eval(),
-                                       text_encoder=self.c["text_encoder"].eval(), tokenizer=self.c["tokenizer"],
+        pipe = StableDiffusionPipeline(vae=self.c["vae"].eval(), unet=averaged["unet"].eval(),
+                                       text_encoder=averaged["text_encoder"].eval(), tokenizer=self.c["tokenizer"],
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
         pipe.save_pretrained(folder, safe_serialization=True)

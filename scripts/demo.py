@@ -21,9 +21,12 @@ OUT = blender_session.REPO / "out"
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--prompt", default="seamless red bricks texture")
-    parser.add_argument("--model", default="tiny", help="diffusers folder or hub id ('tiny' works offline)")
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--prompt", default="seamless thick blue bricks texture")
+    parser.add_argument("--model", default="pocket",
+                        help="diffusers folder or hub id; 'pocket' (the offline texture model) and 'tiny' need no download")
+    parser.add_argument("--size", type=int, default=128,
+                        help="pixels; the pocket model is trained up to 128 and does best there")
+    parser.add_argument("--guidance", type=float, default=4.0, help="the pocket model does best at 3-5")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
@@ -53,8 +56,9 @@ def main(argv=None):
         cube = bpy.data.objects["Cube"]
         bpy.context.view_layer.objects.active = cube
         props = scene.dream
-        props.prompt, props.seed, props.steps = args.prompt, args.seed, args.steps
+        props.prompt, props.seed, props.steps, props.guidance = args.prompt, args.seed, args.steps, args.guidance
         props.width = props.height = args.size
+        props.seamless_x = props.seamless_y = True  # a texture that tiles on the cube's faces
 
         # 4. Generate Texture, draining events as the UI timer would.
         started = time.perf_counter()

@@ -26,9 +26,9 @@ def main(argv=None):
     parser.add_argument("--guidance", type=float, default=5.0)
     args = parser.parse_args(argv)
     components = ModelManager([f"pocket={args.model}"], device="cpu").get()
-    classifier = TextureClassifier()
     print(f"| size | colour accuracy | pattern accuracy | samples |\n|---|---|---|---|")
     for size in (64, 128):
+        classifier = TextureClassifier(size=size)  # patterns have the same pixel scale at every size
         colour_hits = pattern_hits = total = 0
         for colour in ds.COLOURS:
             for pattern in ds.PATTERNS:
@@ -36,9 +36,8 @@ def main(argv=None):
                     image = generate(components, GenerationRequest(
                         prompt=f"{colour} {pattern}", seed=seed, steps=args.steps, guidance=args.guidance,
                         width=size, height=size, scheduler="euler")).numpy()
-                    small = image if size == 64 else image.reshape(64, 2, 64, 2, 3).mean(axis=(1, 3))
-                    colour_hits += classifier.colour(small) == colour
-                    pattern_hits += classifier.pattern(small) == pattern
+                    colour_hits += classifier.colour(image) == colour
+                    pattern_hits += classifier.pattern(image) == pattern
                     total += 1
         print(f"| {size} | {colour_hits / total:.1%} | {pattern_hits / total:.1%} | {total} |")
     seams = {}

@@ -3,6 +3,9 @@ again with the same --work folder and it continues from its last checkpoint.
 
     .venv/bin/python scripts/train_pocket.py --work .cache/pocket --vae-steps 1500 --unet-steps 20000 \
         --export generator_backend/pocket_model
+    # continue from the shipped weights instead of from scratch:
+    .venv/bin/python scripts/train_pocket.py --work .cache/pocket2 --init-from generator_backend/pocket_model \
+        --vae-steps 2500 --unet-steps 30000 --export .cache/pocket_model
 """
 
 import argparse
@@ -21,13 +24,26 @@ def main(argv=None):
     parser.add_argument("--unet-steps", type=int, default=20000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=32, help="training image size (textures are stationary)")
+    parser.add_argument("--unet-sizes", default="32,64,32,128",
+                        help="canvas sizes the UNet steps cycle through (multiples of 32)")
+    parser.add_argument("--init-from", type=Path,
+                        help="start from an exported pocket model's weights; the step counts then train on top")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=200)
     parser.add_argument("--export", type=Path, help="save the model here as a diffusers folder when done")
+    parser.add_argument("--export-only", action="store_true",
+                        help="export the last checkpoint without training (safe while a run is going on)")
     args = parser.parse_args(argv)
-    trainer = Trainer(args.work, seed=args.seed, size=args.size, batch=args.batch)
+    trainer = Trainer(args.work, seed=args.seed, size=args.size, batch=args.batch,
+                      unet_sizes=[int(s) for s in args.unet_sizes.split(",")])
     if trainer.load():
         print(f"resumed at {trainer.steps}", flush=True)
+    elif args.init_from:
+        trainer.init_from(args.init_from)
+        print(f"initialised from {args.init_from}", flush=True)
+    if args.export_only:
+        print(f"exported {trainer.steps} to {trainer.export(args.export)}", flush=True)
+        return
     trainer.train(args.vae_steps, args.unet_steps, args.checkpoint_every,
                   report=lambda line: print(line, flush=True))
     if args.export:

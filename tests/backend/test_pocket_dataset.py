@@ -42,3 +42,21 @@ def test_modifiers_change_the_texture():
     base = ds.render("blue", "stripes", seed=3)
     for kw in ({"tone": "dark"}, {"tone": "light"}, {"orientation": "horizontal"}, {"scale": "thin"}):
         assert np.abs(ds.render("blue", "stripes", seed=3, **kw) - base).mean() > 0.01, kw
+
+
+@pytest.mark.parametrize("pattern", ["stripes", "checker", "dots"])
+def test_pattern_scale_is_fixed_in_pixels(pattern):
+    # Textures are stationary: a larger canvas shows more periods, not larger ones.
+    def dominant_frequency(image):  # cycles per pixel along y and x, sign-free
+        grey = image.mean(axis=2)
+        power = np.abs(np.fft.fft2(grey - grey.mean()))
+        ky, kx = np.unravel_index(power.argmax(), power.shape)
+        size = len(grey)
+        return abs(np.fft.fftfreq(size)[ky]), abs(np.fft.fftfreq(size)[kx])
+
+    assert dominant_frequency(ds.render("red", pattern, 64, seed=1)) == dominant_frequency(ds.render("red", pattern, 128, seed=1))
+
+
+def test_size_must_be_a_multiple_of_the_tile():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ds.render("red", "stripes", 48)

@@ -10,11 +10,11 @@ def weights(trainer):
 
 
 def test_resume_continues_exactly_and_export_loads(tmp_path):
-    straight = Trainer(tmp_path / "a", size=16, batch=2)
+    straight = Trainer(tmp_path / "a", size=32, batch=2)
     straight.train(vae_steps=2, unet_steps=2, checkpoint_every=1, report=lambda _: None)
-    first = Trainer(tmp_path / "b", size=16, batch=2)
+    first = Trainer(tmp_path / "b", size=32, batch=2)
     first.train(vae_steps=2, unet_steps=1, checkpoint_every=1, report=lambda _: None)
-    resumed = Trainer(tmp_path / "b", size=16, batch=2)
+    resumed = Trainer(tmp_path / "b", size=32, batch=2)
     assert resumed.load() and resumed.steps == {"vae": 2, "unet": 1}
     resumed.train(vae_steps=2, unet_steps=2, checkpoint_every=1, report=lambda _: None)
     for name, value in weights(straight).items():
@@ -26,7 +26,21 @@ def test_resume_continues_exactly_and_export_loads(tmp_path):
     pipe = StableDiffusionPipeline.from_pretrained(folder)
     assert pipe.vae_scale_factor == 4
     vae = pipe.vae
-    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
     dist = vae.encode(x).latent_dist
     # diffusers clamps the log-variance at -30: std exp(-15) = 3e-7, so sample() is the mode within 1e-5
     torch.testing.assert_close(dist.sample(torch.Generator().manual_seed(0)), dist.mode(), rtol=0, atol=1e-5)
+
+
+def test_sizes_cycle_ema_is_exported_and_init_from_loads_it(tmp_path):
+    trainer = Trainer(tmp_path / "run", size=32, batch=4, unet_sizes=(32, 64))
+    assert (trainer.batch_size(32), trainer.batch_size(64), trainer.batch_size(128)) == (4, 1, 1)
+    trainer.train(vae_steps=1, unet_steps=2, checkpoint_every=10, report=lambda _: None)
+    folder = trainer.export(tmp_path / "model")
+    # The export holds the moving average, which differs from the raw weights after training.
+    restarted = Trainer(tmp_path / "other", size=32, batch=4)
+    restarted.init_from(folder)
+    for name, value in restarted.c["unet"].state_dict().items():
+        torch.testing.assert_close(value, trainer.ema[f"unet.{name}"], rtol=0, atol=0)
+    assert any(not torch.equal(value, trainer.c["unet"].state_dict()[name])
+               for name, value in restarted.c["unet"].state_dict().items())
