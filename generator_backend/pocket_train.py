@@ -95,19 +95,19 @@ class Trainer:
         self.log = []
 
     def _weights(self):
-        return {f"{name}.{key}": value.detach().clone() for name in ("unet", "text_encoder")
-                for key, value in self.c[name].state_dict().items()}
+        """Copies of the trained weights, per component: the moving average starts here."""
+        return {name: {key: value.detach().clone() for key, value in self.c[name].state_dict().items()}
+                for name in ("unet", "text_encoder")}
 
     def _update_ema(self):
         decay = min(EMA_DECAY, (1 + self.steps["unet"]) / (10 + self.steps["unet"]))
         with torch.no_grad():
-            for name in ("unet", "text_encoder"):
+            for name, averages in self.ema.items():
                 for key, value in self.c[name].state_dict().items():
-                    average = self.ema[f"{name}.{key}"]
-                    if average.is_floating_point():
-                        average.lerp_(value, 1 - decay)
+                    if value.is_floating_point():
+                        averages[key].lerp_(value, 1 - decay)
                     else:
-                        average.copy_(value)
+                        averages[key].copy_(value)
 
     def init_from(self, folder: Path):
         """Start from the weights of an exported pocket model (fresh optimisers)."""
@@ -120,6 +120,7 @@ class Trainer:
 
     def batch_size(self, size):
         return max(1, round(self.batch * (self.size / size) ** 2))  # same pixels per step
+
     @property
     def checkpoint(self) -> Path:
         return self.out / "checkpoint.pt"
@@ -202,11 +203,9 @@ class Trainer:
 
         from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
-        averaged = {}
-        for name in ("unet", "text_encoder"):
-            averaged[name] = copy.deepcopy(self.c[name])
-            averaged[name].load_state_dict({key[len(name) + 1:]: value for key, value in self.ema.items()
-                                            if key.startswith(name + ".")})
+        averaged = {name: copy.deepcopy(self.c[name]) for name in self.ema}
+        for name, weights in self.ema.items():
+            averaged[name].load_state_dict(weights)
         scheduler = EulerDiscreteScheduler.from_config(self.c["scheduler"].config)
         pipe = StableDiffusionPipeline(vae=self.c["vae"].eval(), unet=averaged["unet"].eval(),
                                        text_encoder=averaged["text_encoder"].eval(), tokenizer=self.c["tokenizer"],
