@@ -7,11 +7,13 @@ continues exactly where it stopped:
    (weight 0, bias -30) so ``latent_dist.sample()`` equals the mode, which img2img and
    inpainting rely on;
 2. a small UNet with attention only at the low resolutions, and the CLIP text encoder, trained
-   with the epsilon objective on the frozen VAE's latents; 10 % empty prompts teach the
+   with the epsilon objective on the frozen VAE's latents. Before it starts, the VAE's
+   ``scaling_factor`` is set to 1/std of its latents (as SD's 0.18215 was for its own VAE), so the
+   latents have unit variance and the noise schedule means what it says. 10 % empty prompts teach the
    unconditional prediction that classifier-free guidance needs. Steps cycle through canvas
    sizes (same pixels per step: batch 16 at 32 px, 4 at 64, 1 at 128) so the model meets the
-   sizes it will be asked for; an exponential moving average of the weights is what gets
-   exported.
+   sizes it will be asked for; the learning rate falls linearly to zero over the last quarter of
+   the stage, and an exponential moving average of the weights is what gets exported.
 
 The result is saved as a Stable Diffusion folder (``save_pretrained``).
 """
@@ -76,6 +78,19 @@ def batch_of(rng, size, count):
 
 
 EMA_DECAY = 0.999
+CALIBRATION_IMAGES = 256  # at the base size: enough for the latent std within ~2 %
+DECAY_FRACTION = 0.25  # of the UNet stage, at its end, over which the learning rate falls to zero
+
+
+def latent_std(vae, seed: int, size: int, images: int = CALIBRATION_IMAGES) -> float:
+    """Standard deviation of the VAE's latents over procedural textures (its own random stream)."""
+    rng = np.random.default_rng([seed, 1])
+    values = []
+    with torch.no_grad():
+        for start in range(0, images, 16):
+            pixels, _ = batch_of(rng, size, min(16, images - start))
+            values.append(vae.eval().encode(pixels).latent_dist.mode().flatten())
+    return torch.cat(values).std().item()
 
 
 class Trainer:
@@ -91,7 +106,10 @@ class Trainer:
                                           + list(self.c["text_encoder"].parameters()), lr=lr / 2)
         self.rng = np.random.default_rng(seed)
         self.torch_gen = torch.Generator().manual_seed(seed)
+        self.lr = lr
         self.steps = {"vae": 0, "unet": 0}
+        self.unet_target = 0
+        self.calibrated = False
         self.log = []
 
     def _weights(self):
@@ -117,6 +135,20 @@ class Trainer:
         for name, cls in (("vae", AutoencoderKL), ("unet", UNet2DConditionModel), ("text_encoder", CLIPTextModel)):
             self.c[name].load_state_dict(cls.from_pretrained(Path(folder) / name).state_dict())
         self.ema = self._weights()
+        self.calibrated = False  # the latent scale is measured again when the UNet stage starts
+
+    def calibrate_latent_scale(self):
+        """Set the VAE's scaling_factor so the UNet's latents have unit standard deviation."""
+        scale = 1.0 / latent_std(self.c["vae"], self.seed, self.size)
+        self.c["vae"].register_to_config(scaling_factor=scale)
+        self.calibrated = True
+        return scale
+
+    def unet_lr(self):
+        """Constant, then linear to zero over the last DECAY_FRACTION of the UNet stage."""
+        decay_steps = max(1, round(self.unet_target * DECAY_FRACTION))
+        remaining = self.unet_target - self.steps["unet"]
+        return self.lr / 2 * min(1.0, max(0.0, remaining / decay_steps))
 
     def batch_size(self, size):
         return max(1, round(self.batch * (self.size / size) ** 2))  # same pixels per step
@@ -130,7 +162,8 @@ class Trainer:
         state = {"vae": self.c["vae"].state_dict(), "unet": self.c["unet"].state_dict(),
                  "text_encoder": self.c["text_encoder"].state_dict(), "vae_opt": self.vae_opt.state_dict(),
                  "unet_opt": self.unet_opt.state_dict(), "steps": self.steps, "rng": self.rng.bit_generator.state,
-                 "torch_gen": self.torch_gen.get_state(), "log": self.log, "ema": self.ema}
+                 "torch_gen": self.torch_gen.get_state(), "log": self.log, "ema": self.ema,
+                 "calibrated": self.calibrated, "scaling_factor": self.c["vae"].config.scaling_factor}
         tmp = self.checkpoint.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.checkpoint)
@@ -147,6 +180,9 @@ class Trainer:
         self.rng.bit_generator.state = state["rng"]
         self.torch_gen.set_state(state["torch_gen"])
         self.ema = state.get("ema") or self._weights()
+        self.calibrated = state.get("calibrated", False)
+        if self.calibrated:
+            self.c["vae"].register_to_config(scaling_factor=state["scaling_factor"])
         return True
 
     def vae_step(self):
@@ -175,6 +211,8 @@ class Trainer:
         noisy = self.c["scheduler"].add_noise(latents, noise, t)
         prediction = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
         loss = F.mse_loss(prediction, noise)
+        for group in self.unet_opt.param_groups:
+            group["lr"] = self.unet_lr()
         self.unet_opt.zero_grad()
         loss.backward()
         self.unet_opt.step()
@@ -185,7 +223,10 @@ class Trainer:
     def train(self, vae_steps: int, unet_steps: int, checkpoint_every: int = 200, report=print):
         """Run both stages up to the given step counts, checkpointing as it goes."""
         started = time.perf_counter()
+        self.unet_target = unet_steps
         for stage, target, step in (("vae", vae_steps, self.vae_step), ("unet", unet_steps, self.unet_step)):
+            if stage == "unet" and not self.calibrated and self.steps["unet"] < target:
+                report(json.dumps({"stage": "calibrate", "scaling_factor": round(self.calibrate_latent_scale(), 5)}))
             while self.steps[stage] < target:
                 loss = step()
                 if self.steps[stage] % 50 == 0 or self.steps[stage] == target:

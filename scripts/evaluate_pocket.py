@@ -27,6 +27,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     components = ModelManager([f"pocket={args.model}"], device="cpu").get()
     print(f"| size | colour accuracy | pattern accuracy | samples |\n|---|---|---|---|")
+    per_pattern = {}
     for size in (64, 128):
         classifier = TextureClassifier(size=size)  # patterns have the same pixel scale at every size
         colour_hits = pattern_hits = total = 0
@@ -37,9 +38,16 @@ def main(argv=None):
                         prompt=f"{colour} {pattern}", seed=seed, steps=args.steps, guidance=args.guidance,
                         width=size, height=size, scheduler="euler")).numpy()
                     colour_hits += classifier.colour(image) == colour
-                    pattern_hits += classifier.pattern(image) == pattern
+                    hit = classifier.pattern(image) == pattern
+                    pattern_hits += hit
+                    per_pattern[size, pattern] = per_pattern.get((size, pattern), 0) + hit
                     total += 1
         print(f"| {size} | {colour_hits / total:.1%} | {pattern_hits / total:.1%} | {total} |")
+    # Which patterns fail: accuracy per pattern, over all colours and seeds.
+    print("\n| size | " + " | ".join(ds.PATTERNS) + " |\n|---|" + "---|" * len(ds.PATTERNS))
+    for size in (64, 128):
+        cells = (per_pattern[size, pattern] / (len(ds.COLOURS) * args.samples) for pattern in ds.PATTERNS)
+        print(f"| {size} | " + " | ".join(f"{cell:.0%}" for cell in cells) + " |")
     seams = {}
     for tile in ("", "xy"):
         errors = [seam_error(generate(components, GenerationRequest(

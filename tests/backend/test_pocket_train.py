@@ -44,3 +44,31 @@ def test_sizes_cycle_ema_is_exported_and_init_from_loads_it(tmp_path):
         torch.testing.assert_close(value, trainer.ema["unet"][name], rtol=0, atol=0)
     assert any(not torch.equal(value, trainer.c["unet"].state_dict()[name])
                for name, value in restarted.c["unet"].state_dict().items())
+
+
+def test_latent_scale_is_calibrated_to_unit_std_and_kept_through_resume_and_export(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from generator_backend.pocket_train import latent_std
+
+    trainer = Trainer(tmp_path / "run", size=32, batch=2)
+    trainer.train(vae_steps=1, unet_steps=1, checkpoint_every=10, report=lambda _: None)
+    scale = trainer.c["vae"].config.scaling_factor
+    assert trainer.calibrated and scale != 0.18215
+    # Unit std on the calibration images, and within 10 % on textures it has not seen.
+    assert abs(latent_std(trainer.c["vae"], trainer.seed, 32) * scale - 1) < 1e-5
+    assert abs(latent_std(trainer.c["vae"], trainer.seed + 7, 64, images=64) * scale - 1) < 0.1
+    resumed = Trainer(tmp_path / "run", size=32, batch=2)
+    assert resumed.load() and resumed.calibrated and resumed.c["vae"].config.scaling_factor == scale
+    folder = resumed.export(tmp_path / "model")
+    assert AutoencoderKL.from_pretrained(folder / "vae").config.scaling_factor == scale
+
+
+def test_unet_learning_rate_is_constant_then_falls_linearly_to_zero(tmp_path):
+    trainer = Trainer(tmp_path / "run", size=32, batch=2, lr=1e-3)
+    trainer.unet_target = 100
+    rates = []
+    for step in (0, 74, 75, 90, 99, 100):
+        trainer.steps["unet"] = step
+        rates.append(trainer.unet_lr())
+    assert rates == [5e-4, 5e-4, 5e-4, 5e-4 * 10 / 25, 5e-4 / 25, 0.0]
