@@ -21,7 +21,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="checkpoint folder")
     parser.add_argument("--vae-steps", type=int, default=1500)
-    parser.add_argument("--unet-steps", type=int, default=20000)
+    parser.add_argument("--unet-steps", type=int, default=20000,
+                        help="the learning rate falls to zero over the last quarter of these; raise it before "
+                             "that point to extend a run without a bump")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=32, help="training image size (textures are stationary)")
     parser.add_argument("--unet-sizes", default="32,64,32,128",
