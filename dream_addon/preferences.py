@@ -26,7 +26,7 @@ class DreamPreferences(bpy.types.AddonPreferences):
     python_path: bpy.props.StringProperty(name="Python", default="", subtype="FILE_PATH",
                                           description="Interpreter with torch and diffusers installed, "
                                                       "used by Start")
-    model: bpy.props.StringProperty(name="Models", default="pocket",
+    model: bpy.props.StringProperty(name="Models", default=protocol.DEFAULT_MODEL,
                                     description="Diffusers folders or hub ids to serve, separated by commas (the "
                                                 "first is the default); 'pocket' is the small offline texture "
                                                 "model that ships with the backend")

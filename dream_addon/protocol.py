@@ -30,6 +30,7 @@ HEADER_SIZE = HEADER.size  # 20 bytes
 DTYPES = {"uint8": np.dtype("uint8"), "float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 
 DEFAULT_PORT = 9470
+DEFAULT_MODEL = "pocket"  # the small offline texture model that ships with the backend
 TOKEN_ENV = "DREAM_BACKEND_TOKEN"
 READY_PREFIX = "DREAM_BACKEND_READY "  # the line `serve` prints on stdout once it listens
 

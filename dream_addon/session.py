@@ -16,7 +16,7 @@ import bpy
 
 import numpy as np
 
-from . import blender_images, history, walk_frames
+from . import blender_images, history, protocol, walk_frames
 from .client import ClientWorker, describe_error
 from .supervisor import BackendProcess
 
@@ -106,7 +106,7 @@ class Session:
             self.backend.stop()
         self.backend = BackendProcess(
             prefs.python_path or "python3", prefs.port,
-            models=[m.strip() for m in prefs.model.split(",") if m.strip()] or ["pocket"],
+            models=[m.strip() for m in prefs.model.split(",") if m.strip()] or [protocol.DEFAULT_MODEL],
             output_dir=prefs.output_dir or None, device=prefs.device, log_path=log_path,
             on_ready=lambda info: self.events.put(("backend_ready", info)))
         self.backend.start()

@@ -24,8 +24,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # holds generator_backend
 class BackendProcess:
     STARTING, RUNNING, STOPPED, EXITED = "starting", "running", "stopped", "exited"
 
-    def __init__(self, python, port, models=("pocket",), output_dir=None, device="auto", extra_args=(),
-                 max_restarts=3, log_path=None, on_ready=None):
+    def __init__(self, python, port, models=(protocol.DEFAULT_MODEL,), output_dir=None, device="auto",
+                 extra_args=(), max_restarts=3, log_path=None, on_ready=None):
         self.python = python
         self.port = port
         self.models = list(models)

@@ -65,7 +65,7 @@ def serve(args) -> int:
     token = os.environ.get(protocol.TOKEN_ENV) or secrets.token_urlsafe(32)
     if not os.environ.get(protocol.TOKEN_ENV):
         write_private(args.token_file, token)
-    models = ModelManager(args.models or ["pocket"], device=args.device, models_dir=args.models_dir)
+    models = ModelManager(args.models or [protocol.DEFAULT_MODEL], device=args.device, models_dir=args.models_dir)
     try:
         server = Server(models, args.output_dir, token, host=args.host, port=args.port,
                         allow_remote=args.allow_remote, max_size=args.max_size)

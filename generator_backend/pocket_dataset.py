@@ -1,8 +1,8 @@
 """Procedural, tileable textures with text labels: the training data of the pocket model.
 
 Every pattern is a periodic function of the pixel position whose periods are fixed in pixels and
-divide 32, so a texture has the same scale at any size that is a multiple of 32, and tiles. Labels read like prompts: "thin vertical red stripes",
-"dark blue checker", "green marble".
+divide 32, so a texture has the same scale at any size that is a multiple of 32, and tiles.
+Labels read like prompts: "thin vertical red stripes", "dark blue checker", "green marble".
 """
 
 from __future__ import annotations

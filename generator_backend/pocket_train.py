@@ -86,10 +86,11 @@ def latent_std(vae, seed: int, size: int, images: int = CALIBRATION_IMAGES) -> f
     """Standard deviation of the VAE's latents over procedural textures (its own random stream)."""
     rng = np.random.default_rng([seed, 1])
     values = []
+    vae.eval()
     with torch.no_grad():
         for start in range(0, images, 16):
             pixels, _ = batch_of(rng, size, min(16, images - start))
-            values.append(vae.eval().encode(pixels).latent_dist.mode().flatten())
+            values.append(vae.encode(pixels).latent_dist.mode().flatten())
     return torch.cat(values).std().item()
 
 

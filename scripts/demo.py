@@ -23,7 +23,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prompt", default="seamless thick blue bricks texture")
     parser.add_argument("--model", default="pocket",
-                        help="diffusers folder or hub id; 'pocket' (the offline texture model) and 'tiny' need no download")
+                        help="diffusers folder or hub id; 'pocket' (the offline texture model) and 'tiny' "
+                             "need no download")
     parser.add_argument("--size", type=int, default=128,
                         help="pixels; the pocket model is trained up to 128 and does best there")
     parser.add_argument("--guidance", type=float, default=4.0, help="the pocket model does best at 3-5")

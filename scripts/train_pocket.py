@@ -26,7 +26,7 @@ def main(argv=None):
                              "that point to extend a run without a bump")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=32, help="training image size (textures are stationary)")
-    parser.add_argument("--unet-sizes", default="32,64,32,128",
+    parser.add_argument("--unet-sizes", default="32,64,128,64",
                         help="canvas sizes the UNet steps cycle through (multiples of 32)")
     parser.add_argument("--init-from", type=Path,
                         help="start from an exported pocket model's weights; the step counts then train on top")
