@@ -2,7 +2,9 @@
 
 Every pattern is a periodic function of the pixel position whose periods are fixed in pixels and
 divide 32, so a texture has the same scale at any size that is a multiple of 32, and tiles.
-Labels read like prompts: "thin vertical red stripes", "dark blue checker", "green marble".
+Labels read like prompts: "thin vertical red stripes", "dark blue checker", "green marble". A
+modifier left out means its default (normal scale, vertical, plain tone), so a bare "red stripes" is
+one well-defined texture rather than a blend of orientations.
 """
 
 from __future__ import annotations
@@ -103,7 +105,9 @@ def sample(rng, size=64):
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     pattern = PATTERNS[rng.integers(len(PATTERNS))]
     tone = TONES[rng.integers(len(TONES))]
-    orientation = ("horizontal", "vertical", "diagonal")[rng.integers(3)] if pattern in ORIENTED else ""
+    orientation = ("horizontal", "vertical", "diagonal")[rng.integers(3)] if pattern in ORIENTED else "vertical"
     scale = ("thin", "normal", "thick")[rng.integers(3)] if pattern in SIZED else "normal"
-    image = render(colour, pattern, size, tone, orientation or "vertical", scale, int(rng.integers(2**31)))
-    return image, label(colour, pattern, tone, orientation, scale), (colour, pattern)
+    image = render(colour, pattern, size, tone, orientation, scale, int(rng.integers(2**31)))
+    # The default orientation is named half the time, so both "vertical red stripes" and "red stripes" mean it.
+    named = orientation if pattern in ORIENTED and (orientation != "vertical" or rng.random() < 0.5) else ""
+    return image, label(colour, pattern, tone, named, scale), (colour, pattern)

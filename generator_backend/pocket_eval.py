@@ -1,8 +1,11 @@
 """Measuring the pocket model: classify generated textures by colour and pattern.
 
-Colour: the nearest reference colour by mean RGB (references rendered from the dataset).
-Pattern: nearest centroid over scale-free features of the grey image (radial and angular
-power spectrum, grey-level histogram), centroids fitted on procedural textures.
+Colour: the colour of the nearest reference mean RGB, one reference per colour and pattern
+(a pattern sets how much of the darker or lighter accent shows: yellow bricks are mostly accent).
+Pattern: the pattern of the nearest centroid over features of the grey image (radial and angular
+power spectrum, grey-level histogram), one centroid per pattern, orientation and scale, fitted on
+procedural textures (diagonal stripes and checker share an angle; a centroid of all stripes
+would sit between the orientations and lose them).
 """
 
 from __future__ import annotations
@@ -30,23 +33,30 @@ def features(image: np.ndarray) -> np.ndarray:
 
 
 class TextureClassifier:
-    def __init__(self, size=64, per_class=40, seed=0):
+    """Colour references and pattern centroids rendered at ``size``; ``per_kind`` textures per centroid."""
+
+    def __init__(self, size=64, per_kind=40, seed=0):
         rng = np.random.default_rng(seed)
-        self.colours = {c: np.mean([ds.render(c, p, size, seed=int(rng.integers(2**31))).reshape(-1, 3).mean(0)
-                                    for p in ds.PATTERNS], axis=0) for c in ds.COLOURS}
-        samples = {p: [] for p in ds.PATTERNS}
-        while min(len(v) for v in samples.values()) < per_class:
-            image, _, (_, pattern) = ds.sample(rng, size)
-            samples[pattern].append(features(image))
-        self.centroids = {p: np.mean(v, axis=0) for p, v in samples.items()}
+
+        def random_seed():
+            return int(rng.integers(2**31))
+
+        self.colours = {(c, p): ds.render(c, p, size, seed=random_seed()).reshape(-1, 3).mean(0)
+                        for c in ds.COLOURS for p in ds.PATTERNS}
+        kinds = [(p, o, s) for p in ds.PATTERNS
+                 for o in (("horizontal", "vertical", "diagonal") if p in ds.ORIENTED else ("vertical",))
+                 for s in (("thin", "normal", "thick") if p in ds.SIZED else ("normal",))]
+        self.centroids = {(p, o, s): np.mean([features(ds.render(
+            list(ds.COLOURS)[rng.integers(len(ds.COLOURS))], p, size, ds.TONES[rng.integers(len(ds.TONES))], o, s,
+            seed=random_seed())) for _ in range(per_kind)], axis=0) for p, o, s in kinds}
 
     def colour(self, image) -> str:
         mean = image.reshape(-1, 3).mean(0)
-        return min(self.colours, key=lambda c: np.abs(self.colours[c] - mean).sum())
+        return min(self.colours, key=lambda key: np.abs(self.colours[key] - mean).sum())[0]
 
     def pattern(self, image) -> str:
         f = features(image)
-        return min(self.centroids, key=lambda p: np.abs(self.centroids[p] - f).sum())
+        return min(self.centroids, key=lambda kind: np.abs(self.centroids[kind] - f).sum())[0]
 
 
 def seam_error(image: np.ndarray) -> float:

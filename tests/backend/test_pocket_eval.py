@@ -8,16 +8,17 @@ from generator_backend.pocket_eval import TextureClassifier, seam_error
 
 
 def test_classifier_recognises_held_out_procedural_textures():
-    classifier = TextureClassifier(size=64, per_class=30, seed=0)
+    classifier = TextureClassifier(size=64, per_kind=20, seed=0)
     rng = np.random.default_rng(123)
-    colour_hits = pattern_hits = 0
-    n = 160
-    for i in range(n):
-        colour, pattern = list(ds.COLOURS)[i % 8], ds.PATTERNS[(i // 8) % 8]
-        image = ds.render(colour, pattern, 64, seed=int(rng.integers(2**31)))
-        colour_hits += classifier.colour(image) == colour
-        pattern_hits += classifier.pattern(image) == pattern
-    assert colour_hits / n >= 0.95 and pattern_hits / n >= 0.85, (colour_hits / n, pattern_hits / n)
+    # Colour, as the evaluator asks it (plain tone): every colour on every pattern, none missed.
+    missed = [(c, p) for c in ds.COLOURS for p in ds.PATTERNS
+              if classifier.colour(ds.render(c, p, 64, seed=int(rng.integers(2**31)))) != c]
+    assert missed == []
+    # Pattern, over the whole label space (every orientation, scale and tone).
+    n = 240
+    samples = (ds.sample(rng, 64) for _ in range(n))
+    hits = sum(classifier.pattern(image) == pattern for image, _, (_, pattern) in samples)
+    assert hits / n >= 0.97, hits / n
 
 
 def test_seam_error_separates_tiling_from_not():

@@ -20,7 +20,7 @@ def pocket():
 
 @pytest.fixture(scope="module")
 def classifier():
-    return TextureClassifier(size=64, per_class=20)
+    return TextureClassifier(size=64, per_kind=20)
 
 
 def run(c, **kw):
@@ -46,7 +46,7 @@ def test_ensembling_red_and_blue_gives_a_colour_between(pocket):
 
 def test_img2img_keeps_the_pattern_at_low_strength_and_follows_the_prompt_at_high(pocket, classifier):
     source = torch.from_numpy(ds.render("green", "checker", 64, seed=5))
-    # Dots: a pattern this model draws reliably (stripes are its weakest, see benchmarks/RESULTS.md).
+    # Dots: a pattern every trained pocket model has drawn reliably (benchmarks/RESULTS.md).
     for seed in range(2):
         low = run(pocket, prompt="red dots", init_image=source, strength=0.1, seed=seed)
         high = run(pocket, prompt="red dots", init_image=source, strength=1.0, seed=seed)
@@ -72,7 +72,9 @@ def test_inpainting_changes_only_the_mask_and_follows_the_prompt(pocket, classif
     source = torch.from_numpy(ds.render("green", "checker", 64, seed=5))
     mask = torch.zeros(64, 64)
     mask[16:48, 16:48] = 1
-    out = run(pocket, prompt="red stripes", init_image=source, mask=mask)
+    # At the add-on's default guidance (7.5): this model's texture prior pulls a hole toward the
+    # pattern around it, and at guidance 5 the hole stays green (docs/pocket.md).
+    out = run(pocket, prompt="red stripes", init_image=source, mask=mask, guidance=7.5)
     inside = mask.numpy().astype(bool)
     np.testing.assert_array_equal(out[~inside], source.numpy()[~inside])
     assert mean_rgb(out[16:48, 16:48][None])[0] > mean_rgb(source.numpy()[16:48, 16:48][None])[0] + 0.1
