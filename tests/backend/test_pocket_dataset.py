@@ -60,3 +60,19 @@ def test_pattern_scale_is_fixed_in_pixels(pattern):
 def test_size_must_be_a_multiple_of_the_tile():
     with pytest.raises(ValueError, match="multiple of 32"):
         ds.render("red", "stripes", 48)
+
+
+def test_a_bare_oriented_label_means_vertical():
+    # "red stripes" with no orientation word is in the labels, and always drawn vertical
+    # (constant down each column, apart from the grain), like the written "vertical red stripes".
+    rng = np.random.default_rng(4)
+    bare = named_vertical = 0
+    for _ in range(300):
+        image, text, (_, pattern) = ds.sample(rng, size=32)
+        if pattern != "stripes":
+            continue
+        if not {"horizontal", "vertical", "diagonal"} & set(text.split()):
+            bare += 1
+            assert np.abs(np.diff(image, axis=0)).mean() < 0.03 < np.abs(np.diff(image, axis=1)).mean(), text
+        named_vertical += "vertical" in text.split()
+    assert bare > 0 and named_vertical > 0, (bare, named_vertical)
