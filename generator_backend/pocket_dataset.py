@@ -17,13 +17,21 @@ COLOURS = {
     "white": (0.92, 0.92, 0.90), "black": (0.08, 0.08, 0.09),
 }
 PATTERNS = ("stripes", "checker", "dots", "bricks", "waves", "wood", "marble", "scales")
-ORIENTED = ("stripes", "waves")  # take horizontal / vertical / diagonal
-SIZED = ("stripes", "checker", "dots", "bricks", "scales")  # take thin / thick
+ORIENTED = ("stripes", "waves")  # take an orientation word
+SIZED = ("stripes", "checker", "dots", "bricks", "scales")  # take a scale word
+ORIENTATIONS = ("horizontal", "vertical", "diagonal")
 TONES = ("", "light", "dark")
 
 
 TILE = 32  # every period divides this, so any multiple of it tiles
 PERIOD = {"thin": 8, "normal": 16, "thick": 32}  # pixels: the same scale at any canvas size
+SCALES = tuple(PERIOD)
+
+
+def variants(pattern):
+    """The (orientation, scale) pairs a pattern is drawn with."""
+    return [(o, s) for o in (ORIENTATIONS if pattern in ORIENTED else ("vertical",))
+            for s in (SCALES if pattern in SIZED else ("normal",))]
 
 
 def _grid(size):
@@ -105,8 +113,8 @@ def sample(rng, size=64):
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     pattern = PATTERNS[rng.integers(len(PATTERNS))]
     tone = TONES[rng.integers(len(TONES))]
-    orientation = ("horizontal", "vertical", "diagonal")[rng.integers(3)] if pattern in ORIENTED else "vertical"
-    scale = ("thin", "normal", "thick")[rng.integers(3)] if pattern in SIZED else "normal"
+    orientation = ORIENTATIONS[rng.integers(3)] if pattern in ORIENTED else "vertical"
+    scale = SCALES[rng.integers(3)] if pattern in SIZED else "normal"
     image = render(colour, pattern, size, tone, orientation, scale, int(rng.integers(2**31)))
     # The default orientation is named half the time, so both "vertical red stripes" and "red stripes" mean it.
     named = orientation if pattern in ORIENTED and (orientation != "vertical" or rng.random() < 0.5) else ""

@@ -43,9 +43,7 @@ class TextureClassifier:
 
         self.colours = {(c, p): ds.render(c, p, size, seed=random_seed()).reshape(-1, 3).mean(0)
                         for c in ds.COLOURS for p in ds.PATTERNS}
-        kinds = [(p, o, s) for p in ds.PATTERNS
-                 for o in (("horizontal", "vertical", "diagonal") if p in ds.ORIENTED else ("vertical",))
-                 for s in (("thin", "normal", "thick") if p in ds.SIZED else ("normal",))]
+        kinds = [(p, o, s) for p in ds.PATTERNS for o, s in ds.variants(p)]
         self.centroids = {(p, o, s): np.mean([features(ds.render(
             list(ds.COLOURS)[rng.integers(len(ds.COLOURS))], p, size, ds.TONES[rng.integers(len(ds.TONES))], o, s,
             seed=random_seed())) for _ in range(per_kind)], axis=0) for p, o, s in kinds}

@@ -49,14 +49,14 @@ def main(argv=None):
                         colour_hits += classifier.colour(image) == colour
                         hit = classifier.pattern(image) == pattern
                         pattern_hits += hit
-                        if source == "pocket model":
-                            per_pattern[size, pattern] = per_pattern.get((size, pattern), 0) + hit
+                        per_pattern[source, size, pattern] = per_pattern.get((source, size, pattern), 0) + hit
                         total += 1
             print(f"| {size} | {source} | {colour_hits / total:.1%} | {pattern_hits / total:.1%} | {total} |")
     # Which patterns fail: the model's accuracy per pattern, over all colours and seeds.
     print("\n| size | " + " | ".join(ds.PATTERNS) + " |\n|---|" + "---|" * len(ds.PATTERNS))
     for size in (64, 128):
-        cells = (per_pattern[size, pattern] / (len(ds.COLOURS) * args.samples) for pattern in ds.PATTERNS)
+        cells = (per_pattern["pocket model", size, pattern] / (len(ds.COLOURS) * args.samples)
+                 for pattern in ds.PATTERNS)
         print(f"| {size} | " + " | ".join(f"{cell:.0%}" for cell in cells) + " |")
     seams = {}
     for tile in ("", "xy"):
