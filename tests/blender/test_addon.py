@@ -188,22 +188,34 @@ def test_wrong_token_message(scene, session, detached, backend):
     assert job.state == "error" and "refused the token" in job.message
 
 
-def test_protocol_version_mismatch_message(scene, session, detached):
-    """A backend of another release: it answers the hello with a version-2 frame."""
+@pytest.mark.parametrize("first_handshake_done", [False, True], ids=["submit-during-handshake", "submit-after"])
+def test_protocol_version_mismatch_message(scene, session, detached, first_handshake_done):
+    """A backend of another release: it answers every hello with a version-2 frame.
+
+    It must answer every connection, as a real backend does: when the first handshake has
+    already failed by the time the operator submits, the session connects again.
+    """
     listener = socket.create_server(("127.0.0.1", 0))
 
-    def serve_once():
-        conn, _ = listener.accept()
-        with conn:
-            protocol.recv_frame(conn)
-            body = json.dumps({"type": "welcome", "protocol": 2}).encode()
-            conn.sendall(struct.pack("!4sHHIQ", b"DREM", 2, 0, len(body), 0) + body)
-            conn.recv(1)
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # the listener was closed: the test is over
+                return
+            with conn:
+                protocol.recv_frame(conn)
+                body = json.dumps({"type": "welcome", "protocol": 2}).encode()
+                conn.sendall(struct.pack("!4sHHIQ", b"DREM", 2, 0, len(body), 0) + body)
+                conn.recv(1)
 
-    thread = threading.Thread(target=serve_once, daemon=True)
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     detached.port = listener.getsockname()[1]
     session.connect(detached)
+    if first_handshake_done:  # the operator then finds a dead worker and connects again
+        session.worker.thread.join(timeout=30)
+        assert not session.worker.thread.is_alive()
     job = generate(session)
     listener.close()
     assert job.state == "error" and job.message.startswith("Protocol version mismatch")
