@@ -1,6 +1,6 @@
 """Training of the pocket texture model on the procedural dataset (CPU-friendly, resumable).
 
-Two stages, each checkpointed with its optimiser and every random state so a resumed run
+Three stages, each checkpointed with its optimiser and every random state so a resumed run
 continues exactly where it stopped:
 
 1. an f=4 VAE trained as a plain autoencoder; the log-variance half of ``quant_conv`` is fixed
@@ -13,7 +13,11 @@ continues exactly where it stopped:
    unconditional prediction that classifier-free guidance needs. Steps cycle through canvas
    sizes (same pixels per step: batch 16 at 32 px, 4 at 64, 1 at 128) so the model meets the
    sizes it will be asked for; the learning rate falls linearly to zero over the last quarter of
-   the stage, and an exponential moving average of the weights is what gets exported.
+   the stage, and an exponential moving average of the weights is what gets exported;
+3. the VAE decoder again, alone, at the canvas sizes users ask for. Stage 1 trains at 32 px, and
+   the GroupNorm statistics of a small canvas are border-heavy: decoded at 128 px, yellow came back
+   orange. The encoder (and so the UNet's latent space) stays frozen, so this stage can run on a
+   finished model.
 
 The result is saved as a Stable Diffusion folder (``save_pretrained``).
 """
@@ -82,6 +86,10 @@ CALIBRATION_IMAGES = 256  # at the base size: enough for the latent std within ~
 DECAY_FRACTION = 0.25  # of the UNet stage, at its end, over which the learning rate falls to zero
 
 
+def loaded_scale(folder) -> float:
+    return json.loads((Path(folder) / "vae" / "config.json").read_text())["scaling_factor"]
+
+
 def latent_std(vae, seed: int, size: int, images: int = CALIBRATION_IMAGES) -> float:
     """Standard deviation of the VAE's latents over procedural textures (its own random stream)."""
     rng = np.random.default_rng([seed, 1])
@@ -97,19 +105,23 @@ def latent_std(vae, seed: int, size: int, images: int = CALIBRATION_IMAGES) -> f
 class Trainer:
     """Holds the components, optimisers and random states; ``save``/``load`` make runs resumable."""
 
-    def __init__(self, out: Path, seed=0, size=32, batch=16, lr=1e-3, unet_sizes=None):
+    def __init__(self, out: Path, seed=0, size=32, batch=16, lr=1e-3, unet_sizes=None, decoder_sizes=None):
         self.out, self.seed, self.size, self.batch = Path(out), seed, size, batch
         self.unet_sizes = tuple(unet_sizes or (size,))
+        self.decoder_sizes = tuple(decoder_sizes or (size,))
         self.c = build_components(seed)
         self.ema = self._weights()
         self.vae_opt = torch.optim.AdamW([p for p in self.c["vae"].parameters() if p.requires_grad], lr=lr)
         self.unet_opt = torch.optim.AdamW(list(self.c["unet"].parameters())
                                           + list(self.c["text_encoder"].parameters()), lr=lr / 2)
+        vae = self.c["vae"]
+        self.decoder_opt = torch.optim.AdamW(list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters()),
+                                             lr=lr / 2)
         self.rng = np.random.default_rng(seed)
         self.torch_gen = torch.Generator().manual_seed(seed)
         self.lr = lr
-        self.steps = {"vae": 0, "unet": 0}
-        self.unet_target = 0
+        self.steps = {"vae": 0, "unet": 0, "decoder": 0}
+        self.targets = {"unet": 0, "decoder": 0}
         self.calibrated = False
         self.log = []
 
@@ -134,9 +146,12 @@ class Trainer:
         from transformers import CLIPTextModel
 
         for name, cls in (("vae", AutoencoderKL), ("unet", UNet2DConditionModel), ("text_encoder", CLIPTextModel)):
-            self.c[name].load_state_dict(cls.from_pretrained(Path(folder) / name).state_dict())
+            loaded = cls.from_pretrained(Path(folder) / name)
+            self.c[name].load_state_dict(loaded.state_dict())
+        # kept for a run without a UNet stage; one with a UNet stage measures it again
+        self.c["vae"].register_to_config(scaling_factor=loaded_scale(folder))
         self.ema = self._weights()
-        self.calibrated = False  # the latent scale is measured again when the UNet stage starts
+        self.calibrated = False
 
     def calibrate_latent_scale(self):
         """Set the VAE's scaling_factor so the UNet's latents have unit standard deviation."""
@@ -145,10 +160,10 @@ class Trainer:
         self.calibrated = True
         return scale
 
-    def unet_lr(self):
-        """Constant, then linear to zero over the last DECAY_FRACTION of the UNet stage."""
-        decay_steps = max(1, round(self.unet_target * DECAY_FRACTION))
-        remaining = self.unet_target - self.steps["unet"]
+    def stage_lr(self, stage):
+        """Constant, then linear to zero over the last DECAY_FRACTION of the stage."""
+        decay_steps = max(1, round(self.targets[stage] * DECAY_FRACTION))
+        remaining = self.targets[stage] - self.steps[stage]
         return self.lr / 2 * min(1.0, max(0.0, remaining / decay_steps))
 
     def batch_size(self, size):
@@ -162,7 +177,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         state = {"vae": self.c["vae"].state_dict(), "unet": self.c["unet"].state_dict(),
                  "text_encoder": self.c["text_encoder"].state_dict(), "vae_opt": self.vae_opt.state_dict(),
-                 "unet_opt": self.unet_opt.state_dict(), "steps": self.steps, "rng": self.rng.bit_generator.state,
+                 "unet_opt": self.unet_opt.state_dict(), "decoder_opt": self.decoder_opt.state_dict(), "steps": self.steps, "rng": self.rng.bit_generator.state,
                  "torch_gen": self.torch_gen.get_state(), "log": self.log, "ema": self.ema,
                  "calibrated": self.calibrated, "scaling_factor": self.c["vae"].config.scaling_factor}
         tmp = self.checkpoint.with_suffix(".tmp")
@@ -177,7 +192,9 @@ class Trainer:
             self.c[name].load_state_dict(state[name])
         self.vae_opt.load_state_dict(state["vae_opt"])
         self.unet_opt.load_state_dict(state["unet_opt"])
-        self.steps, self.log = state["steps"], state["log"]
+        if "decoder_opt" in state:  # checkpoints from before the decoder stage lack it
+            self.decoder_opt.load_state_dict(state["decoder_opt"])
+        self.steps, self.log = {"decoder": 0, **state["steps"]}, state["log"]
         self.rng.bit_generator.state = state["rng"]
         self.torch_gen.set_state(state["torch_gen"])
         self.ema = state.get("ema") or self._weights()
@@ -213,7 +230,7 @@ class Trainer:
         prediction = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
         loss = F.mse_loss(prediction, noise)
         for group in self.unet_opt.param_groups:
-            group["lr"] = self.unet_lr()
+            group["lr"] = self.stage_lr("unet")
         self.unet_opt.zero_grad()
         loss.backward()
         self.unet_opt.step()
@@ -221,11 +238,28 @@ class Trainer:
         self._update_ema()
         return loss.item()
 
-    def train(self, vae_steps: int, unet_steps: int, checkpoint_every: int = 200, report=print):
-        """Run both stages up to the given step counts, checkpointing as it goes."""
+    def decoder_step(self):
+        vae = self.c["vae"].train()
+        size = self.decoder_sizes[self.steps["decoder"] % len(self.decoder_sizes)]
+        pixels, _ = batch_of(self.rng, size, self.batch_size(size))
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mode()
+        loss = F.mse_loss(vae.decode(latents).sample, pixels)
+        for group in self.decoder_opt.param_groups:
+            group["lr"] = self.stage_lr("decoder")
+        self.decoder_opt.zero_grad()
+        loss.backward()
+        self.decoder_opt.step()
+        self.steps["decoder"] += 1
+        return loss.item()
+
+    def train(self, vae_steps: int, unet_steps: int, decoder_steps: int = 0, checkpoint_every: int = 200,
+              report=print):
+        """Run the stages up to the given step counts, checkpointing as it goes."""
         started = time.perf_counter()
-        self.unet_target = unet_steps
-        for stage, target, step in (("vae", vae_steps, self.vae_step), ("unet", unet_steps, self.unet_step)):
+        self.targets = {"unet": unet_steps, "decoder": decoder_steps}
+        for stage, target, step in (("vae", vae_steps, self.vae_step), ("unet", unet_steps, self.unet_step),
+                                    ("decoder", decoder_steps, self.decoder_step)):
             if stage == "unet" and not self.calibrated and self.steps["unet"] < target:
                 report(json.dumps({"stage": "calibrate", "scaling_factor": round(self.calibrate_latent_scale(), 5)}))
             while self.steps[stage] < target:

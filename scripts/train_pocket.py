@@ -28,6 +28,10 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=32, help="training image size (textures are stationary)")
     parser.add_argument("--unet-sizes", default="32,64,128,64",
                         help="canvas sizes the UNet steps cycle through (multiples of 32)")
+    parser.add_argument("--decoder-steps", type=int, default=3000,
+                        help="the VAE decoder alone, after the UNet, at --decoder-sizes (0 to skip)")
+    parser.add_argument("--decoder-sizes", default="32,64,128",
+                        help="canvas sizes the decoder steps cycle through (multiples of 32)")
     parser.add_argument("--init-from", type=Path,
                         help="start from an exported pocket model's weights; the step counts then train on top")
     parser.add_argument("--seed", type=int, default=0)
@@ -37,7 +41,8 @@ def main(argv=None):
                         help="export the last checkpoint without training (safe while a run is going on)")
     args = parser.parse_args(argv)
     trainer = Trainer(args.work, seed=args.seed, size=args.size, batch=args.batch,
-                      unet_sizes=[int(s) for s in args.unet_sizes.split(",")])
+                      unet_sizes=[int(s) for s in args.unet_sizes.split(",")],
+                      decoder_sizes=[int(s) for s in args.decoder_sizes.split(",")])
     if trainer.load():
         print(f"resumed at {trainer.steps}", flush=True)
     elif args.init_from:
@@ -46,7 +51,7 @@ def main(argv=None):
     if args.export_only:
         print(f"exported {trainer.steps} to {trainer.export(args.export)}", flush=True)
         return
-    trainer.train(args.vae_steps, args.unet_steps, args.checkpoint_every,
+    trainer.train(args.vae_steps, args.unet_steps, args.decoder_steps, args.checkpoint_every,
                   report=lambda line: print(line, flush=True))
     if args.export:
         print(f"exported to {trainer.export(args.export)}", flush=True)

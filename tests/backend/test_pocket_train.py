@@ -1,24 +1,27 @@
 """The pocket model's training: runs, resumes exactly, and exports a loadable SD folder."""
 
+import pytest
 import torch
 
+from generator_backend import pocket_train
 from generator_backend.pocket_train import Trainer
 
 
-def weights(trainer):
-    return {k: v.clone() for k, v in trainer.c["unet"].state_dict().items()}
+def weights(trainer, name="unet"):
+    return {k: v.clone() for k, v in trainer.c[name].state_dict().items()}
 
 
 def test_resume_continues_exactly_and_export_loads(tmp_path):
     straight = Trainer(tmp_path / "a", size=32, batch=2)
-    straight.train(vae_steps=2, unet_steps=2, checkpoint_every=1, report=lambda _: None)
+    straight.train(vae_steps=2, unet_steps=2, decoder_steps=2, checkpoint_every=1, report=lambda _: None)
     first = Trainer(tmp_path / "b", size=32, batch=2)
-    first.train(vae_steps=2, unet_steps=1, checkpoint_every=1, report=lambda _: None)
+    first.train(vae_steps=2, unet_steps=2, decoder_steps=1, checkpoint_every=1, report=lambda _: None)
     resumed = Trainer(tmp_path / "b", size=32, batch=2)
-    assert resumed.load() and resumed.steps == {"vae": 2, "unet": 1}
-    resumed.train(vae_steps=2, unet_steps=2, checkpoint_every=1, report=lambda _: None)
-    for name, value in weights(straight).items():
-        torch.testing.assert_close(weights(resumed)[name], value, rtol=0, atol=0)
+    assert resumed.load() and resumed.steps == {"vae": 2, "unet": 2, "decoder": 1}
+    resumed.train(vae_steps=2, unet_steps=2, decoder_steps=2, checkpoint_every=1, report=lambda _: None)
+    for component in ("unet", "vae"):
+        for name, value in weights(straight, component).items():
+            torch.testing.assert_close(weights(resumed, component)[name], value, rtol=0, atol=0)
 
     from diffusers import StableDiffusionPipeline
 
@@ -40,6 +43,7 @@ def test_sizes_cycle_ema_is_exported_and_init_from_loads_it(tmp_path):
     # The export holds the moving average, which differs from the raw weights after training.
     restarted = Trainer(tmp_path / "other", size=32, batch=4)
     restarted.init_from(folder)
+    assert restarted.c["vae"].config.scaling_factor == trainer.c["vae"].config.scaling_factor != 0.18215
     for name, value in restarted.c["unet"].state_dict().items():
         torch.testing.assert_close(value, trainer.ema["unet"][name], rtol=0, atol=0)
     assert any(not torch.equal(value, trainer.c["unet"].state_dict()[name])
@@ -64,11 +68,27 @@ def test_latent_scale_is_calibrated_to_unit_std_and_kept_through_resume_and_expo
     assert AutoencoderKL.from_pretrained(folder / "vae").config.scaling_factor == scale
 
 
-def test_unet_learning_rate_is_constant_then_falls_linearly_to_zero(tmp_path):
+@pytest.mark.parametrize("stage", ["unet", "decoder"])
+def test_learning_rate_is_constant_then_falls_linearly_to_zero(tmp_path, stage):
     trainer = Trainer(tmp_path / "run", size=32, batch=2, lr=1e-3)
-    trainer.unet_target = 100
+    trainer.targets[stage] = 100
     rates = []
     for step in (0, 74, 75, 90, 99, 100):
-        trainer.steps["unet"] = step
-        rates.append(trainer.unet_lr())
+        trainer.steps[stage] = step
+        rates.append(trainer.stage_lr(stage))
     assert rates == [5e-4, 5e-4, 5e-4, 5e-4 * 10 / 25, 5e-4 / 25, 0.0]
+
+
+def test_decoder_stage_trains_only_the_decoder_at_each_size(tmp_path, monkeypatch):
+    """The encoder, and with it the UNet's latent space, must not move; the decoder must."""
+    trainer = Trainer(tmp_path / "run", size=32, batch=4, decoder_sizes=(32, 64))
+    trainer.train(vae_steps=1, unet_steps=1, checkpoint_every=10, report=lambda _: None)
+    vae_before, unet_before = weights(trainer, "vae"), weights(trainer, "unet")
+    sizes, real_batch_of = [], pocket_train.batch_of  # a spy: the real batches, with their sizes noted
+    monkeypatch.setattr(pocket_train, "batch_of",
+                        lambda rng, size, count: sizes.append((size, count)) or real_batch_of(rng, size, count))
+    trainer.train(vae_steps=1, unet_steps=1, decoder_steps=2, checkpoint_every=10, report=lambda _: None)
+    assert sizes == [(32, 4), (64, 1)]  # the same pixels per step at each size
+    changed = {name for name, value in weights(trainer, "vae").items() if not torch.equal(value, vae_before[name])}
+    assert changed and all(name.startswith(("decoder.", "post_quant_conv.")) for name in changed)
+    assert all(torch.equal(value, unet_before[name]) for name, value in weights(trainer, "unet").items())
