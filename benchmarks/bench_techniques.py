@@ -1,6 +1,7 @@
 """Denoising-core benchmarks (issue 3): tiny model, 256 px, 20 steps, side by side in one run.
 
-Seconds per image for plain generation, each technique alone and a combined job; UNet calls
+Seconds per image for plain generation, each technique alone (the layout pass included) and a
+combined job; UNet calls
 per step for prompt ensembles of K = 2 and 4 and their wall time against K separate stock
 pipeline calls; infusion overhead against plain.
 Usage: .venv/bin/python benchmarks/bench_techniques.py [--repeats N]
@@ -58,6 +59,7 @@ def main():
         "img2img, strength 1.0": (a, {"init_image": image, "strength": 1.0}),
         "inpainting (4-channel)": (a, {"init_image": image, "mask": mask}),
         "seamless tiling xy": (a, {"tile_axes": "xy"}),
+        "layout pass (half-size seamless first)": (a, {"layout": "on"}),
         "infusion, 1 biasing image": (a, infuse),
         "model ensemble, 2 models": ([(a, .5), (b, .5)], {}),
         "combined: K=2 ensemble + inpaint + tiling + infusion": (a, {

@@ -274,8 +274,19 @@ PROMPT_TERM_FIELDS = {
 }
 
 
+LAYOUTS = ("auto", "on", "off")
+
+
 def txt2img_fields(max_size: int = 2048) -> dict:
     """The txt2img parameters; ``max_size`` is the server's configured largest side."""
+    return {**common_fields(max_size),
+            "layout": Field("choice", "auto", choices=LAYOUTS,
+                            doc="Layout pass: start from a seamless half-size sample, tiled, so large canvases keep "
+                                "a pattern's lattice; auto: from twice the model's native size")}
+
+
+def common_fields(max_size: int = 2048) -> dict:
+    """The parameters of every kind of job; ``max_size`` is the server's configured largest side."""
     return {
         "prompt": Field("str", "", max_length=4000, doc="What to generate (or give 'prompts')"),
         "prompts": Field("prompts", None, doc="Prompt ensemble: [{text, weight?, guidance?}], 1..8 entries"),
@@ -425,8 +436,8 @@ def _validate_terms(value, where, fields) -> list:
 
 
 def img2img_fields(max_size: int = 2048) -> dict:
-    """txt2img plus the init image's strength; the image travels as the array 'init_image'."""
-    return {**txt2img_fields(max_size),
+    """The common parameters plus the init image's strength; the image travels as the array 'init_image'."""
+    return {**common_fields(max_size),
             "strength": Field("float", 0.75, min=0.0, max=1.0,
                               doc="How much of the schedule runs on the init image: 0 keeps it, 1 replaces it")}
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +78,7 @@ class GenerationRequest:
     infusion_weights: dict = field(default_factory=dict)  # layer name -> weight
     infusion_decay: float = 1.0  # the weights are multiplied by decay**step
     infusion_cond_only: bool = False
+    layout: str = "off"  # text-to-image: "on", "off", or "auto" (on from twice the model's native size)
     # Frames generated together (walks): per-frame starting noise (B, C, h, w) of unit variance,
     # and per-frame conditional text embeddings (B, tokens, dim) in place of the prompts.
     frame_noise: torch.Tensor | None = None
@@ -89,6 +90,44 @@ class GenerationRequest:
 
     def terms(self):
         return self.prompts or [PromptTerm(self.prompt)]
+
+
+def uses_layout_pass(c: Components, req: GenerationRequest) -> bool:
+    """Text-to-image only; "auto" turns it on where the canvas is at least twice the model's native
+    size both ways, the sizes at which a lattice goes astray."""
+    if req.layout == "off" or req.init_image is not None or req.frame_noise is not None:
+        return False
+    if req.layout == "on":
+        return True
+    native = c.unet.config.sample_size
+    native_h, native_w = (native, native) if isinstance(native, int) else native
+    f = c.vae_scale_factor
+    return req.height >= 2 * native_h * f and req.width >= 2 * native_w * f
+
+
+# The layout pass draws its noise from a seed of its own: with the job's seed, torch.randn's draws for
+# the half size are the first values of the main pass's draws, and that correlation undid the layout.
+LAYOUT_SEED_OFFSET = 1_000_003
+
+
+def layout_request(c: Components, req: GenerationRequest) -> GenerationRequest:
+    """The layout pass: the same prompts on a seamless canvas of half the size (rounded up to what
+    the UNet can downsample), with a seed of its own, without infusion (its images have the full size)."""
+    f = c.vae_scale_factor
+    multiple = 2 ** (len(c.unet.config.block_out_channels) - 1)
+
+    def half(pixels):
+        latent = -(-(pixels // f) // 2)
+        return -(-latent // multiple) * multiple * f
+
+    return replace(req, width=half(req.width), height=half(req.height), tile_axes="xy", layout="off",
+                   seed=(req.seed + LAYOUT_SEED_OFFSET) % 2**32, infusion_images=[], infusion_weights={})
+
+
+def tiled(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Repeat a seamless (..., h, w) image or latent to cover (height, width), cropping the last repeat."""
+    reps = (-(-height // tensor.shape[-2]), -(-width // tensor.shape[-1]))
+    return tensor.repeat(*[1] * (tensor.dim() - 2), *reps)[..., :height, :width]
 
 
 class Cancelled(Exception):
@@ -242,6 +281,14 @@ def generate(components, req: GenerationRequest, on_step=None, offload: bool = F
     ``on_step(step, total, latents)`` is called after every denoising step; it may raise
     ``Cancelled`` to stop the job within one step. Hooks and padding changes are removed on
     every exit. ``offload`` runs ensembled models one after another on the device.
+
+    The layout pass (``req.layout``): a training step at the last timestep sees
+    √ᾱ_T·x₀ + √(1−ᾱ_T)·ε, and with SD's schedule √ᾱ_T = 0.068 is not zero ("Common Diffusion Noise
+    Schedules and Sample Steps are Flawed", Lin et al. 2024). On a large canvas that faint signal
+    carries the lattice of a pattern, and pure starting noise lets the model read a wrong one (a
+    sheared checker). The pass first samples a seamless half-size canvas; the main pass starts from
+    it tiled, encoded by the VAE at the full size as training's x₀ always was, and noised to the
+    first timestep, as img2img at strength 1 would.
     """
     members = ensemble_members(components)
     c = members[0][0]  # its VAE and scheduler config serve the whole ensemble
@@ -260,15 +307,28 @@ def generate(components, req: GenerationRequest, on_step=None, offload: bool = F
     scheduler = make_scheduler(req.scheduler, c.scheduler)
     scheduler.set_timesteps(req.steps, device=c.device)
     timesteps = scheduler.timesteps
-    if req.init_image is not None and (not inpaint or req.strength < 1.0):
-        timesteps = img2img_timesteps(scheduler, req.steps, req.strength)
+    layout = uses_layout_pass(c, req)
+    if req.init_image is not None and (not inpaint or req.strength < 1.0) or layout:
+        timesteps = img2img_timesteps(scheduler, req.steps, 1.0 if layout else req.strength)
     extra = step_kwargs(scheduler, generator)
+    f = c.vae_scale_factor
+    shape = (1, c.vae.config.latent_channels, req.height // f, req.width // f)
+    done = 0  # steps of the layout pass, counted in the job's progress
+
+    # 2a. The layout pass, with progress, previews (tiled to the full size) and cancel of its own steps.
+    if layout:
+        def on_layout_step(step, total, latents):
+            nonlocal done
+            done = total
+            if on_step is not None:
+                on_step(step, total + len(timesteps), tiled(latents, *shape[2:]))
+
+        small = generate(components, layout_request(c, req), on_layout_step, offload)
+        layout_latents = encode_image(c, tiled(small.permute(2, 0, 1), req.height, req.width).permute(1, 2, 0), None)
 
     with seamless([m.unet for m, _ in members] + [c.vae], req.tile_axes), offloaded(members, offload):
         # 3. Starting latents, drawn on the CPU so a seed means the same noise on every device.
         #    The order of random draws follows diffusers' pipelines, so they stay our oracle.
-        f = c.vae_scale_factor
-        shape = (1, c.vae.config.latent_channels, req.height // f, req.width // f)
         image_latents = None
         if req.init_image is not None and (unet_channels == 4 and inpaint or req.strength < 1.0 or not inpaint):
             image_latents = encode_image(c, req.init_image, generator)
@@ -276,7 +336,9 @@ def generate(components, req: GenerationRequest, on_step=None, offload: bool = F
             noise = req.frame_noise.to(c.device, c.dtype)
         else:
             noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(c.device, c.dtype)
-        if req.init_image is None or (inpaint and req.strength == 1.0):
+        if layout:
+            latents = scheduler.add_noise(layout_latents, noise, timesteps[:1])
+        elif req.init_image is None or (inpaint and req.strength == 1.0):
             latents = noise * scheduler.init_noise_sigma
         else:
             latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
@@ -322,7 +384,7 @@ def generate(components, req: GenerationRequest, on_step=None, offload: bool = F
                     original = scheduler.add_noise(image_latents, noise, timesteps[i + 1][None])
                 latents = (1 - latent_mask) * original + latent_mask * latents
             if on_step is not None:
-                on_step(i + 1, len(timesteps), latents)
+                on_step(done + i + 1, done + len(timesteps), latents)
 
         # 5. Decode to pixels in [0, 1]; inpainting pastes the original back outside the mask.
         image = c.vae.decode(latents / c.vae.config.scaling_factor, return_dict=False, generator=generator)[0]

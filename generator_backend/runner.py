@@ -48,7 +48,7 @@ def build_request(job: Job) -> GenerationRequest:
         feather=p.get("feather", 0.0), tile_axes=p["seamless"],
         infusion_images=[image_tensor(inputs[n], **as_sent) for n in protocol.INFUSION_ARRAYS if n in inputs],
         infusion_weights=p["infusion_weights"] or {}, infusion_decay=p["infusion_decay"],
-        infusion_cond_only=p["infusion_cond_only"])
+        infusion_cond_only=p["infusion_cond_only"], layout=p.get("layout", "off"))
 
 
 def check_request(request: GenerationRequest, unet):

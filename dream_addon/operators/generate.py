@@ -82,6 +82,7 @@ class DREAM_OT_generate_texture(bpy.types.Operator):
             blender_images.assign_material(obj, image, f"Dream {props.prompt[:40]}")
         elif context.area is not None and context.area.type == "IMAGE_EDITOR":
             context.space_data.image = image
+        params["layout"] = props.layout  # text-to-image only: the other kinds start from their image
         return send(self, context, "txt2img", params, arrays, image.name)
 
 

@@ -106,6 +106,10 @@ class DreamSceneProperties(bpy.types.PropertyGroup):
         ("embedding", "Embeddings", "Average the text embeddings")])
     seamless_x: bpy.props.BoolProperty(name="Seamless X", description="Tile seamlessly left to right")
     seamless_y: bpy.props.BoolProperty(name="Seamless Y", description="Tile seamlessly bottom to top")
+    layout: bpy.props.EnumProperty(name="Layout Pass", default="auto", description=_FIELDS["layout"].doc, items=[
+        ("auto", "Auto", "On where the canvas is at least twice the model's native size both ways"),
+        ("on", "On", "Always start from a seamless half-size sample (Generate Texture only)"),
+        ("off", "Off", "Start from pure noise")])
     # Infusion
     infusion_images: bpy.props.CollectionProperty(type=DreamBiasImage)
     infusion_images_index: bpy.props.IntProperty()

@@ -66,6 +66,7 @@ def draw_generation(layout, context):
     row = layout.row(align=True)
     row.prop(props, "seamless_x", toggle=True)
     row.prop(props, "seamless_y", toggle=True)
+    layout.prop(props, "layout")
     layout.prop(props, "preview_interval")
     draw_progress(layout)
 

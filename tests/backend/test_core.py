@@ -98,3 +98,74 @@ def test_linear_to_srgb_inverts_srgb_to_linear():
 
     x = torch.linspace(0, 1, 1001, dtype=torch.float64)
     torch.testing.assert_close(linear_to_srgb(srgb_to_linear(x)), x, rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------ layout pass
+def test_layout_pass_off_and_auto_below_twice_native_size_equal_plain(components):
+    from generator_backend.core import uses_layout_pass
+
+    native = components.unet.config.sample_size * components.vae_scale_factor
+    assert not uses_layout_pass(components, GenerationRequest(width=64, height=96, layout="auto")) and 96 < 2 * native
+    plain = run(components)
+    np.testing.assert_array_equal(run(components, layout="off"), plain)
+    np.testing.assert_array_equal(run(components, layout="auto"), plain)
+    assert uses_layout_pass(components, GenerationRequest(width=2 * native, height=2 * native, layout="auto"))
+    assert not uses_layout_pass(components, GenerationRequest(width=2 * native, height=native, layout="auto"))
+
+
+def test_tiled_repeats_and_crops():
+    from generator_backend.core import tiled
+
+    small = torch.arange(2 * 3 * 4.0).reshape(1, 2, 3, 4)
+    big = tiled(small, 5, 10)
+    assert big.shape == (1, 2, 5, 10)
+    assert torch.equal(big[..., :3, :4], small) and torch.equal(big[..., 3:, 4:8], small[..., :2, :])
+    assert torch.equal(big[..., :, 8:], big[..., :, :2])
+
+
+def test_layout_pass_starts_from_the_tiled_seamless_half_size_sample(components):
+    """The first half of the progress is the layout pass, at half size and seamless; its image,
+    tiled and encoded, is where the main pass starts (noised to the first timestep)."""
+    from generator_backend.core import encode_image, encode_prompt, layout_request, tiled
+
+    req = GenerationRequest(prompt="red bricks", negative_prompt="blurry", seed=3, steps=4, guidance=7.0, width=64,
+                            height=96, scheduler="euler", layout="on")
+    small = layout_request(components, req)
+    assert (small.width, small.height, small.tile_axes, small.layout) == (32, 48, "xy", "off")
+    assert small.seed != req.seed  # its own noise: not a prefix of the main pass's draws
+    seen = []
+    image = generate(components, req, on_step=lambda step, total, latents: seen.append((step, total, latents)))
+    assert [(step, total) for step, total, _ in seen] == [(i, 8) for i in range(1, 9)]
+    assert all(latents.shape == (1, 4, 96 // components.vae_scale_factor, 64 // components.vae_scale_factor)
+               for _, _, latents in seen)  # previews keep the job's size
+    half_steps = []
+    half_image = generate(components, small, on_step=lambda step, total, latents: half_steps.append(latents))
+    torch.testing.assert_close(seen[3][2], tiled(half_steps[-1], *seen[3][2].shape[2:]), rtol=0, atol=0)
+    # The main pass's first step from that start, by hand: the same as the job's fifth callback.
+    start = encode_image(components, tiled(half_image.permute(2, 0, 1), 96, 64).permute(1, 2, 0), None)
+    scheduler = make_scheduler("euler", components.scheduler)
+    scheduler.set_timesteps(4)
+    t = scheduler.timesteps[0]
+    noise = torch.randn(start.shape, generator=torch.Generator().manual_seed(3))
+    x = scheduler.add_noise(start, noise, t[None])
+    embeds = torch.cat([encode_prompt(components, "blurry"), encode_prompt(components, "red bricks")])
+    out = components.unet(scheduler.scale_model_input(torch.cat([x] * 2), t), t, encoder_hidden_states=embeds).sample
+    uncond, cond = out.chunk(2)
+    first = scheduler.step(uncond + 7.0 * (cond - uncond), t, x).prev_sample
+    torch.testing.assert_close(seen[4][2], first, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(image.numpy(), run(components, scheduler="euler", layout="on"))  # same seed
+    assert np.abs(image.numpy() - run(components, scheduler="euler")).max() > 1e-3
+
+
+def test_layout_pass_can_be_cancelled_and_ignores_full_size_infusion(components):
+    from generator_backend.core import Cancelled
+
+    def stop_at_2(step, total, latents):
+        if step == 2:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        generate(components, GenerationRequest(prompt="red", steps=4, width=64, height=64, layout="on"), stop_at_2)
+    bias = torch.rand(64, 64, 3)
+    out = run(components, width=64, height=64, layout="on", infusion_images=[bias], infusion_weights={"mid": 1.0})
+    assert out.shape == (64, 64, 3)

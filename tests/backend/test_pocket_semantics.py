@@ -1,4 +1,4 @@
-"""Semantic checks with the trained pocket model (kept fast: 64 px, few steps)."""
+"""Semantic checks with the trained pocket model (kept fast: 64 px but for the layout pass, few steps)."""
 
 import numpy as np
 import pytest
@@ -94,3 +94,12 @@ def test_walk_between_two_colours_is_smooth(pocket):
     steps = [np.abs(means[i + 1] - means[i]).sum() for i in range(5)]
     total = np.abs(means[-1] - means[0]).sum()
     assert total > 0.2 and max(steps) < 0.6 * total  # no jump carries most of the change
+
+
+def test_layout_pass_keeps_the_checker_lattice_at_128_px(pocket):
+    """At twice the native size a checker comes out sheared from pure noise; the layout pass (on by
+    "auto" here) keeps it square. Tolerance: 3 of 4 (the full evaluation: benchmarks/RESULTS.md)."""
+    classifier = TextureClassifier(size=128, per_kind=20)
+    hits = sum(classifier.pattern(run(pocket, prompt=f"{colour} checker", width=128, height=128, layout="auto",
+                                      guidance=3.0)) == "checker" for colour in ("red", "blue", "white", "black"))
+    assert hits >= 3

@@ -118,6 +118,21 @@ def test_seed_and_random_seed(scene, session):
     assert scene.dream.seed != third.params["seed"]
 
 
+def test_layout_pass_changes_the_texture(scene, session):
+    """Sent with Generate Texture (the other kinds start from an image); on and off differ."""
+    results = {}
+    for layout in ("on", "off", "on"):
+        scene.dream.layout = layout
+        job = generate(session)
+        assert job.state == "done" and job.params["layout"] == layout, job.message
+        pixels_now = pixels(bpy.data.images[job.image_name])
+        if layout in results:  # the same setting and seed: the same pixels
+            np.testing.assert_array_equal(pixels_now, results[layout])
+        results[layout] = pixels_now
+    assert np.abs(results["on"] - results["off"]).max() > 0.05
+    assert "layout" not in addon("job_builder").scene_params(scene.dream)[0]
+
+
 def test_every_panel_property_changes_the_request(scene):
     """Each property the panels show changes what is sent (conditional ones under their condition)."""
     scene_params = addon("job_builder").scene_params
@@ -132,11 +147,12 @@ def test_every_panel_property_changes_the_request(scene):
                "prompt_weight": 0.3, "ensemble_mode": "embedding", "seamless_x": True, "seamless_y": True,
                "infusion_down": 0.9, "infusion_mid": 0.1, "infusion_up": 0.7, "infusion_decay": 0.5,
                "infusion_cond_only": True, "use_model_ensemble": False}
+    txt2img_props = {"layout"}  # Generate Texture only: see test_layout_pass_changes_the_texture
     image_tool_props = {"strength", "feather", "uv_margin", "mask_source", "mask_image", "rect_min", "rect_max",
                         "result_target"}  # covered by the image-tool tests below
     shown = {name for name in type(props).__annotations__ if not name.endswith("_index")}
     collections = {"extra_prompts", "infusion_images", "ensemble_models"}
-    assert shown - image_tool_props - collections - {"randomize_seed"} == set(changes)
+    assert shown - txt2img_props - image_tool_props - collections - {"randomize_seed"} == set(changes)
     base = scene_params(props)
     for name, value in changes.items():
         old = getattr(props, name)
