@@ -9,8 +9,8 @@ import time
 import bpy
 
 SETTINGS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height", "scheduler",
-            "preview_interval", "model", "prompt_weight", "ensemble_mode", "seamless_x", "seamless_y", "layout", "strength",
-            "feather", "uv_margin", "infusion_down", "infusion_mid", "infusion_up", "infusion_decay",
+            "preview_interval", "model", "prompt_weight", "ensemble_mode", "seamless_x", "seamless_y", "layout",
+            "strength", "feather", "uv_margin", "infusion_down", "infusion_mid", "infusion_up", "infusion_decay",
             "infusion_cond_only", "use_model_ensemble")
 
 

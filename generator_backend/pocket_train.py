@@ -146,8 +146,7 @@ class Trainer:
         from transformers import CLIPTextModel
 
         for name, cls in (("vae", AutoencoderKL), ("unet", UNet2DConditionModel), ("text_encoder", CLIPTextModel)):
-            loaded = cls.from_pretrained(Path(folder) / name)
-            self.c[name].load_state_dict(loaded.state_dict())
+            self.c[name].load_state_dict(cls.from_pretrained(Path(folder) / name).state_dict())
         # kept for a run without a UNet stage; one with a UNet stage measures it again
         self.c["vae"].register_to_config(scaling_factor=loaded_scale(folder))
         self.ema = self._weights()
@@ -177,7 +176,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         state = {"vae": self.c["vae"].state_dict(), "unet": self.c["unet"].state_dict(),
                  "text_encoder": self.c["text_encoder"].state_dict(), "vae_opt": self.vae_opt.state_dict(),
-                 "unet_opt": self.unet_opt.state_dict(), "decoder_opt": self.decoder_opt.state_dict(), "steps": self.steps, "rng": self.rng.bit_generator.state,
+                 "unet_opt": self.unet_opt.state_dict(), "decoder_opt": self.decoder_opt.state_dict(),
+                 "steps": self.steps, "rng": self.rng.bit_generator.state,
                  "torch_gen": self.torch_gen.get_state(), "log": self.log, "ema": self.ema,
                  "calibrated": self.calibrated, "scaling_factor": self.c["vae"].config.scaling_factor}
         tmp = self.checkpoint.with_suffix(".tmp")

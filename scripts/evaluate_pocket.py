@@ -2,8 +2,8 @@
 128 px, and the wrap-around seam error with and without seamless tiling. Prints a markdown table.
 The classifiers are first run on procedural textures of the same prompts, and on those textures
 after a VAE round trip (encode, decode): those rows are the ceilings of what the model's rows can
-show. Where the layout pass's "auto" turns it on (from twice
-the model's native size), the model is measured both with it (the backend's default) and without.
+show. Where the layout pass's "auto" turns it on (from twice the model's native size), the model
+is measured both with it (the backend's default) and without.
 
     .venv/bin/python scripts/evaluate_pocket.py .cache/pocket_model --samples 2
 """
