@@ -203,16 +203,22 @@ class Trainer:
             self.c["vae"].register_to_config(scaling_factor=state["scaling_factor"])
         return True
 
+    def _optimise(self, stage, optimiser, loss, scheduled=True):
+        """One optimiser step of ``stage`` on ``loss``, at the stage's scheduled learning rate."""
+        if scheduled:
+            for group in optimiser.param_groups:
+                group["lr"] = self.stage_lr(stage)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        self.steps[stage] += 1
+        return loss.item()
+
     def vae_step(self):
         vae = self.c["vae"].train()
         pixels, _ = batch_of(self.rng, self.size, self.batch)
         latents = vae.encode(pixels).latent_dist.mode()
-        loss = F.mse_loss(vae.decode(latents).sample, pixels)
-        self.vae_opt.zero_grad()
-        loss.backward()
-        self.vae_opt.step()
-        self.steps["vae"] += 1
-        return loss.item()
+        return self._optimise("vae", self.vae_opt, F.mse_loss(vae.decode(latents).sample, pixels), scheduled=False)
 
     def unet_step(self):
         vae, unet, text_encoder = self.c["vae"].eval(), self.c["unet"].train(), self.c["text_encoder"].train()
@@ -228,15 +234,9 @@ class Trainer:
         t = torch.randint(0, 1000, (latents.shape[0],), generator=self.torch_gen)
         noisy = self.c["scheduler"].add_noise(latents, noise, t)
         prediction = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        loss = F.mse_loss(prediction, noise)
-        for group in self.unet_opt.param_groups:
-            group["lr"] = self.stage_lr("unet")
-        self.unet_opt.zero_grad()
-        loss.backward()
-        self.unet_opt.step()
-        self.steps["unet"] += 1
+        loss = self._optimise("unet", self.unet_opt, F.mse_loss(prediction, noise))
         self._update_ema()
-        return loss.item()
+        return loss
 
     def decoder_step(self):
         vae = self.c["vae"].train()
@@ -244,14 +244,7 @@ class Trainer:
         pixels, _ = batch_of(self.rng, size, self.batch_size(size))
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.mode()
-        loss = F.mse_loss(vae.decode(latents).sample, pixels)
-        for group in self.decoder_opt.param_groups:
-            group["lr"] = self.stage_lr("decoder")
-        self.decoder_opt.zero_grad()
-        loss.backward()
-        self.decoder_opt.step()
-        self.steps["decoder"] += 1
-        return loss.item()
+        return self._optimise("decoder", self.decoder_opt, F.mse_loss(vae.decode(latents).sample, pixels))
 
     def train(self, vae_steps: int, unet_steps: int, decoder_steps: int = 0, checkpoint_every: int = 200,
               report=print):
