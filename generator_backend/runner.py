@@ -17,7 +17,7 @@ from .core import (Cancelled, GenerationRequest, IncompatibleModels, PromptTerm,
                    latent_preview, linear_to_srgb, to_rgba)
 from .modifiers import Infusion
 from .walks import WalkPlan
-from .jobs import CANCELLED, DONE, FAILED, RUNNING, Job, JobQueue, JobStore
+from .jobs import CANCELLED, DONE, FAILED, FINISHED, RUNNING, Job, JobQueue, JobStore, OutputUnwritable
 from .models import ModelLoadError, ModelManager
 
 log = logging.getLogger("generator_backend.runner")
@@ -93,6 +93,10 @@ class Worker(threading.Thread):
         while (job := self.queue.take()) is not None:
             try:
                 self.execute(job)
+            except Exception:  # nothing a job does may end this thread: later jobs would wait forever
+                log.exception("job %s: unexpected failure outside the job's own handling", job.job_id)
+                if job.state not in FINISHED:
+                    self._failed(job, "internal", "internal error; see the backend log")
             finally:
                 self.queue.done()
                 for queued, position in self.queue.positions():
@@ -115,8 +119,11 @@ class Worker(threading.Thread):
             return self._cancelled(job)
         except ModelLoadError as exc:
             self._failed(job, "model_load_failed", str(exc))
+        except OutputUnwritable as exc:
+            log.error("job %s: %s", job.job_id, exc)
+            self._failed(job, **_error_fields(exc.to_error()))
         except ProtocolError as exc:
-            self._failed(job, exc.code, exc.message, field=exc.field, allowed=exc.allowed)
+            self._failed(job, **_error_fields(exc))
         except IncompatibleModels as exc:
             self._failed(job, "invalid_param", f"params.models: {exc}", field="params.models")
         except Exception as exc:  # the backend must survive any job; details go to the log
@@ -216,14 +223,28 @@ class Worker(threading.Thread):
 
     def _cancelled(self, job: Job):
         job.state = CANCELLED
-        self.store.save_meta(job.job_id, {"job_id": job.job_id, "kind": job.kind, "state": CANCELLED,
-                                          "params": job.params, "step": job.step})
+        self._record(job, {"job_id": job.job_id, "kind": job.kind, "state": CANCELLED, "params": job.params,
+                           "step": job.step})
         job.emit({"type": "cancelled", "step": job.step})
 
     def _failed(self, job: Job, code: str, message: str, **details):
         job.state = FAILED
         job.error = {"type": "error", "code": code, "message": message,
                      **{k: v for k, v in details.items() if v is not None}}
-        self.store.save_meta(job.job_id, {"job_id": job.job_id, "kind": job.kind, "state": FAILED,
-                                          "params": job.params, "error": job.error})
+        self._record(job, {"job_id": job.job_id, "kind": job.kind, "state": FAILED, "params": job.params,
+                           "error": job.error})
         job.emit(job.error)
+
+    def _record(self, job: Job, meta: dict):
+        """Save a job's final state; if even that cannot be written the state stays in memory
+        (this backend still answers for the job; after a restart it reads as lost)."""
+        try:
+            self.store.save_meta(job.job_id, meta)
+        except OutputUnwritable as exc:
+            log.error("job %s: its final state (%s) cannot be saved: %s", job.job_id, meta["state"], exc)
+
+
+def _error_fields(exc: ProtocolError) -> dict:
+    """A ProtocolError as keyword arguments of Worker._failed (no type, no job id)."""
+    message = exc.to_message()
+    return {k: v for k, v in message.items() if k not in ("type", "job_id")}
