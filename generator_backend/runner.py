@@ -95,12 +95,23 @@ class Worker(threading.Thread):
                 self.execute(job)
             except Exception:  # nothing a job does may end this thread: later jobs would wait forever
                 log.exception("job %s: unexpected failure outside the job's own handling", job.job_id)
-                if job.state not in FINISHED:
-                    self._failed(job, "internal", "internal error; see the backend log")
+                self._settle(job)
             finally:
                 self.queue.done()
-                for queued, position in self.queue.positions():
-                    queued.emit({"type": "queued", "position": position})
+                try:
+                    for queued, position in self.queue.positions():
+                        queued.emit({"type": "queued", "position": position})
+                except Exception:
+                    log.exception("queue positions could not be sent")
+
+    def _settle(self, job: Job):
+        """A job that escaped its own handling ends as failed, never left active."""
+        try:
+            if job.state not in FINISHED:
+                self._failed(job, "internal", "internal error; see the backend log")
+        except Exception:
+            job.state = FAILED
+            log.exception("job %s: its failure could not be reported", job.job_id)
 
     def execute(self, job: Job):
         if job.cancel_requested.is_set():

@@ -139,7 +139,7 @@ def test_output_unwritable_before_a_submit(backend):
 def test_output_unwritable_during_a_job(backend):
     out = Path(backend.output_dir)
     conn = connect(backend.ready_info["port"], backend.token)
-    conn.send({"type": "submit", "job_id": "mid-1", "params": dict(SMALL, steps=100)})
+    conn.send({"type": "submit", "job_id": "mid-1", "params": dict(SMALL, steps=20)})
     denoising(conn, "mid-1")
     block(out / "mid-1")
     try:

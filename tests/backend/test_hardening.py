@@ -7,6 +7,7 @@ import socket
 import stat
 import struct
 import sys
+import threading
 import time
 
 import numpy as np
@@ -222,3 +223,57 @@ def test_seeded_fuzz_every_frame_gets_a_structured_error_or_a_close(server):
     conn = connect(server)
     assert conn.run_job("after-fuzz", SMALL)[0]["type"] == "result"
     conn.close()
+
+
+class BrokenConnection:
+    """A subscriber whose socket fails on every send."""
+
+    def send(self, *args, **kwargs):
+        raise OSError("the socket went away")
+
+
+class Recorder:
+    """A subscriber that keeps every message and says when the job has ended."""
+
+    def __init__(self):
+        self.messages, self.terminal = [], threading.Event()
+
+    def send(self, message, arrays=None, coalesce_key=None):
+        self.messages.append(message)
+        if message["type"] in protocol.TERMINAL_EVENTS:
+            self.terminal.set()
+
+
+def test_no_failure_ends_the_worker_and_health_tells_a_stopped_one(tmp_path, models_dir):
+    from generator_backend.jobs import FINISHED, Job, JobQueue, JobStore
+    from generator_backend.models import ModelManager
+    from generator_backend.runner import Worker
+    from generator_backend.server import Server
+
+    models = ModelManager(["tiny"], device="cpu", models_dir=models_dir)
+    server = Server(models, tmp_path / "out", "token", port=0)
+    try:
+        health = server.health()  # never started: a worker that cannot run jobs
+        assert health["ok"] is False and health["worker"] == "stopped" and "restart" in health["problems"][0]
+        with pytest.raises(protocol.ProtocolError) as info:
+            server.submit(None, "j-0", "txt2img", {}, {})
+        assert info.value.code == "worker_stopped" and info.value.job_id == "j-0"
+    finally:
+        server.listener.close()
+    queue, store = JobQueue(), JobStore(tmp_path / "out")
+    worker = Worker(queue, models, store)
+    params = protocol.validate_job("txt2img", SMALL, {})[0]
+    doomed, fine = Job("doomed", "txt2img", params), Job("fine", "txt2img", params)
+    doomed.subscribe(BrokenConnection())  # every event of it raises, its failure report too
+    ended = Recorder()
+    fine.subscribe(ended)
+    worker.start()
+    queue.put(doomed)
+    queue.put(fine)
+    try:
+        assert ended.terminal.wait(120)
+        assert worker.is_alive() and doomed.state in FINISHED and fine.state == "done"
+        assert ended.messages[-1]["type"] == "result"
+    finally:
+        queue.close()
+        worker.join(60)
