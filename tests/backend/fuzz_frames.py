@@ -8,7 +8,6 @@ import json
 import random
 import socket
 import struct
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -316,7 +315,8 @@ class Driver:
     def _answer(self, sock):
         """The next message, 'closed' at a clean or reset close, 'hang' when nothing comes in time."""
         try:
-            return protocol.recv_frame(sock, deadline=time.monotonic() + self.timeout)[0]
+            sock.settimeout(self.timeout)
+            return protocol.recv_frame(sock)[0]
         except (protocol.ConnectionClosed, ConnectionResetError):
             return "closed"
         except socket.timeout:
