@@ -13,42 +13,20 @@ from PIL import Image
 from dream_addon import protocol
 from dream_addon.protocol import ProtocolError
 
-from .core import (Cancelled, GenerationRequest, IncompatibleModels, PromptTerm, StepTimer, generate,
-                   latent_preview, linear_to_srgb, to_rgba)
+from .core import Cancelled, GenerationRequest, IncompatibleModels, StepTimer, generate, latent_preview
+from .encoding import to_rgba
 from .modifiers import Infusion
 from .walks import WalkPlan
 from .jobs import CANCELLED, DONE, FAILED, RUNNING, Job, JobQueue, JobStore
 from .models import ModelLoadError, ModelManager
+from .techniques import request_from_params
 
 log = logging.getLogger("generator_backend.runner")
 
 
-def image_tensor(array, channels=3, linear=False, flip_y=False) -> torch.Tensor:
-    """An (H, W, C) uint8 or float array as (H, W, channels) float32 sRGB in [0, 1], rows top
-    to bottom (alpha dropped). ``linear``/``flip_y`` describe the array as Blender holds it."""
-    image = torch.from_numpy(np.ascontiguousarray(array[..., :channels]))
-    is_bytes = image.dtype == torch.uint8
-    image = image.float() / 255.0 if is_bytes else image.float().clamp(0, 1)
-    if flip_y:
-        image = image.flip(0)
-    return linear_to_srgb(image) if linear and not is_bytes else image  # uint8 arrays are always sRGB
-
-
 def build_request(job: Job) -> GenerationRequest:
     """The core's request from a validated job."""
-    p, inputs = job.params, job.inputs
-    as_sent = {"linear": p["input_linear"], "flip_y": p["input_flip_y"]}
-    init, mask = inputs.get("init_image"), inputs.get("mask")
-    return GenerationRequest(
-        prompt=p["prompt"], negative_prompt=p["negative_prompt"], seed=p["seed"], steps=p["steps"],
-        guidance=p["guidance"], width=p["width"], height=p["height"], scheduler=p["scheduler"],
-        prompts=[PromptTerm(t["text"], t["weight"], t["guidance"]) for t in p["prompts"] or []],
-        ensemble_mode=p["ensemble_mode"], init_image=None if init is None else image_tensor(init, **as_sent),
-        strength=p.get("strength", 1.0), mask=None if mask is None else image_tensor(mask, 1, flip_y=p["input_flip_y"])[..., 0],
-        feather=p.get("feather", 0.0), tile_axes=p["seamless"],
-        infusion_images=[image_tensor(inputs[n], **as_sent) for n in protocol.INFUSION_ARRAYS if n in inputs],
-        infusion_weights=p["infusion_weights"] or {}, infusion_decay=p["infusion_decay"],
-        infusion_cond_only=p["infusion_cond_only"], layout=p.get("layout", "off"))
+    return request_from_params(job.params, job.inputs)
 
 
 def check_request(request: GenerationRequest, unet):
@@ -161,7 +139,7 @@ class Worker(threading.Thread):
         components = members[0][0]
         request = build_request(job)
         check_request(request, components.unet)
-        plan = WalkPlan(components, p)
+        plan = WalkPlan(components, request)
         todo = [k for k in range(p["frames"]) if k not in set(self.store.frames_done(job.job_id, p["frames"]))]
         done = p["frames"] - len(todo)
         timer, started = StepTimer(), time.perf_counter()

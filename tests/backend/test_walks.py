@@ -9,6 +9,7 @@ import torch
 
 from dream_addon import protocol
 from generator_backend.core import GenerationRequest, generate
+from generator_backend.techniques import request_from_params
 from generator_backend.walks import WalkPlan, lerp, noise_for_seed, slerp
 from tests.backend.test_server import connect, events_until_terminal
 
@@ -30,9 +31,8 @@ def walk_params(**kw):
 
 
 def frames(components, params, ks, batch=True):
-    plan = WalkPlan(components, params)
-    request = GenerationRequest(prompt=params["prompt"] or "", seed=params["seed"], steps=params["steps"],
-                                width=64, height=64, scheduler="euler")
+    request = request_from_params(params, {})
+    plan = WalkPlan(components, request)
     if batch:
         request.frame_noise, request.frame_embeds = plan.batch(ks)
         return generate(components, request).numpy()
@@ -46,7 +46,7 @@ def frames(components, params, ks, batch=True):
 def test_circular_walk_loops_and_keeps_unit_variance(components):
     n = 6
     params = walk_params(walk="circular", frames=n + 1, period=n)
-    plan = WalkPlan(components, params)
+    plan = WalkPlan(components, request_from_params(params, {}))
     for k in range(n + 1):
         noise, embedding = plan.frame(k)
         assert embedding is None and abs(noise.var().item() - 1) < 0.15
