@@ -21,6 +21,11 @@ class Encoding:
     dtype: str = "float32"  # "uint8" is always sRGB: uint8 arrays are never linear
 
 
+def output_encoding(output: dict) -> Encoding:
+    """The Encoding a job's output options ask for."""
+    return Encoding(output["linear"], output["flip_y"], output["output_dtype"])
+
+
 def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
     """The sRGB decoding curve (IEC 61966-2-1)."""
     return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
@@ -71,7 +76,7 @@ def recoded(array: np.ndarray, source: Encoding, target: Encoding) -> np.ndarray
     if source.flip_y != target.flip_y:
         rgb = rgb[::-1]
     source_linear = source.linear and rgb.dtype != np.uint8
-    both_bytes = target.dtype == "uint8" and rgb.dtype == np.uint8
+    both_bytes = target.dtype == "uint8" and rgb.dtype == np.uint8 and not target.linear
     both_float = target.dtype != "uint8" and rgb.dtype != np.uint8 and source_linear == target.linear
     if both_bytes or both_float:
         return rgb.astype(target.dtype)

@@ -23,6 +23,11 @@ class InfusionInputs:
     hooks: Infusion
 
 
+def infusion_noise(seed: int, shape) -> torch.Tensor:
+    """The one noise of every biasing row, (C, h, w), from the job's infusion stream."""
+    return torch.randn(shape, generator=stream_generator(seed, "infusion"))
+
+
 class InfusionTechnique(Technique):
     name = "infusion"
     fields = ("infusion_weights", "infusion_decay", "infusion_cond_only")
@@ -47,7 +52,7 @@ class InfusionTechnique(Technique):
     def start(self, run):
         c, req = run.c, run.req
         latents = torch.cat([encode_image(c, image, None) for image in req.infusion_images])
-        noise = torch.randn(latents.shape[1:], generator=stream_generator(req.seed, "infusion"))
+        noise = infusion_noise(req.seed, latents.shape[1:])
         targets = slice(req.batch, None) if run.use_cfg and req.infusion_cond_only else slice(None)
         run.state[self.name] = InfusionInputs(latents, noise.to(c.device, c.dtype).expand_as(latents),
                                               Infusion(req.infusion_weights, generated=run.rows, targets=targets))
