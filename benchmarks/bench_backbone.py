@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import interleaved, longest_drain, require_same, require_same_pixels
+from bench_common import interleaved, longest_drain, require_same, require_same_pixels, set_torch_threads
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -59,7 +59,7 @@ def socket_vs_direct(repeats):
     from generator_backend.models import ModelManager
     from generator_backend.techniques import request_from_params
 
-    torch.set_num_threads(os.cpu_count())
+    threads = set_torch_threads()
     params = {"prompt": "red bricks", "width": SIZE, "height": SIZE, "steps": STEPS, "seed": SEED,
               "scheduler": SCHEDULER, "preview_interval": 0.0, "model": MODEL}
     manager = ModelManager([MODEL], device="cpu", models_dir=os.environ.get("DREAM_MODELS_DIR"))
@@ -85,7 +85,7 @@ def socket_vs_direct(repeats):
         conn.close()
         backend.stop()
     return {"direct_s": times["direct"], "socket_s": times["socket"], "ratio": times["socket"] / times["direct"],
-            "repeats": repeats}
+            "repeats": repeats, "threads": threads}
 
 
 def blender_part(repeats):
@@ -172,10 +172,20 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--blender-part", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--socket-only", action="store_true", help="part 1 only (no bpy process)")
     args = parser.parse_args()
     if args.blender_part:
         return blender_part(args.repeats)
     a = socket_vs_direct(args.repeats)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, {a['threads']} torch threads (OMP_NUM_THREADS) on both sides")
+    print("| measure | value | target |\n|---|---|---|")
+    print(f"| txt2img {MODEL} {SIZE}px {STEPS} steps, direct in-process (median of {a['repeats']}) "
+          f"| {a['direct_s']:.3f} s | |")
+    print(f"| same through the socket, submit to result received | {a['socket_s']:.3f} s | |")
+    print(f"| ratio socket / direct | {a['ratio']:.3f} | <= 1.05 |", flush=True)
+    if args.socket_only:
+        return 0
     run = subprocess.run([sys.executable, __file__, "--blender-part", "--repeats", str(args.repeats)],
                          capture_output=True, text=True)
     line = [ln for ln in run.stdout.splitlines() if ln.startswith("BLENDER_RESULTS ")]
@@ -183,13 +193,6 @@ def main():
         print(run.stdout[-3000:], run.stderr[-3000:])
         return 1
     b = json.loads(line[0].split(" ", 1)[1])
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}")
-    print("| measure | value | target |\n|---|---|---|")
-    print(f"| txt2img {MODEL} {SIZE}px {STEPS} steps, direct in-process (median of {a['repeats']}) "
-          f"| {a['direct_s']:.3f} s | |")
-    print(f"| same through the socket, submit to result received | {a['socket_s']:.3f} s | |")
-    print(f"| ratio socket / direct | {a['ratio']:.3f} | <= 1.05 |")
     print(f"| 2048² float RGBA frame: TCP loopback transfer, receive, foreach_set into the image "
           f"| {b['deliver_2048_s'] * 1000:.0f} ms | <= 200 ms |")
     print(f"| same, from a fetch by job id (backend loads the result and converts sRGB to linear on the CPU) "

@@ -28,6 +28,18 @@ def longest_drain(session, job):
     return max(durations)
 
 
+def set_torch_threads():
+    """Torch threads for a benchmark: OMP_NUM_THREADS when set (backend processes inherit it, so
+    both sides use the same), else every core. Returns the number."""
+    import os
+
+    import torch
+
+    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
+    torch.set_num_threads(threads)
+    return threads
+
+
 def interleaved(sides: dict, repeats: int) -> dict:
     """Median seconds of each side's function, one warm-up each, then the sides taken in turn
     ``repeats`` times, so drift on a shared machine hits them alike: {name: seconds}."""

@@ -14,7 +14,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench_common import interleaved, require_same, require_same_pixels
+from bench_common import interleaved, require_same, require_same_pixels, set_torch_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -67,11 +67,14 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count())
+    threads = set_torch_threads()
     manager = ModelManager([m for m, _, _ in CASES], device="cpu", models_dir=os.environ.get("DREAM_MODELS_DIR"))
-    rows = [(model, size, steps, *measure(manager, model, size, steps, args.repeats)) for model, size, steps in CASES]
+    rows = []
+    for model, size, steps in CASES:
+        rows.append((model, size, steps, *measure(manager, model, size, steps, args.repeats)))
+        print(f"measured {model}", file=sys.stderr, flush=True)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, torch {torch.__version__}; {SCHEDULER}, guidance {GUIDANCE}, "
+          f"Python {platform.python_version()}, torch {torch.__version__} ({threads} threads); {SCHEDULER}, guidance {GUIDANCE}, "
           f"median of {args.repeats}, sides interleaved; same image checked first")
     print("| model, size, steps | our loop | stock StableDiffusionPipeline | ratio ours / stock | target |")
     print("|---|---|---|---|---|")
