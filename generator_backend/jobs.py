@@ -120,6 +120,7 @@ class JobStore:
 
     def __init__(self, output_dir):
         self.root = Path(output_dir)
+        self._frames_on_disk = {}  # job_id -> frame indices, scanned once per run of a walk
 
     def check_writable(self):
         """Create the output folder if needed and write a probe file; raise OutputUnwritable if that fails."""
@@ -178,7 +179,10 @@ class JobStore:
         return self.job_dir(job_id) / f"frame_{index + 1:06d}.png"
 
     def frames_done(self, job_id: str, count: int):
-        return [k for k in range(count) if self.frame_path(job_id, k).exists()]
+        """The frames on disk (scanned now); ``save_frame`` adds to them without scanning again."""
+        done = [k for k in range(count) if self.frame_path(job_id, k).exists()]
+        self._frames_on_disk[job_id] = set(done)
+        return done
 
     @_persisting
     def save_frame(self, job: Job, index: int, image: np.ndarray):
@@ -188,7 +192,10 @@ class JobStore:
         _private_dir(path.parent)
         png = (image * 255).round().clip(0, 255).astype(np.uint8)
         _write_atomic(path, lambda p: Image.fromarray(png).save(p, format="PNG"))
-        done = self.frames_done(job.job_id, job.params["frames"])
+        if job.job_id not in self._frames_on_disk:
+            self.frames_done(job.job_id, job.params["frames"])
+        self._frames_on_disk[job.job_id].add(index)
+        done = sorted(self._frames_on_disk[job.job_id])
         manifest = {"job_id": job.job_id, "frames": job.params["frames"], "done": len(done), "fps": job.params["fps"],
                     "width": job.params["width"], "height": job.params["height"],
                     "files": [self.frame_path(job.job_id, k).name for k in done], "params": job.params}

@@ -10,45 +10,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dream_addon import protocol
 from dream_addon.protocol import ProtocolError
 
-from .core import (Cancelled, GenerationRequest, IncompatibleModels, PromptTerm, StepTimer, generate,
-                   latent_preview, linear_to_srgb, to_rgba)
+from .core import Cancelled, GenerationRequest, IncompatibleModels, StepTimer, generate, latent_preview
+from .encoding import Encoding, output_encoding, pasted_back, to_rgba
 from .modifiers import Infusion
 from .walks import WalkPlan
 from .jobs import CANCELLED, DONE, FAILED, FINISHED, RUNNING, Job, JobQueue, JobStore, OutputUnwritable
 from .models import ModelLoadError, ModelManager
+from .techniques import request_from_params, untouched_pixels
 
 log = logging.getLogger("generator_backend.runner")
 
 
-def image_tensor(array, channels=3, linear=False, flip_y=False) -> torch.Tensor:
-    """An (H, W, C) uint8 or float array as (H, W, channels) float32 sRGB in [0, 1], rows top
-    to bottom (alpha dropped). ``linear``/``flip_y`` describe the array as Blender holds it."""
-    image = torch.from_numpy(np.ascontiguousarray(array[..., :channels]))
-    is_bytes = image.dtype == torch.uint8
-    image = image.float() / 255.0 if is_bytes else image.float().clamp(0, 1)
-    if flip_y:
-        image = image.flip(0)
-    return linear_to_srgb(image) if linear and not is_bytes else image  # uint8 arrays are always sRGB
-
-
 def build_request(job: Job) -> GenerationRequest:
     """The core's request from a validated job."""
-    p, inputs = job.params, job.inputs
-    as_sent = {"linear": p["input_linear"], "flip_y": p["input_flip_y"]}
-    init, mask = inputs.get("init_image"), inputs.get("mask")
-    return GenerationRequest(
-        prompt=p["prompt"], negative_prompt=p["negative_prompt"], seed=p["seed"], steps=p["steps"],
-        guidance=p["guidance"], width=p["width"], height=p["height"], scheduler=p["scheduler"],
-        prompts=[PromptTerm(t["text"], t["weight"], t["guidance"]) for t in p["prompts"] or []],
-        ensemble_mode=p["ensemble_mode"], init_image=None if init is None else image_tensor(init, **as_sent),
-        strength=p.get("strength", 1.0), mask=None if mask is None else image_tensor(mask, 1, flip_y=p["input_flip_y"])[..., 0],
-        feather=p.get("feather", 0.0), tile_axes=p["seamless"],
-        infusion_images=[image_tensor(inputs[n], **as_sent) for n in protocol.INFUSION_ARRAYS if n in inputs],
-        infusion_weights=p["infusion_weights"] or {}, infusion_decay=p["infusion_decay"],
-        infusion_cond_only=p["infusion_cond_only"], layout=p.get("layout", "off"))
+    return request_from_params(job.params, job.inputs)
 
 
 def check_request(request: GenerationRequest, unet):
@@ -73,13 +50,34 @@ def check_request(request: GenerationRequest, unet):
     request.infusion_weights = weights
 
 
-def result_frame(store: JobStore, meta: dict, image, output: dict):
-    """The ``result`` message and its image array, delivered as ``output`` asks (dtype, flip, linear)."""
+def result_frame(store: JobStore, meta: dict, image, output: dict, source=None):
+    """The ``result`` message and its image array, delivered as ``output`` asks (dtype, flip, linear).
+
+    ``source`` (input array, its Encoding, untouched (H, W) mask): those pixels are the input's
+    own, recoded once from the input's encoding, so they stay bit-identical where it is the output's."""
     message = {"type": "result", "job_id": meta["job_id"], "width": meta["width"], "height": meta["height"],
                "seed": meta["seed"], "model": meta["model"], "timings": meta["timings"],
                "path": str(store.job_dir(meta["job_id"])), **{k: output[k] for k in ("flip_y", "linear")},
                **{k: meta[k] for k in ("frames", "fps", "folder") if k in meta}}  # walks
-    return message, {"image": to_rgba(image, output["output_dtype"], output["flip_y"], output["linear"])}
+    rgba = to_rgba(image, output["output_dtype"], output["flip_y"], output["linear"])
+    if source is not None:
+        original, encoding, untouched = source
+        rgba = pasted_back(rgba, original, encoding, output_encoding(output), untouched)
+    return message, {"image": rgba}
+
+
+def input_source(job: Job, request: GenerationRequest):
+    """The job's input image with its encoding and the pixels no technique changed, or None."""
+    untouched = untouched_pixels(request)
+    if untouched is None:
+        return None
+    p = job.params
+    return job.inputs["init_image"], Encoding(p["input_linear"], p["input_flip_y"]), untouched
+
+
+# Job kind -> the Worker method that runs it: a new kind is registered here (and in the protocol).
+EXECUTORS = {"txt2img": "execute_image", "img2img": "execute_image", "inpaint": "execute_image",
+             "walk": "execute_walk"}
 
 
 class Worker(threading.Thread):
@@ -116,9 +114,7 @@ class Worker(threading.Thread):
     def execute(self, job: Job):
         if job.cancel_requested.is_set():
             return self._cancelled(job)
-        if job.kind == "walk":
-            return self._guarded(job, self.execute_walk)
-        return self._guarded(job, self.execute_image)
+        return self._guarded(job, getattr(self, EXECUTORS[job.kind]))
 
     def _guarded(self, job: Job, run):
         """Run a job; every failure becomes its error event, and the worker lives on."""
@@ -167,7 +163,8 @@ class Worker(threading.Thread):
         job.emit({"type": "progress", "step": job.total, "total": job.total, "stage": "saving", "eta": 0.0})
         meta = self.store.save_result(job, image.cpu().numpy(), model_name)
         job.state = DONE
-        job.emit_result(lambda output: result_frame(self.store, meta, image, output))
+        source = input_source(job, request)
+        job.emit_result(lambda output: result_frame(self.store, meta, image, output, source))
         return meta
 
     def execute_walk(self, job: Job):
@@ -179,8 +176,9 @@ class Worker(threading.Thread):
         components = members[0][0]
         request = build_request(job)
         check_request(request, components.unet)
-        plan = WalkPlan(components, p)
-        todo = [k for k in range(p["frames"]) if k not in set(self.store.frames_done(job.job_id, p["frames"]))]
+        plan = WalkPlan(components, request)
+        on_disk = set(self.store.frames_done(job.job_id, p["frames"]))
+        todo = [k for k in range(p["frames"]) if k not in on_disk]
         done = p["frames"] - len(todo)
         timer, started = StepTimer(), time.perf_counter()
         image = None

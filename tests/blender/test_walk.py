@@ -1,6 +1,7 @@
 """Walks in real bpy: frames onto the Sequencer and into an image-sequence texture, export."""
 
 import os
+import time
 
 import bpy
 import numpy as np
@@ -92,7 +93,9 @@ def test_export_walk(scene, session, fmt, bounce, count):
     job = run_walk(scene, session)
     scene.dream_walk.export_format, scene.dream_walk.rubber_band = fmt, bounce
     assert bpy.ops.dream.walk_export() == {"FINISHED"}
+    deadline = time.monotonic() + 120
     while not job.message.startswith("Exported"):
+        assert time.monotonic() < deadline, job.message
         session.drain(timeout=1.0)
     assert f"Exported {count} frames" in job.message
     path = job.message.split(" to ", 1)[1]
