@@ -82,13 +82,15 @@ def test_inpainting_changes_only_the_mask_and_follows_the_prompt(pocket, classif
 
 def test_walk_between_two_colours_is_smooth(pocket):
     from dream_addon import protocol
+    from generator_backend.techniques import request_from_params
     from generator_backend.walks import WalkPlan
 
     params = protocol.validate_params({"walk": "prompts", "walk_prompts": ["red checker", "blue checker"],
                                        "frames": 6, "width": 64, "height": 64, "steps": STEPS,
-                                       "guidance": GUIDANCE, "seed": 1}, protocol.walk_fields())
-    plan = WalkPlan(pocket, params)
-    request = GenerationRequest(seed=1, steps=STEPS, guidance=GUIDANCE, width=64, height=64, scheduler="euler")
+                                       "guidance": GUIDANCE, "seed": 1, "scheduler": "euler"},
+                                      protocol.walk_fields())
+    request = request_from_params(params, {})
+    plan = WalkPlan(pocket, request)
     request.frame_noise, request.frame_embeds = plan.batch(range(6))
     means = [mean_rgb(f) for f in generate(pocket, request).numpy()]
     steps = [np.abs(means[i + 1] - means[i]).sum() for i in range(5)]
