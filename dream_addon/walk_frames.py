@@ -15,7 +15,7 @@ def strips_of(editor):
 
 def place(job, message):
     """Put one finished frame where the walk's target says; set the scene's range and fps once."""
-    scene = bpy.data.scenes.get(job.scene_name)
+    scene = job.datablock("scene")
     if scene is None:
         return
     target = job.walk_target
@@ -57,12 +57,12 @@ def place_in_texture(scene, job, path, total):
     image.source = "SEQUENCE"
     image.name = f"Dream walk {job.job_id[-6:]}"
     target["image"] = image.name
-    obj = bpy.data.objects.get(target.get("object", ""))
+    obj = job.datablock("object")
     if obj is None or obj.type != "MESH":
         return
     from .blender_images import assign_material
 
-    material = assign_material(obj, image, image.name)
+    material = assign_material(obj, image, image.name, target.get("material_target", "NEW_SLOT"))
     node = next(n for n in material.node_tree.nodes if n.type == "TEX_IMAGE")
     user = node.image_user
     user.frame_duration, user.frame_start, user.frame_offset = total, target["start_frame"], 0
