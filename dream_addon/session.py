@@ -312,7 +312,8 @@ class Session:
         if worker is not None and (worker.thread.is_alive() or not worker.events.empty()):
             return
         if self.backend is not None and self.backend.state == BackendProcess.EXITED:
-            message = f"The backend exited (code {self.backend.returncode}); see its log in the preferences"
+            last = self.backend.tail[-1] if self.backend.tail else f"code {self.backend.returncode}"
+            message = f"The backend exited ({last}); see its log in the preferences"
             for job in self.active_jobs():
                 self._end(job, "error", message)
             return

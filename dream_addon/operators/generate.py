@@ -312,5 +312,6 @@ class DREAM_OT_list_remove(bpy.types.Operator):
 
 
 classes = (DREAM_OT_generate_texture, DREAM_OT_texture_selected_faces, DREAM_OT_img2img, DREAM_OT_inpaint,
-           DREAM_OT_cancel, DREAM_OT_randomize_seed, DREAM_OT_rect_from_cursor, DREAM_OT_walk, DREAM_OT_restore_material,
+           DREAM_OT_cancel, DREAM_OT_randomize_seed, DREAM_OT_rect_from_cursor, DREAM_OT_walk,
+           DREAM_OT_restore_material,
            DREAM_OT_walk_export, DREAM_OT_walk_resume, DREAM_OT_list_add, DREAM_OT_list_remove)

@@ -106,6 +106,21 @@ def test_opening_another_file_never_gets_the_running_jobs_result(scene, session,
     assert entry.job_id == job.job_id and entry.image == image_a
 
 
+def test_a_result_whose_image_was_never_saved_arrives_as_a_new_image(scene, session, tmp_path):
+    file_a = str(tmp_path / "saved_before.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=file_a)
+    job = new_job(session, bpy.ops.dream.generate_texture)  # its image and material exist in memory only
+    bpy.ops.wm.read_homefile(use_empty=False)  # File > New, without saving
+    assert job.state == "detached", job.message
+    bpy.ops.wm.open_mainfile(filepath=file_a)
+    session.wait_for(job.job_id, 120)
+    assert job.state == "done" and "new image" in job.message, job.message
+    image = bpy.data.images[job.image_name]
+    assert image.packed_file is not None and image.use_fake_user and np.abs(pixels(image)).max() > 0
+    assert bpy.context.scene.dream_history[-1].image == image
+    assert not bpy.data.objects["Cube"].active_material.name.startswith("Dream")  # not saved: not there
+
+
 # ---------------------------------------------------------------- 2. materials are never orphaned
 
 def three_material_cube():
