@@ -58,7 +58,8 @@ def place_in_texture(scene, job, path, total):
     image.name = f"Dream walk {job.job_id[-6:]}"
     target["image"] = image.name
     obj = job.datablock("object")
-    if obj is None or obj.type != "MESH":
+    if obj is None or obj.type != "MESH" or target.get("material_target") == "IMAGE_ONLY":
+        image.use_fake_user = True  # no material uses it: kept with the file all the same
         return
     from .blender_images import assign_material
 

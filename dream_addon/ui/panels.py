@@ -69,7 +69,7 @@ def draw_generation(layout, context):
     row.prop(props, "seamless_y", toggle=True)
     layout.prop(props, "layout")
     layout.prop(props, "preview_interval")
-    if context.space_data is None or context.space_data.type != "IMAGE_EDITOR":
+    if context.space_data is None or context.space_data.type == "VIEW_3D":  # where a material is made
         row = layout.row(align=True)
         row.prop(props, "texture_target")
         obj = context.active_object
@@ -267,6 +267,8 @@ class DreamWalkPanel(DreamPanel):
         layout.prop(walk, "target", expand=True)
         if walk.target == "SEQUENCER":
             layout.prop(walk, "channel")
+        else:
+            layout.prop(context.scene.dream, "texture_target")
         layout.prop(walk, "start_frame")
         row = layout.row(align=True)
         row.operator("dream.walk", icon="SEQUENCE")
