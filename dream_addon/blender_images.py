@@ -61,10 +61,11 @@ def write_pixels(image, rgba: np.ndarray, *, flipped: bool, final: bool = False)
 def assign_material(obj, image, name: str, target: str = "NEW_SLOT"):
     """A new material whose base colour is ``image``, on ``obj`` as ``target`` says.
 
-    NEW_SLOT appends a slot (or fills an empty active one) and makes it active; REPLACE_SLOT
-    puts it in the active slot and keeps the material that was there (fake user, its name on
-    the new material) so Restore Material can put it back. No user material ever loses its
-    last user.
+    NEW_SLOT appends a slot (or fills an empty active one) and makes it active, and the faces
+    that showed the active slot show the new one (so the result is seen; every material keeps
+    its slot); REPLACE_SLOT puts it in the active slot and keeps the material that was there
+    (fake user, its name on the new material) so Restore Material can put it back. No user
+    material ever loses its last user. Returns the material and the faces it moved.
     """
     material = bpy.data.materials.new(name)
     if bpy.app.version < (5, 0, 0):  # always on from 5.0, where the property is deprecated
@@ -88,7 +89,40 @@ def assign_material(obj, image, name: str, target: str = "NEW_SLOT"):
     else:
         obj.data.materials.append(material)
         obj.active_material_index, material[SLOT_KEY] = len(obj.material_slots) - 1, "appended"
-    return material
+        if old is not None:
+            faces = np.flatnonzero(face_materials(obj) == index)
+            set_face_materials(obj, faces, obj.active_material_index)
+            return material, faces
+    return material, np.zeros(0, np.int64)
+
+
+def face_materials(obj) -> np.ndarray:
+    """Each face's material slot index (Object or Edit mode)."""
+    if obj.mode == "EDIT":
+        import bmesh
+
+        return np.array([f.material_index for f in bmesh.from_edit_mesh(obj.data).faces], np.int64)
+    indices = np.empty(len(obj.data.polygons), np.int32)
+    obj.data.polygons.foreach_get("material_index", indices)
+    return indices.astype(np.int64)
+
+
+def set_face_materials(obj, faces, index: int):
+    """Give ``faces`` (indices) the material slot ``index`` (Object or Edit mode)."""
+    if obj.mode == "EDIT":
+        import bmesh
+
+        bm = bmesh.from_edit_mesh(obj.data)
+        bm.faces.ensure_lookup_table()
+        for i in faces:
+            bm.faces[int(i)].material_index = index
+        bmesh.update_edit_mesh(obj.data)
+        return
+    indices = np.empty(len(obj.data.polygons), np.int32)
+    obj.data.polygons.foreach_get("material_index", indices)
+    indices[faces[faces < len(indices)]] = index
+    obj.data.polygons.foreach_set("material_index", indices)
+    obj.data.update()
 
 
 # Custom properties on a Dream material: how it was placed, which slot was active, what it replaced.
@@ -111,7 +145,7 @@ def restore_replaced(slot):
     return old
 
 
-def take_back_material(obj, material):
+def take_back_material(obj, material, faces=()):
     """Undo ``assign_material`` for a job that gave no result, then delete the material."""
     how = material.get(SLOT_KEY, "")
     for index, slot in reversed(list(enumerate(obj.material_slots if obj is not None else ()))):
@@ -122,16 +156,18 @@ def take_back_material(obj, material):
         elif how == "filled":
             slot.material = None
         else:
+            previous = material.get(ACTIVE_KEY, 0)
+            set_face_materials(obj, np.asarray(faces, np.int64), previous)
             obj.data.materials.pop(index=index)
-            obj.active_material_index = min(material.get(ACTIVE_KEY, 0), max(len(obj.material_slots) - 1, 0))
+            obj.active_material_index = min(previous, max(len(obj.material_slots) - 1, 0))
     if material.users == 0:
         bpy.data.materials.remove(material)
 
 
-def remove_created(obj, datablocks):
+def remove_created(obj, datablocks, faces=()):
     """Delete what a job made for a result that never came (materials first: they use the images)."""
     for datablock in sorted((d for d in datablocks if d is not None), key=lambda d: d.id_type != "MATERIAL"):
         if datablock.id_type == "MATERIAL":
-            take_back_material(obj, datablock)
+            take_back_material(obj, datablock, faces)
         elif datablock.id_type == "IMAGE":
             bpy.data.images.remove(datablock)

@@ -57,6 +57,7 @@ class JobView:
     blend_path: str = ""  # the .blend it was started in: its datablocks live there
     refs: dict = field(default_factory=dict)  # role -> bindings.ref: the datablocks it writes, by identity
     created: tuple = ()  # roles of datablocks it made: deleted again if it gives no result
+    moved_faces: object = ()  # faces it gave its new material slot: given the old one back then
     accepted: bool = False  # the backend answered its submit
     resumed: bool = False
     last_event: str = ""  # type of the newest backend event about it
@@ -424,7 +425,8 @@ class Session:
         if job.refs.get("backup") and job.original is not None and image is not None:
             blender_images.write_pixels(image, job.original, flipped=True)  # a replaced image gets its pixels back
         if final:
-            blender_images.remove_created(job.datablock("object"), [job.datablock(role) for role in job.created])
+            blender_images.remove_created(job.datablock("object"), [job.datablock(role) for role in job.created],
+                                          job.moved_faces)
 
 
 def show_error(text: str):

@@ -63,7 +63,7 @@ def place_in_texture(scene, job, path, total):
         return
     from .blender_images import assign_material
 
-    material = assign_material(obj, image, image.name, target.get("material_target", "NEW_SLOT"))
+    material, _ = assign_material(obj, image, image.name, target.get("material_target", "NEW_SLOT"))
     node = next(n for n in material.node_tree.nodes if n.type == "TEX_IMAGE")
     user = node.image_user
     user.frame_duration, user.frame_start, user.frame_offset = total, target["start_frame"], 0

@@ -85,9 +85,10 @@ class DREAM_OT_generate_texture(bpy.types.Operator):
         obj = context.active_object
         in_3d_view = context.area is None or context.area.type == "VIEW_3D"
         if in_3d_view and obj is not None and obj.type == "MESH" and props.texture_target != "IMAGE_ONLY":
-            material = blender_images.assign_material(obj, image, f"Dream {props.prompt[:40]}", props.texture_target)
+            material, faces = blender_images.assign_material(obj, image, f"Dream {props.prompt[:40]}",
+                                                             props.texture_target)
             return send(self, context, "txt2img", params, arrays, image, {"object": obj, "material": material},
-                        created=("image", "material"))
+                        created=("image", "material"), moved_faces=faces)
         if context.area is not None and context.area.type == "IMAGE_EDITOR":
             context.space_data.image = image
         return send(self, context, "txt2img", params, arrays, image, created=("image",))

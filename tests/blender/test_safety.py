@@ -128,8 +128,16 @@ def three_material_cube():
     cube.data.materials.clear()
     for name in ("Wood", "Metal", "Paint"):
         cube.data.materials.append(bpy.data.materials.new(name))
+    cube.data.polygons.foreach_set("material_index", FACES_BEFORE)
     cube.active_material_index = 1
     return cube
+
+
+FACES_BEFORE = [0, 0, 1, 1, 2, 2]  # two faces of wood, metal and paint each
+
+
+def face_slots(obj):
+    return [poly.material_index for poly in obj.data.polygons]
 
 
 def slot_names(obj):
@@ -143,6 +151,7 @@ def test_generate_texture_adds_a_slot_and_keeps_the_users_material(scene, sessio
     names = slot_names(cube)
     assert names[:3] == ["Wood", "Metal", "Paint"] and names[3].startswith("Dream")
     assert cube.active_material_index == 3 and bpy.data.materials["Metal"].users >= 1
+    assert face_slots(cube) == [0, 0, 3, 3, 2, 2]  # the metal faces show the result; Metal keeps its slot
     blend = tmp_path / "cube.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
     script = (f"import bpy\nbpy.ops.wm.open_mainfile(filepath={str(blend)!r})\n"
@@ -158,6 +167,7 @@ def test_replace_active_slot_keeps_the_old_material_to_restore(scene, session):
     job = generate(session)
     assert job.state == "done", job.message
     assert slot_names(cube)[1].startswith("Dream") and len(cube.material_slots) == 3
+    assert face_slots(cube) == FACES_BEFORE
     metal = bpy.data.materials["Metal"]
     assert metal.use_fake_user  # kept in the file although no slot uses it
     assert bpy.ops.dream.restore_material() == {"FINISHED"}
@@ -171,6 +181,7 @@ def test_image_only_leaves_the_materials_alone(scene, session):
     job = generate(session)
     assert job.state == "done", job.message
     assert slot_names(cube) == ["Wood", "Metal", "Paint"] and set(bpy.data.materials.keys()) == materials
+    assert face_slots(cube) == FACES_BEFORE
     assert bpy.data.images[job.image_name].packed_file is not None
 
 
@@ -180,8 +191,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("refusal", ["backend_down", "width_100", "empty_prompt"])
-def test_a_refused_generate_leaves_no_new_material_or_image(scene, session, prefs, refusal):
+@pytest.mark.parametrize("refusal", ["backend_down", "width_100", "empty_prompt", "cancel"])
+def test_a_refused_or_cancelled_generate_leaves_no_new_material_or_image(scene, session, prefs, refusal):
     cube = three_material_cube()
     materials, images = set(bpy.data.materials.keys()), set(bpy.data.images.keys())
     saved = session.backend, prefs.host, prefs.port, prefs.token
@@ -192,19 +203,26 @@ def test_a_refused_generate_leaves_no_new_material_or_image(scene, session, pref
             session.connect(prefs)
         elif refusal == "width_100":
             scene.dream.width = 100
-        else:
+        elif refusal == "empty_prompt":
             scene.dream.prompt = ""
-        try:
-            job = generate(session, timeout=60)
-            assert job.state == "error", job.message
-        except RuntimeError:  # refused by the panel before a job was made: as good
-            pass
+        if refusal == "cancel":
+            scene.dream.steps = 200
+            job = new_job(session, bpy.ops.dream.generate_texture)
+            assert bpy.ops.dream.cancel() == {"FINISHED"}
+            assert session.wait_for(job.job_id, 60).state == "cancelled", job.message
+        else:
+            try:
+                job = generate(session, timeout=60)
+                assert job.state == "error", job.message
+            except RuntimeError:  # refused by the panel before a job was made: as good
+                pass
     finally:
         session.backend, prefs.host, prefs.port, prefs.token = saved
         if refusal == "backend_down":
             session.connect(prefs)
     assert set(bpy.data.materials.keys()) == materials and set(bpy.data.images.keys()) == images
     assert slot_names(cube) == ["Wood", "Metal", "Paint"] and cube.active_material_index == 1
+    assert face_slots(cube) == FACES_BEFORE
 
 
 def test_walk_to_texture_keeps_the_users_material(scene, session):
