@@ -385,6 +385,7 @@ class Session:
             job.message = f"Exported {message['frames']} frames to {message['path']}"
             self.status = job.message
         elif kind == "result" and job.kind == "walk":
+            walk_frames.fill(job, message["folder"], message["frames"])  # any it missed while away
             job.state, job.step = "done", job.total
             job.message = f"{message['frames']} frames in {message['folder']}"
             history.record(job)

@@ -310,6 +310,24 @@ def test_a_job_never_stays_active_without_a_live_connection(scene, session, pref
     assert job.state == "done", job.message
 
 
+def test_walk_frames_made_while_disconnected_reach_the_strip_in_order(scene, session, prefs):
+    walk = scene.dream_walk
+    walk.kind, walk.frames, walk.batch_size, walk.target = "circular", 6, 2, "SEQUENCER"
+    scene.dream.steps = 8
+    job = new_job(session, bpy.ops.dream.walk)
+    wait_until(session, lambda: job.walk_target.get("placed") or not job.active, what="the first frames")
+    worker = session.worker
+    worker.stop()  # the add-on hears nothing while the backend goes on
+    worker.thread.join(10)
+    folder = Path(prefs.output_dir) / job.job_id
+    wait_until(session, lambda: (folder / "frame_000004.png").is_file(), 120, what="frames made meanwhile")
+    session.connect(prefs)
+    session.wait_for(job.job_id, 120)
+    assert job.state == "done", job.message
+    strip = strips_of(scene.sequence_editor)[job.walk_target["strip"]]
+    assert [e.filename for e in strip.elements] == [f"frame_{i:06d}.png" for i in range(1, 7)]
+
+
 # ---------------------------------------------------------------- 6. renaming the scene
 
 def test_renaming_the_scene_during_a_walk_keeps_frames_arriving(scene, session):
