@@ -65,6 +65,7 @@ def backend_back(session, backend, prefs):
         if backend.state != backend.STARTING:
             backend.start()
         assert backend.wait_ready(120), "\n".join(backend.tail)
+    backend.restarts = 0  # as it was: a kill here does not count against later tests
     session.connect(prefs)
     wait_until(session, lambda: session.welcome is not None, what="the connection")
 
