@@ -18,11 +18,19 @@ def register():
     bpy.types.STATUSBAR_HT_header.append(ui.panels.draw_status_bar)
     # No network and no process start here: the connection opens on first use.
     bpy.app.timers.register(session.drain_timer, first_interval=0.25, persistent=True)
+    bpy.app.handlers.load_pre.append(session.on_load_pre)
+    bpy.app.handlers.load_post.append(session.on_load_post)
+    bpy.app.handlers.save_post.append(session.on_save_post)
 
 
 def unregister():
     if bpy.app.timers.is_registered(session.drain_timer):
         bpy.app.timers.unregister(session.drain_timer)
+    for handlers, handler in ((bpy.app.handlers.load_pre, session.on_load_pre),
+                              (bpy.app.handlers.load_post, session.on_load_post),
+                              (bpy.app.handlers.save_post, session.on_save_post)):
+        if handler in handlers:
+            handlers.remove(handler)
     session.SESSION.stop_backend()
     bpy.types.STATUSBAR_HT_header.remove(ui.panels.draw_status_bar)
     del bpy.types.Scene.dream, bpy.types.Scene.dream_history, bpy.types.Scene.dream_history_index

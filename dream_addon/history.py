@@ -41,16 +41,16 @@ def apply(props, settings: dict):
 
 def record(job):
     """Add a finished job to its scene's history."""
-    scene = bpy.data.scenes.get(job.scene_name)
+    scene = job.datablock("scene")
     if scene is None:
         return None
     item = scene.dream_history.add()
     item.job_id, item.kind, item.operator = job.job_id, job.kind, job.operator
     item.settings = json.dumps(job.settings)
     item.params = json.dumps(job.params)
-    item.image = bpy.data.images.get(job.image_name)
+    item.image = job.datablock("image")
     if job.backup_name:
-        item.original = bpy.data.images.get(job.backup_name)
+        item.original = job.datablock("backup")
     item.created = time.strftime("%Y-%m-%d %H:%M:%S")
     scene.dream_history_index = len(scene.dream_history) - 1
     return item

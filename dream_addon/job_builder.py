@@ -74,9 +74,17 @@ def scene_params(props) -> tuple[dict, dict]:
 
 
 def sized_to_image(params: dict, image) -> tuple[int, int]:
-    """Set the job size from an image (padded up to multiples of 8); return the image's (w, h)."""
+    """Set the job size from an image (padded up to multiples of 8); return the image's (w, h).
+
+    An image the backend cannot take is refused here, before anything is made or sent."""
+    from .session import SESSION
+
     width, height = image.size
     params["width"], params["height"] = uv_mask.padded_size(width), uv_mask.padded_size(height)
+    largest = ((SESSION.welcome or {}).get("capabilities") or {}).get("max_size")
+    if largest and max(params["width"], params["height"]) > largest:
+        raise JobInputError(f"Image {image.name!r} is {width} × {height} px; the backend takes at most {largest} px "
+                            "per side. Scale it down (Image > Resize) or start the backend with a larger --max-size")
     return width, height
 
 

@@ -13,24 +13,43 @@ def strips_of(editor):
     return editor.strips if hasattr(editor, "strips") else editor.sequences
 
 
+FRAME_FILE = "frame_{:06d}.png"  # frame k (0-based) is frame_{k+1:06d}.png in the job's folder (docs/protocol.md)
+
+
 def place(job, message):
-    """Put one finished frame where the walk's target says; set the scene's range and fps once."""
-    scene = bpy.data.scenes.get(job.scene_name)
+    """Put one finished frame where the walk's target says; set the scene's range and fps once.
+
+    Frames the add-on missed (made while it was reconnecting, or while another file was open)
+    are placed first, from the job's folder, so the strip stays in order."""
+    job.step, job.total = message["done"], message["frames"]
+    fill(job, os.path.dirname(message["path"]), message["frames"], message["index"])
+    if message["index"] not in job.walk_target.get("placed", ()):
+        place_one(job, message["path"], message["index"], message["frames"])
+
+
+def fill(job, folder: str, total: int, upto: int | None = None):
+    """Place the frames from the first one not placed yet up to ``upto`` (default: all)."""
+    for index in range(len(job.walk_target.get("placed", ())), total if upto is None else upto):
+        path = os.path.join(folder, FRAME_FILE.format(index + 1))
+        if os.path.isfile(path):
+            place_one(job, path, index, total)
+
+
+def place_one(job, path, index, total):
+    scene = job.datablock("scene")
     if scene is None:
         return
     target = job.walk_target
-    total, path = message["frames"], message["path"]
-    job.step, job.total = message["done"], total
     if "placed" not in target:
         scene.render.fps = job.params["fps"]
         scene.frame_start = target["start_frame"]
         scene.frame_end = target["start_frame"] + total - 1
         target["placed"] = []
     if target["kind"] == "SEQUENCER":
-        place_in_sequencer(scene, job, path, message["index"])
+        place_in_sequencer(scene, job, path, index)
     else:
         place_in_texture(scene, job, path, total)
-    target["placed"].append(message["index"])
+    target["placed"].append(index)
 
 
 def place_in_sequencer(scene, job, path, index):
@@ -57,12 +76,13 @@ def place_in_texture(scene, job, path, total):
     image.source = "SEQUENCE"
     image.name = f"Dream walk {job.job_id[-6:]}"
     target["image"] = image.name
-    obj = bpy.data.objects.get(target.get("object", ""))
-    if obj is None or obj.type != "MESH":
+    obj = job.datablock("object")
+    if obj is None or obj.type != "MESH" or target.get("material_target") == "IMAGE_ONLY":
+        image.use_fake_user = True  # no material uses it: kept with the file all the same
         return
     from .blender_images import assign_material
 
-    material = assign_material(obj, image, image.name)
+    material, _ = assign_material(obj, image, image.name, target.get("material_target", "NEW_SLOT"))
     node = next(n for n in material.node_tree.nodes if n.type == "TEX_IMAGE")
     user = node.image_user
     user.frame_duration, user.frame_start, user.frame_offset = total, target["start_frame"], 0

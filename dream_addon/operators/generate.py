@@ -22,10 +22,13 @@ def prepare(operator, context):
     return props, *scene_params(props)
 
 
-def send(operator, context, kind, params, arrays, image_name, **view):
+def send(operator, context, kind, params, arrays, image=None, datablocks=None, **view):
+    """Submit the job, bound to the scene, its image and ``datablocks`` (role -> ID) by identity."""
     prefix, name = type(operator).__name__.split("_OT_")  # DREAM_OT_img2img -> dream.img2img
-    SESSION.submit(get_preferences(), params, image_name, arrays, kind=kind, operator=f"{prefix.lower()}.{name}",
-                   scene_name=context.scene.name, settings=history.snapshot(context.scene.dream), **view)
+    bound = {"scene": context.scene, "image": image, **(datablocks or {})}
+    SESSION.submit(get_preferences(), params, image.name if image is not None else "", arrays, datablocks=bound,
+                   kind=kind, operator=f"{prefix.lower()}.{name}", scene_name=context.scene.name,
+                   settings=history.snapshot(context.scene.dream), **view)
     return {"FINISHED"}
 
 
@@ -55,14 +58,15 @@ def image_job(operator, context, kind, image, mask=None):
             raise JobInputError("The mask is empty: nothing to repaint")
         arrays["mask"] = pad_to(mask.astype(np.uint8) * 255, params["height"], params["width"])
         params["feather"] = props.feather
-    backup_name = ""
+    backup = None
     if props.result_target == "REPLACE" or kind == "faces":
-        target = image
-        backup_name = blender_images.new_image_like(image, f"{image.name} (before Dream)", pixels).name
+        target, created = image, ("backup",)
+        backup = blender_images.new_image_like(image, f"{image.name} (before Dream)", pixels)
     else:
-        target = blender_images.new_image_like(image, f"Dream {image.name}", pixels)
-    return send(operator, context, "inpaint" if mask is not None else "img2img", params, arrays, target.name,
-                crop=(width, height), mask=mask, original=pixels, backup_name=backup_name)
+        target, created = blender_images.new_image_like(image, f"Dream {image.name}", pixels), ("image",)
+    return send(operator, context, "inpaint" if mask is not None else "img2img", params, arrays, target,
+                {"backup": backup}, created=created, crop=(width, height), mask=mask, original=pixels,
+                backup_name=backup.name if backup is not None else "")
 
 
 class DREAM_OT_generate_texture(bpy.types.Operator):
@@ -75,15 +79,19 @@ class DREAM_OT_generate_texture(bpy.types.Operator):
     @report_input_errors
     def execute(self, context):
         props, params, arrays = prepare(self, context)
+        params["layout"] = props.layout  # text-to-image only: the other kinds start from their image
+        # Made now so previews show; a job that ends without a result deletes them again.
         image = blender_images.new_result_image(f"Dream {props.prompt[:40]}", params["width"], params["height"])
         obj = context.active_object
         in_3d_view = context.area is None or context.area.type == "VIEW_3D"
-        if in_3d_view and obj is not None and obj.type == "MESH":
-            blender_images.assign_material(obj, image, f"Dream {props.prompt[:40]}")
-        elif context.area is not None and context.area.type == "IMAGE_EDITOR":
+        if in_3d_view and obj is not None and obj.type == "MESH" and props.texture_target != "IMAGE_ONLY":
+            material, faces = blender_images.assign_material(obj, image, f"Dream {props.prompt[:40]}",
+                                                             props.texture_target)
+            return send(self, context, "txt2img", params, arrays, image, {"object": obj, "material": material},
+                        created=("image", "material"), moved_faces=faces)
+        if context.area is not None and context.area.type == "IMAGE_EDITOR":
             context.space_data.image = image
-        params["layout"] = props.layout  # text-to-image only: the other kinds start from their image
-        return send(self, context, "txt2img", params, arrays, image.name)
+        return send(self, context, "txt2img", params, arrays, image, created=("image",))
 
 
 class DREAM_OT_texture_selected_faces(bpy.types.Operator):
@@ -200,10 +208,28 @@ class DREAM_OT_walk(bpy.types.Operator):
         params, arrays = walk_params(context.scene)
         obj = context.active_object
         target = {"kind": walk.target, "channel": walk.channel, "start_frame": walk.start_frame,
-                  "object": obj.name if obj is not None else ""}
+                  "material_target": context.scene.dream.texture_target}
         if walk.target == "TEXTURE" and (obj is None or obj.type != "MESH"):
             raise JobInputError("An image-sequence texture needs an active mesh object")
-        return send(self, context, "walk", params, arrays, "", walk_target=target)
+        return send(self, context, "walk", params, arrays, None, {"object": obj}, walk_target=target)
+
+
+class DREAM_OT_restore_material(bpy.types.Operator):
+    bl_idname = "dream.restore_material"
+    bl_label = "Restore Material"
+    bl_description = "Put back the material that a Dream texture replaced in the active slot"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        return obj is not None and blender_images.replaced_material(obj.active_material) is not None
+
+    def execute(self, context):
+        obj = context.active_object
+        old = blender_images.restore_replaced(obj.material_slots[obj.active_material_index])
+        self.report({"INFO"}, f"Restored material {old.name!r}")
+        return {"FINISHED"}
 
 
 class DREAM_OT_walk_export(bpy.types.Operator):
@@ -288,4 +314,5 @@ class DREAM_OT_list_remove(bpy.types.Operator):
 
 classes = (DREAM_OT_generate_texture, DREAM_OT_texture_selected_faces, DREAM_OT_img2img, DREAM_OT_inpaint,
            DREAM_OT_cancel, DREAM_OT_randomize_seed, DREAM_OT_rect_from_cursor, DREAM_OT_walk,
+           DREAM_OT_restore_material,
            DREAM_OT_walk_export, DREAM_OT_walk_resume, DREAM_OT_list_add, DREAM_OT_list_remove)

@@ -142,6 +142,13 @@ class DreamSceneProperties(bpy.types.PropertyGroup):
                                             subtype="XYZ")
     rect_max: bpy.props.FloatVectorProperty(name="Rectangle Max", size=2, default=(0.75, 0.75), min=0.0, max=1.0,
                                             subtype="XYZ")
+    texture_target: bpy.props.EnumProperty(name="Result To", default="NEW_SLOT", items=[
+        ("NEW_SLOT", "New Slot", "A new material in a new slot of the active object, made active; "
+                                 "every other slot stays as it is"),
+        ("REPLACE_SLOT", "Replace Slot", "A new material in the active slot; the old one is kept so "
+                                         "Restore Material puts it back"),
+        ("IMAGE_ONLY", "Image Only", "Only the image: no material changes")],
+        description="Where Generate Texture and walk textures go on the active object")
     result_target: bpy.props.EnumProperty(name="Result", default="NEW", items=[
         ("NEW", "New Image", "Put the result in a new image"),
         ("REPLACE", "Replace", "Write the result into the active image (undo or history keep the original)")])

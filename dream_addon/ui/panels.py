@@ -4,6 +4,7 @@ Nothing heavy here: draw code reads properties and the session's job list only."
 
 import bpy
 
+from .. import blender_images
 from ..session import SESSION
 
 
@@ -68,6 +69,12 @@ def draw_generation(layout, context):
     row.prop(props, "seamless_y", toggle=True)
     layout.prop(props, "layout")
     layout.prop(props, "preview_interval")
+    if context.space_data is None or context.space_data.type == "VIEW_3D":  # where a material is made
+        row = layout.row(align=True)
+        row.prop(props, "texture_target")
+        obj = context.active_object
+        if obj is not None and blender_images.replaced_material(obj.active_material) is not None:
+            row.operator("dream.restore_material", text="", icon="LOOP_BACK")
     draw_progress(layout)
 
 
@@ -260,6 +267,8 @@ class DreamWalkPanel(DreamPanel):
         layout.prop(walk, "target", expand=True)
         if walk.target == "SEQUENCER":
             layout.prop(walk, "channel")
+        else:
+            layout.prop(context.scene.dream, "texture_target")
         layout.prop(walk, "start_frame")
         row = layout.row(align=True)
         row.operator("dream.walk", icon="SEQUENCE")
