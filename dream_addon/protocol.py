@@ -442,6 +442,12 @@ def img2img_fields(max_size: int = 2048) -> dict:
                               doc="How much of the schedule runs on the init image: 0 keeps it, 1 replaces it")}
 
 
+def feather_reach(radius: float) -> int:
+    """How many pixels beyond the mask a feathered paste-back blends (Chebyshev distance):
+    the radius, rounded; farther pixels keep the original exactly."""
+    return int(radius + 0.5) if radius > 0 else 0
+
+
 def inpaint_fields(max_size: int = 2048) -> dict:
     """img2img plus the mask's feather; strength defaults to 1 (repaint the masked region fully)."""
     fields = img2img_fields(max_size)

@@ -37,7 +37,7 @@ class JobView:
     scene_name: str = ""
     settings: dict = field(default_factory=dict)  # the panel's settings, for history and Recall
     crop: tuple | None = None  # (width, height) of the image when the job was padded to multiples of 8
-    mask: object = None  # (h, w) bool: only these pixels change; the rest is pasted back exactly
+    mask: object = None  # (h, w) bool: pixels that may change (mask + feather); the rest is pasted back exactly
     original: object = None  # (h, w, 4) pixels the mask composites onto
     backup_name: str = ""  # a copy of an image that the result replaces
     walk_target: dict = field(default_factory=dict)  # walks: where frames go (sequencer or texture)

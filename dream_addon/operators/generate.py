@@ -8,9 +8,9 @@ import numpy as np
 from .. import blender_images, history
 from ..job_builder import (JobInputError, active_image_texture, image_pixels, mask_from_source, scene_params,
                            selected_faces_uv_mask, sized_to_image, walk_params, wire_array)
-from ..uv_mask import pad_to
+from ..uv_mask import dilate, pad_to
 from ..preferences import get_preferences
-from ..protocol import ProtocolError
+from ..protocol import ProtocolError, feather_reach
 from ..session import SESSION
 
 
@@ -50,11 +50,15 @@ def image_job(operator, context, kind, image, mask=None):
     arrays["init_image"] = pad_to(wire_array(image, pixels), params["height"], params["width"])
     params["strength"] = props.strength
     params["linear"] = image.is_float  # results come back in the image's own encoding
+    keep_new = None
     if mask is not None:
         if not mask.any():
             raise JobInputError("The mask is empty: nothing to repaint")
         arrays["mask"] = pad_to(mask.astype(np.uint8) * 255, params["height"], params["width"])
         params["feather"] = props.feather
+        # The backend owns the feathered blend; the add-on restores only the pixels it leaves
+        # untouched (beyond the feather's reach) from its exact copy of the original.
+        keep_new = dilate(mask, feather_reach(props.feather))
     backup_name = ""
     if props.result_target == "REPLACE" or kind == "faces":
         target = image
@@ -62,7 +66,7 @@ def image_job(operator, context, kind, image, mask=None):
     else:
         target = blender_images.new_image_like(image, f"Dream {image.name}", pixels)
     return send(operator, context, "inpaint" if mask is not None else "img2img", params, arrays, target.name,
-                crop=(width, height), mask=mask, original=pixels, backup_name=backup_name)
+                crop=(width, height), mask=keep_new, original=pixels, backup_name=backup_name)
 
 
 class DREAM_OT_generate_texture(bpy.types.Operator):
