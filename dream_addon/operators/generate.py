@@ -6,8 +6,8 @@ import bpy
 import numpy as np
 
 from .. import blender_images, history
-from ..job_builder import (JobInputError, active_image_texture, image_pixels, mask_from_source, scene_params,
-                           selected_faces_uv_mask, sized_to_image, walk_params, wire_array)
+from ..job_builder import (JobInputError, active_image_texture, image_extension, image_pixels, mask_from_source,
+                           scene_params, selected_faces_uv_mask, sized_to_image, walk_params, wire_array)
 from ..uv_mask import dilate, pad_to
 from ..preferences import get_preferences
 from ..protocol import ProtocolError, feather_reach
@@ -109,7 +109,7 @@ class DREAM_OT_texture_selected_faces(bpy.types.Operator):
         if image is None:
             raise JobInputError(f"{obj.name!r} has no image texture in its active material: "
                                 "Generate Texture first, or add an Image Texture node")
-        mask = selected_faces_uv_mask(obj, *image.size, context.scene.dream.uv_margin)
+        mask = selected_faces_uv_mask(obj, *image.size, context.scene.dream.uv_margin, image_extension(obj, image))
         return image_job(self, context, "faces", image, mask=mask)
 
 

@@ -1,0 +1,128 @@
+"""An artist's day in real bpy against the real backend (issue 12, items 7-15): feather, Re-run
+from any editor, wrapped UVs, empty prompts, the backend's limits in the panel, feedback on
+where a result went, history that keeps its own pixels, walk frames that move with the
+project, and a Start-ed backend that a second Blender can share."""
+
+import json
+import subprocess
+import sys
+
+import bpy
+import numpy as np
+import pytest
+
+from tests.blender.helpers import REPO, addon, generate
+
+job_builder = addon("job_builder")
+protocol = addon("protocol")
+uv_mask = addon("uv_mask")
+
+
+def pixels(image):
+    out = np.empty(image.size[0] * image.size[1] * 4, np.float32)
+    image.pixels.foreach_get(out)
+    return out.reshape(image.size[1], image.size[0], 4)
+
+
+def photo(name="photo", width=64, height=64, seed=5):
+    """A byte image of noise, fully opaque."""
+    image = bpy.data.images.new(name, width, height, alpha=True)
+    values = np.random.default_rng(seed).random((height, width, 4)).astype(np.float32)
+    values[..., 3] = 1.0
+    image.pixels.foreach_set((np.round(values * 255) / 255).reshape(-1))
+    return image, pixels(image).copy()
+
+
+def editor(area_type="IMAGE_EDITOR", image=None):
+    """A context override for the first area, turned into ``area_type`` (showing ``image``)."""
+    window = bpy.context.window_manager.windows[0]
+    area = window.screen.areas[0]
+    area.type = area_type
+    if image is not None:
+        area.spaces.active.image = image
+    return bpy.context.temp_override(window=window, area=area, region=area.regions[-1])
+
+
+def last_job(session):
+    return session.wait_for(list(session.jobs)[-1])
+
+
+def chebyshev_distance_to(mask):
+    """Per pixel, the Chebyshev distance to the nearest True pixel of ``mask`` (brute force)."""
+    ys, xs = np.nonzero(mask)
+    gy, gx = np.mgrid[:mask.shape[0], :mask.shape[1]]
+    return np.min(np.maximum(np.abs(gy[..., None] - ys), np.abs(gx[..., None] - xs)), axis=-1)
+
+
+# ----------------------------------------------------------------------------- 7. feather
+def test_feather_blends_near_the_mask_and_leaves_farther_pixels_bit_identical(scene, session):
+    image, before = photo()
+    props = scene.dream
+    props.mask_source, props.rect_min, props.rect_max = "RECT", (0.375, 0.375), (0.625, 0.625)
+    props.feather, props.strength, props.result_target = 8.0, 1.0, "NEW"
+    with editor(image=image):
+        assert bpy.ops.dream.inpaint() == {"FINISHED"}
+    job = last_job(session)
+    assert job.state == "done", job.message
+    got = pixels(bpy.data.images[job.image_name])
+    frame = uv_mask.rectangle(64, 64, 0.375, 0.375, 0.625, 0.625)
+    distance = chebyshev_distance_to(frame)
+    assert protocol.feather_reach(8.0) == 8
+    far = distance > 8
+    np.testing.assert_array_equal(got[far], before[far])  # beyond the radius: the original, exactly
+    ring = (distance >= 1) & (distance <= 2)
+    changed = np.abs(got[ring] - before[ring]).max(axis=-1)
+    assert (changed > 1 / 255).mean() > 0.5, "just outside the mask the result blends in"
+    inside = np.abs(got[frame] - before[frame]).max()
+    assert inside > 0.05
+
+
+# ----------------------------------------------------------------------------- 9. UV wrap
+def select_only_face(obj, index):
+    mesh = obj.data
+    chosen = set(mesh.polygons[index].vertices)
+    for vertex in mesh.vertices:
+        vertex.select = vertex.index in chosen
+    for edge in mesh.edges:
+        edge.select = set(edge.vertices) <= chosen
+    for poly in mesh.polygons:
+        poly.select = poly.index == index
+
+
+def textured_cube(scene, session):
+    job = generate(session)
+    assert job.state == "done", job.message
+    cube = bpy.data.objects["Cube"]
+    return cube, bpy.data.images[job.image_name]
+
+
+@pytest.mark.parametrize("layout", ["shifted", "across_edge"])
+def test_texture_selected_faces_wraps_uvs_outside_0_1(scene, session, layout):
+    cube, image = textured_cube(scene, session)
+    select_only_face(cube, 1)
+    uv = cube.data.uv_layers.active.uv
+    loops = list(cube.data.polygons[1].loop_indices)
+    corners = np.array([uv[i].vector[:] for i in loops])
+    (u0, v0), (u1, v1) = corners.min(axis=0), corners.max(axis=0)
+    if layout == "shifted":  # the same texels, one repeat to the right
+        new = corners + (1.0, 0.0)
+        regions = [(u0, u1)]
+    else:  # a face spanning u 0.8..1.2: its right half shows texels 0..0.2
+        new = np.where(corners[:, :1] == u0, 0.8, 1.2)
+        new = np.concatenate([new, corners[:, 1:]], axis=1)
+        regions = [(0.8, 1.0), (0.0, 0.2)]
+    for i, value in zip(loops, new):
+        uv[i].vector = value
+    before = pixels(image).copy()
+    scene.dream.uv_margin, scene.dream.strength, scene.dream.prompt = 0, 1.0, "blue waves"
+    assert bpy.ops.dream.texture_selected_faces() == {"FINISHED"}
+    job = last_job(session)
+    assert job.state == "done", job.message
+    after = pixels(image)
+    changed = np.abs(after - before).max(axis=-1) > 0
+    allowed = np.zeros((64, 64), bool)
+    for a, b in regions:
+        region = uv_mask.rectangle(64, 64, a, v0, b, v1)
+        assert changed[region].mean() > 0.5, f"texels {a}..{b} were not repainted"
+        allowed |= region
+    assert not changed[~uv_mask.dilate(allowed, 1)].any()  # nothing else moved
