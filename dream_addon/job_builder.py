@@ -42,6 +42,11 @@ def resized(array: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def scene_params(props) -> tuple[dict, dict]:
     """The parameters and arrays every kind of job takes from the Dream panel."""
+    if not props.prompt.strip():
+        raise JobInputError("The Prompt is empty: type what to generate (spaces alone say nothing)")
+    for i, extra in enumerate(props.extra_prompts):
+        if not extra.text.strip():
+            raise JobInputError(f"Prompt {i + 2} of the ensemble is empty: type it or remove it")
     params = {
         "negative_prompt": props.negative_prompt, "seed": props.seed, "steps": props.steps,
         "guidance": round(props.guidance, 4), "width": props.width, "height": props.height,
@@ -71,6 +76,11 @@ def scene_params(props) -> tuple[dict, dict]:
             raise JobInputError("A model ensemble needs at least two models")
         params["models"] = [{"name": m.name, "weight": m.weight} for m in props.ensemble_models]
     return params, arrays
+
+
+def check_job(kind: str, params: dict, arrays: dict, welcome=None):
+    """The backend's own checks, run here before anything is created; a ProtocolError names the field."""
+    protocol.validate_job(kind, params, arrays, protocol.max_size_of(welcome))
 
 
 def sized_to_image(params: dict, image) -> tuple[int, int]:

@@ -6,8 +6,10 @@ import bpy
 import numpy as np
 
 from .. import blender_images, history
-from ..job_builder import (JobInputError, active_image_texture, image_extension, image_pixels, mask_from_source,
-                           scene_params, selected_faces_uv_mask, sized_to_image, walk_params, wire_array)
+from ..client import describe_error
+from ..job_builder import (JobInputError, active_image_texture, check_job, image_extension, image_pixels,
+                           mask_from_source, scene_params, selected_faces_uv_mask, sized_to_image, walk_params,
+                           wire_array)
 from ..uv_mask import dilate, pad_to
 from ..preferences import get_preferences
 from ..protocol import ProtocolError, feather_reach
@@ -35,8 +37,11 @@ def report_input_errors(execute):
     def wrapped(self, context):
         try:
             return execute(self, context)
-        except (JobInputError, ProtocolError) as exc:
+        except JobInputError as exc:
             self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        except ProtocolError as exc:
+            self.report({"ERROR"}, describe_error(exc.to_message()))
             return {"CANCELLED"}
 
     return wrapped
@@ -59,6 +64,7 @@ def image_job(operator, context, kind, image, mask=None):
         # The backend owns the feathered blend; the add-on restores only the pixels it leaves
         # untouched (beyond the feather's reach) from its exact copy of the original.
         keep_new = dilate(mask, feather_reach(props.feather))
+    check_job("inpaint" if mask is not None else "img2img", params, arrays, SESSION.welcome)
     backup_name = ""
     if props.result_target == "REPLACE" or kind == "faces":
         target = image
@@ -79,6 +85,8 @@ class DREAM_OT_generate_texture(bpy.types.Operator):
     @report_input_errors
     def execute(self, context):
         props, params, arrays = prepare(self, context)
+        params["layout"] = props.layout  # text-to-image only: the other kinds start from their image
+        check_job("txt2img", params, arrays, SESSION.welcome)
         image = blender_images.new_result_image(f"Dream {props.prompt[:40]}", params["width"], params["height"])
         obj = context.active_object
         in_3d_view = context.area is None or context.area.type == "VIEW_3D"
@@ -86,7 +94,6 @@ class DREAM_OT_generate_texture(bpy.types.Operator):
             blender_images.assign_material(obj, image, f"Dream {props.prompt[:40]}")
         elif context.area is not None and context.area.type == "IMAGE_EDITOR":
             context.space_data.image = image
-        params["layout"] = props.layout  # text-to-image only: the other kinds start from their image
         return send(self, context, "txt2img", params, arrays, image.name)
 
 
@@ -207,6 +214,7 @@ class DREAM_OT_walk(bpy.types.Operator):
                   "object": obj.name if obj is not None else ""}
         if walk.target == "TEXTURE" and (obj is None or obj.type != "MESH"):
             raise JobInputError("An image-sequence texture needs an active mesh object")
+        check_job("walk", params, arrays, SESSION.welcome)
         return send(self, context, "walk", params, arrays, "", walk_target=target)
 
 

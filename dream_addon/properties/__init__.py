@@ -18,10 +18,20 @@ SCHEDULER_ITEMS = [
 assert [i[0] for i in SCHEDULER_ITEMS] == list(protocol.SCHEDULERS)
 
 
+def allowed_size(name: str, value: int) -> int:
+    """The nearest size the connected backend accepts (its welcome's max_size, multiples of 8)."""
+    from ..session import SESSION
+
+    return protocol.common_fields(protocol.max_size_of(SESSION.welcome))[name].nearest(value)
+
+
 def _size_prop(name):
     spec = _FIELDS[name]
-    return bpy.props.IntProperty(name=name.capitalize(), default=512, min=int(spec.min), soft_max=2048,
-                                 max=8192, step=64, subtype="PIXEL", description=spec.doc)
+    # get/set snap to what the backend accepts, so the panel cannot express a size it refuses.
+    return bpy.props.IntProperty(name=name.capitalize(), default=spec.default, min=int(spec.min), soft_max=2048,
+                                 max=8192, step=64, subtype="PIXEL", description=spec.doc,
+                                 get=lambda self: allowed_size(name, self.get(name, spec.default)),
+                                 set=lambda self, value: self.__setitem__(name, allowed_size(name, value)))
 
 
 def model_items(self, context):

@@ -167,10 +167,13 @@ def test_every_panel_property_changes_the_request(scene):
 
 
 def test_validation_error_from_the_backend_is_shown(scene, session):
-    scene.dream.width = 4096  # the backend serves at most 2048
+    props = scene.dream  # sizes the backend refuses cannot be typed (test_artist); unknown models can
+    props.use_model_ensemble = True
+    for name in ("tiny", "no-such-model"):
+        props.ensemble_models.add().name = name
     job = generate(session)
     assert job.state == "error"
-    assert job.message.startswith("Invalid setting: params.width must be between 64 and 2048")
+    assert job.message.startswith("Invalid setting: params.models[1].name 'no-such-model' is not served here")
 
 
 @pytest.fixture

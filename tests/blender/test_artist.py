@@ -6,6 +6,7 @@ project, and a Start-ed backend that a second Blender can share."""
 import json
 import subprocess
 import sys
+import time
 
 import bpy
 import numpy as np
@@ -41,6 +42,15 @@ def editor(area_type="IMAGE_EDITOR", image=None):
     if image is not None:
         area.spaces.active.image = image
     return bpy.context.temp_override(window=window, area=area, region=area.regions[-1])
+
+
+def welcome(session, timeout=30.0):
+    """The backend's welcome, draining until the connection has it."""
+    deadline = time.monotonic() + timeout
+    while session.welcome is None and time.monotonic() < deadline:
+        session.drain(timeout=0.5)
+    assert session.welcome is not None, session.status
+    return session.welcome
 
 
 def last_job(session):
@@ -126,3 +136,37 @@ def test_texture_selected_faces_wraps_uvs_outside_0_1(scene, session, layout):
         assert changed[region].mean() > 0.5, f"texels {a}..{b} were not repainted"
         allowed |= region
     assert not changed[~uv_mask.dilate(allowed, 1)].any()  # nothing else moved
+
+
+# ----------------------------------------------------------------------------- 10, 11. refused before anything exists
+def datablock_counts():
+    return len(bpy.data.images), len(bpy.data.materials), len(bpy.data.objects["Cube"].material_slots)
+
+
+@pytest.mark.parametrize("prompt, extra", [("", None), ("   ", None), ("red bricks", " ")])
+def test_a_blank_prompt_is_refused_naming_the_prompt(scene, session, prompt, extra):
+    scene.dream.prompt = prompt
+    if extra is not None:
+        scene.dream.extra_prompts.add().text = extra
+    before, jobs = datablock_counts(), len(session.jobs)
+    with pytest.raises(RuntimeError, match="Prompt .*empty"):
+        bpy.ops.dream.generate_texture()
+    assert datablock_counts() == before and len(session.jobs) == jobs
+
+
+def test_panel_sizes_are_only_what_the_backend_accepts(scene, session):
+    largest = welcome(session)["capabilities"]["max_size"]
+    props = scene.dream
+    for typed, shown in ((100, 104), (61, 64), (4096, largest), (8192, largest), (517, 520), (512, 512)):
+        props.width = typed
+        assert props.width == shown, typed
+        assert props.width % 8 == 0 and 64 <= props.width <= largest
+
+
+def test_a_request_the_backend_would_refuse_creates_nothing(scene, session):
+    image, _ = photo("refuse-me")
+    scene.dream.steps, scene.dream.strength, scene.dream.result_target = 3, 0.2, "NEW"  # 0 denoising steps
+    before, jobs = datablock_counts(), len(session.jobs)
+    with editor(image=image), pytest.raises(RuntimeError, match="params.strength"):
+        bpy.ops.dream.img2img()
+    assert datablock_counts() == before and len(session.jobs) == jobs
