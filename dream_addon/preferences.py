@@ -35,6 +35,10 @@ class DreamPreferences(bpy.types.AddonPreferences):
         ("cpu", "CPU", "")])
     output_dir: bpy.props.StringProperty(name="Output Folder", default="", subtype="DIR_PATH",
                                          description="Where the backend writes every result (empty: its default)")
+    float_results: bpy.props.BoolProperty(
+        name="Float Textures", default=False,
+        description="Generate Texture makes 32-bit float images (linear, packed as EXR: about 4x the size in the "
+                    ".blend) instead of 8-bit sRGB ones (packed as PNG)")
 
     def draw(self, context):
         layout = self.layout
@@ -43,6 +47,7 @@ class DreamPreferences(bpy.types.AddonPreferences):
         col.prop(self, "model")
         col.prop(self, "device")
         col.prop(self, "output_dir")
+        col.prop(self, "float_results")
         row = col.row()
         row.prop(self, "host")
         row.prop(self, "port")

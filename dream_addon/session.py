@@ -40,6 +40,8 @@ class JobView:
     mask: object = None  # (h, w) bool: pixels that may change (mask + feather); the rest is pasted back exactly
     original: object = None  # (h, w, 4) pixels the mask composites onto
     backup_name: str = ""  # a copy of an image that the result replaces
+    source_name: str = ""  # img2img and inpaint: the image repainted (history's Re-run starts from it)
+    repaint_mask: object = None  # inpaint: (h, w) bool, the mask as given (history keeps it for Re-run)
     walk_target: dict = field(default_factory=dict)  # walks: where frames go (sequencer or texture)
     arrays: dict | None = None
     state: str = "submitting"

@@ -31,6 +31,8 @@ def place(job, message):
     else:
         place_in_texture(scene, job, path, total)
     target["placed"].append(message["index"])
+    if message["index"] <= min(target["placed"]):
+        target["first_path"] = path
 
 
 def place_in_sequencer(scene, job, path, index):
@@ -67,3 +69,16 @@ def place_in_texture(scene, job, path, total):
     user = node.image_user
     user.frame_duration, user.frame_start, user.frame_offset = total, target["start_frame"], 0
     user.use_auto_refresh = True
+
+
+def frames_image(job):
+    """An image-sequence datablock of a walk's frames (the texture's own one, or a new one for a strip):
+    the history entry shows it, and saving copies its files next to the .blend."""
+    target = job.walk_target
+    image = bpy.data.images.get(target.get("image", ""))
+    if image is None and target.get("first_path"):
+        image = bpy.data.images.load(target["first_path"], check_existing=False)
+        image.source = "SEQUENCE"
+        image.name = f"Dream walk {job.job_id[-6:]}"
+        target["image"] = image.name
+    return image

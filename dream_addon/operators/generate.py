@@ -24,9 +24,10 @@ def prepare(operator, context):
     return props, *scene_params(props)
 
 
-def send(operator, context, kind, params, arrays, image_name, **view):
+def send(operator, context, kind, params, arrays, image_name, /, **view):
     prefix, name = type(operator).__name__.split("_OT_")  # DREAM_OT_img2img -> dream.img2img
-    SESSION.submit(get_preferences(), params, image_name, arrays, kind=kind, operator=f"{prefix.lower()}.{name}",
+    view.setdefault("operator", f"{prefix.lower()}.{name}")  # Re-run records the entry's own operator
+    SESSION.submit(get_preferences(), params, image_name, arrays, kind=kind,
                    scene_name=context.scene.name, settings=history.snapshot(context.scene.dream), **view)
     return {"FINISHED"}
 
@@ -47,11 +48,14 @@ def report_input_errors(execute):
     return wrapped
 
 
-def image_job(operator, context, kind, image, mask=None):
-    """img2img or inpainting of ``image``: result to a new image or into it (kept as a backup)."""
+def image_job(operator, context, kind, image, mask=None, rerun=None):
+    """img2img or inpainting of ``image``: result to a new image or into it (kept as a backup).
+
+    ``rerun`` is a history entry to run again: from its own start pixels, to where its result went."""
     props, params, arrays = prepare(operator, context)
     width, height = sized_to_image(params, image)
-    pixels = image_pixels(image)
+    start = rerun.original if rerun is not None and rerun.original is not None else None
+    pixels = image_pixels(start if start is not None else image)
     arrays["init_image"] = pad_to(wire_array(image, pixels), params["height"], params["width"])
     params["strength"] = props.strength
     params["linear"] = image.is_float  # results come back in the image's own encoding
@@ -66,13 +70,19 @@ def image_job(operator, context, kind, image, mask=None):
         keep_new = dilate(mask, feather_reach(props.feather))
     check_job("inpaint" if mask is not None else "img2img", params, arrays, SESSION.welcome)
     backup_name = ""
-    if props.result_target == "REPLACE" or kind == "faces":
+    replace = start is not None or kind == "faces" or (rerun is None and props.result_target == "REPLACE")
+    if replace:
         target = image
-        backup_name = blender_images.new_image_like(image, f"{image.name} (before Dream)", pixels).name
+        current = image_pixels(image) if start is not None else pixels
+        backup = blender_images.new_image_like(image, f"{image.name} (before Dream)", current)
+        history.keep_pixels(image, backup)  # earlier entries showing this image keep their pixels
+        backup_name = start.name if start is not None else backup.name
     else:
         target = blender_images.new_image_like(image, f"Dream {image.name}", pixels)
+    view = {"operator": rerun.operator} if rerun is not None else {}
     return send(operator, context, "inpaint" if mask is not None else "img2img", params, arrays, target.name,
-                crop=(width, height), mask=keep_new, original=pixels, backup_name=backup_name)
+                crop=(width, height), mask=keep_new, original=pixels, backup_name=backup_name,
+                source_name=image.name, repaint_mask=mask, **view)
 
 
 class DREAM_OT_generate_texture(bpy.types.Operator):
@@ -86,8 +96,10 @@ class DREAM_OT_generate_texture(bpy.types.Operator):
     def execute(self, context):
         props, params, arrays = prepare(self, context)
         params["layout"] = props.layout  # text-to-image only: the other kinds start from their image
+        params["linear"] = get_preferences().float_results  # byte images hold sRGB values
         check_job("txt2img", params, arrays, SESSION.welcome)
-        image = blender_images.new_result_image(f"Dream {props.prompt[:40]}", params["width"], params["height"])
+        image = blender_images.new_result_image(f"Dream {props.prompt[:40]}", params["width"], params["height"],
+                                                float_buffer=params["linear"])
         obj = context.active_object
         in_3d_view = context.area is None or context.area.type == "VIEW_3D"
         if in_3d_view and obj is not None and obj.type == "MESH":

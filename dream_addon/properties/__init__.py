@@ -86,6 +86,9 @@ class DreamHistoryItem(bpy.types.PropertyGroup):
     params: bpy.props.StringProperty(description="The backend parameters as JSON")
     image: bpy.props.PointerProperty(type=bpy.types.Image)
     original: bpy.props.PointerProperty(type=bpy.types.Image, description="The image as it was, when replaced")
+    source: bpy.props.PointerProperty(type=bpy.types.Image, description="The image repainted (img2img, inpaint)")
+    mask: bpy.props.StringProperty(description="The repainted pixels (inpaint), packed, for Re-run")
+    frames: bpy.props.IntProperty(description="Walks: the number of frames")
     created: bpy.props.StringProperty()
 
 

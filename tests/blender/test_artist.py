@@ -170,3 +170,75 @@ def test_a_request_the_backend_would_refuse_creates_nothing(scene, session):
     with editor(image=image), pytest.raises(RuntimeError, match="params.strength"):
         bpy.ops.dream.img2img()
     assert datablock_counts() == before and len(session.jobs) == jobs
+
+
+# ----------------------------------------------------------------------------- 8. Re-run with New Seed
+@pytest.mark.parametrize("where", ["VIEW_3D", "IMAGE_EDITOR"])
+def test_rerun_of_an_inpaint_entry_uses_its_own_source_from_any_editor(scene, session, where):
+    source, source_before = photo("source")
+    props = scene.dream
+    props.mask_source, props.rect_min, props.rect_max = "RECT", (0.25, 0.25), (0.5, 0.75)
+    props.result_target, props.strength, props.seed = "NEW", 1.0, 7
+    with editor(image=source):
+        assert bpy.ops.dream.inpaint() == {"FINISHED"}
+    first = last_job(session)
+    assert first.state == "done", first.message
+    # The artist moves on: other settings, another image in the editor (or the 3D View).
+    other, other_before = photo("other", seed=9)
+    props.mask_source, props.result_target, props.strength, props.rect_max = "ALPHA", "REPLACE", 0.3, (1.0, 1.0)
+    images_before = set(bpy.data.images.keys())
+    with editor(where, image=other if where == "IMAGE_EDITOR" else None):
+        assert bpy.ops.dream.history_rerun() == {"FINISHED"}
+    rerun = last_job(session)
+    assert rerun.state == "done", rerun.message
+    assert rerun.params["seed"] != 7 and rerun.params["strength"] == 1.0 and rerun.kind == "inpaint"
+    (made,) = set(bpy.data.images.keys()) - images_before  # a new result image, as the entry's was
+    result = pixels(bpy.data.images[made])
+    frame = uv_mask.rectangle(64, 64, 0.25, 0.25, 0.5, 0.75)
+    np.testing.assert_array_equal(result[~frame], source_before[~frame])  # the entry's source and mask
+    assert np.abs(result[frame] - source_before[frame]).max() > 0.05
+    np.testing.assert_array_equal(pixels(other), other_before)  # the image on show is left alone
+    np.testing.assert_array_equal(pixels(source), source_before)
+    assert scene.dream_history[-1].operator == "dream.inpaint"
+
+
+# ----------------------------------------------------------------------------- 13. history
+def test_entries_keep_their_own_pixels_and_delete_frees_their_images(scene, session):
+    job = generate(session)
+    assert job.state == "done", job.message
+    texture = bpy.data.images[job.image_name]
+    generated = pixels(texture).copy()
+    scene.dream.result_target, scene.dream.strength = "REPLACE", 0.8
+    with editor(image=texture):
+        assert bpy.ops.dream.img2img() == {"FINISHED"}
+    assert last_job(session).state == "done"
+    first, second = scene.dream_history
+    assert second.image == texture and np.abs(pixels(texture) - generated).max() > 1e-3
+    np.testing.assert_array_equal(pixels(first.image), generated)  # the txt2img entry keeps its pixels
+    np.testing.assert_array_equal(pixels(second.original), generated)
+    backup = second.original.name
+    # Deleting the Replace entry keeps the texture (a material shows it) and the backup (the first entry's).
+    assert bpy.ops.dream.history_delete(index=1) == {"FINISHED"}
+    assert len(scene.dream_history) == 1 and texture.name in bpy.data.images and backup in bpy.data.images
+    assert bpy.ops.dream.history_delete(index=0) == {"FINISHED"}
+    assert len(scene.dream_history) == 0 and backup not in bpy.data.images  # freed: nothing else used it
+    assert texture.name in bpy.data.images  # still on the cube
+
+
+def test_textures_are_8_bit_png_by_default_and_float_on_request(scene, session, prefs):
+    job = generate(session)
+    image = bpy.data.images[job.image_name]
+    assert not image.is_float and image.packed_file is not None
+    assert image.packed_file.data[:8] == b"\x89PNG\r\n\x1a\n"
+    stored = np.load(f"{prefs.output_dir}/{job.job_id}/result.npy")  # the backend's sRGB result
+    np.testing.assert_allclose(pixels(image)[::-1, :, :3], stored, atol=0.5 / 255 + 1e-6)
+    prefs.float_results = True
+    try:
+        job = generate(session)
+    finally:
+        prefs.float_results = False
+    image = bpy.data.images[job.image_name]
+    assert image.is_float and image.colorspace_settings.name == "Linear Rec.709"
+    stored = np.load(f"{prefs.output_dir}/{job.job_id}/result.npy")
+    linear = np.where(stored <= 0.04045, stored / 12.92, ((stored + 0.055) / 1.055) ** 2.4)
+    np.testing.assert_allclose(pixels(image)[::-1, :, :3], linear, atol=2e-6)
