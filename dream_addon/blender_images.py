@@ -73,3 +73,20 @@ def assign_material(obj, image, name: str):
     else:
         obj.data.materials.append(material)
     return material
+
+
+def add_uv_map(obj):
+    """Smart UV Project on every face of ``obj`` (a mesh with no UV map); its mode and face selection stay."""
+    mode = obj.mode
+    if mode != "OBJECT":
+        bpy.ops.object.mode_set(mode="OBJECT")
+    polygons = obj.data.polygons
+    selected = np.empty(len(polygons), dtype=bool)
+    polygons.foreach_get("select", selected)
+    bpy.ops.object.mode_set(mode="EDIT")
+    bpy.ops.mesh.select_all(action="SELECT")
+    bpy.ops.uv.smart_project()
+    bpy.ops.object.mode_set(mode="OBJECT")
+    polygons.foreach_set("select", selected)
+    if mode != "OBJECT":
+        bpy.ops.object.mode_set(mode=mode)

@@ -92,6 +92,10 @@ class DREAM_OT_generate_texture(bpy.types.Operator):
                       "on the active object")
     bl_options = {"REGISTER", "UNDO"}
 
+    missing_uvs: bpy.props.EnumProperty(name="Mesh Without UVs", default="SMART", items=[
+        ("SMART", "Smart UV Project", "Give a mesh that has no UV map one, by Smart UV Project"),
+        ("WARN", "Leave As Is", "Only warn: the texture does not show until the mesh has a UV map")])
+
     @report_input_errors
     def execute(self, context):
         props, params, arrays = prepare(self, context)
@@ -102,11 +106,36 @@ class DREAM_OT_generate_texture(bpy.types.Operator):
                                                 float_buffer=params["linear"])
         obj = context.active_object
         in_3d_view = context.area is None or context.area.type == "VIEW_3D"
+        where, level = f"the image {image.name!r}", "INFO"
         if in_3d_view and obj is not None and obj.type == "MESH":
-            blender_images.assign_material(obj, image, f"Dream {props.prompt[:40]}")
+            material = blender_images.assign_material(obj, image, f"Dream {props.prompt[:40]}")
+            where = f"the material {material.name!r} on {obj.name!r}"
+            if obj.data.uv_layers.active is None:
+                where += self.give_uvs(obj)
         elif context.area is not None and context.area.type == "IMAGE_EDITOR":
             context.space_data.image = image
+            where += " in this Image Editor"
+        else:
+            where, level = f"{where} only: {nowhere_reason(context, obj)}", "WARNING"
+        self.report({level}, f"The texture goes to {where}")
         return send(self, context, "txt2img", params, arrays, image.name)
+
+    def give_uvs(self, obj) -> str:
+        """Smart UV Project for a mesh without UVs (or a warning); the words for the report."""
+        if self.missing_uvs == "WARN":
+            self.report({"WARNING"}, f"{obj.name!r} has no UV map: the texture will not show on it until it has one")
+            return " (no UV map)"
+        blender_images.add_uv_map(obj)
+        return ", with a new UV map (Smart UV Project)"
+
+
+def nowhere_reason(context, obj) -> str:
+    """Why a texture went on no object, in words an artist can act on."""
+    if context.area is not None and context.area.type == "SEQUENCE_EDITOR":
+        return "the Sequencer shows no textures; open the image in an Image Editor, or generate in the 3D View"
+    if obj is None:
+        return "no object is active; select a mesh to texture it"
+    return f"{obj.name!r} is a {obj.type.lower()}, not a mesh; select a mesh to texture it"
 
 
 class DREAM_OT_texture_selected_faces(bpy.types.Operator):

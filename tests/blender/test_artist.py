@@ -242,3 +242,44 @@ def test_textures_are_8_bit_png_by_default_and_float_on_request(scene, session, 
     stored = np.load(f"{prefs.output_dir}/{job.job_id}/result.npy")
     linear = np.where(stored <= 0.04045, stored / 12.92, ((stored + 0.055) / 1.055) ** 2.4)
     np.testing.assert_allclose(pixels(image)[::-1, :, :3], linear, atol=2e-6)
+
+
+# ----------------------------------------------------------------------------- 12. where the result went
+def generate_and_report(session, capfd, **options):
+    """Generate Texture; return the report it printed (background Blender prints reports)."""
+    capfd.readouterr()
+    before = set(session.jobs)
+    assert bpy.ops.dream.generate_texture(**options) == {"FINISHED"}
+    (job_id,) = set(session.jobs) - before
+    assert session.wait_for(job_id).state == "done"
+    return capfd.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["no_object", "camera", "sequencer"])
+def test_a_texture_that_goes_on_no_object_says_so(scene, session, capfd, case):
+    if case == "no_object":
+        bpy.context.view_layer.objects.active = None
+        printed, expected = generate_and_report(session, capfd), "no object is active"
+    elif case == "camera":
+        bpy.context.view_layer.objects.active = bpy.data.objects["Camera"]
+        printed, expected = generate_and_report(session, capfd), "'Camera' is a camera, not a mesh"
+    else:
+        with editor("SEQUENCE_EDITOR"):
+            printed = generate_and_report(session, capfd)
+        expected = "the Sequencer shows no textures"
+    assert "Warning: The texture goes to the image 'Dream" in printed and expected in printed, printed
+    assert not any(m.name.startswith("Dream") for m in bpy.data.materials)
+
+
+def test_a_mesh_without_uvs_gets_a_smart_uv_projection_or_a_warning(scene, session, capfd):
+    cube = bpy.data.objects["Cube"]
+    cube.data.uv_layers.remove(cube.data.uv_layers[0])
+    printed = generate_and_report(session, capfd, missing_uvs="WARN")
+    assert "'Cube' has no UV map" in printed and cube.data.uv_layers.active is None
+    printed = generate_and_report(session, capfd)  # the default adds one
+    assert "with a new UV map (Smart UV Project)" in printed and cube.data.uv_layers.active is not None
+    uvs = np.empty(len(cube.data.loops) * 2)
+    cube.data.uv_layers.active.uv.foreach_get("vector", uvs)
+    assert 0 <= uvs.min() and uvs.max() <= 1 and np.ptp(uvs) > 0.5  # the faces spread over the image
+    printed = generate_and_report(session, capfd)
+    assert "Info: The texture goes to the material 'Dream" in printed and "on 'Cube'" in printed
