@@ -283,3 +283,67 @@ def test_a_mesh_without_uvs_gets_a_smart_uv_projection_or_a_warning(scene, sessi
     assert 0 <= uvs.min() and uvs.max() <= 1 and np.ptp(uvs) > 0.5  # the faces spread over the image
     printed = generate_and_report(session, capfd)
     assert "Info: The texture goes to the material 'Dream" in printed and "on 'Cube'" in printed
+
+
+# ----------------------------------------------------------------------------- 13, 14. walk frames
+def run_walk(scene, session, target):
+    walk = scene.dream_walk
+    walk.kind, walk.frames, walk.batch_size, walk.target, walk.start_frame = "circular", 3, 3, target, 1
+    scene.dream.steps = 2
+    before = set(session.jobs)
+    assert bpy.ops.dream.walk() == {"FINISHED"}
+    (job_id,) = set(session.jobs) - before
+    job = session.wait_for(job_id, 300)
+    assert job.state == "done", job.message
+    return job
+
+
+REOPEN = f"""
+import os, sys, json
+sys.path.insert(0, {str(REPO / "scripts")!r})
+import blender_session, bpy
+blender_session.install_dev()
+bpy.ops.wm.open_mainfile(filepath=sys.argv[-1])
+scene = bpy.context.scene
+editor = scene.sequence_editor
+strips = (editor.strips if hasattr(editor, "strips") else editor.sequences) if editor else []
+found = {{"strips": [[os.path.isfile(bpy.path.abspath(s.directory + e.filename)) for e in s.elements]
+                     for s in strips if s.type == "IMAGE"],
+         "entries": []}}
+for item in scene.dream_history:
+    image = item.image
+    folder = os.path.dirname(bpy.path.abspath(image.filepath))
+    files = sorted(n for n in os.listdir(folder) if n.startswith("frame_")) if os.path.isdir(folder) else []
+    sizes = [list(bpy.data.images.load(os.path.join(folder, n)).size) for n in files]
+    found["entries"].append({{"frames": item.frames, "sizes": sizes, "relative": image.filepath.startswith("//")}})
+print("FOUND", json.dumps(found))
+"""
+
+
+def test_walk_frames_move_with_the_project_folder(scene, session, tmp_path, prefs):
+    bpy.ops.mesh.primitive_plane_add(size=2)
+    jobs = [run_walk(scene, session, "SEQUENCER"), run_walk(scene, session, "TEXTURE")]
+    assert [item.frames for item in scene.dream_history] == [3, 3]  # walk entries show their frames
+    assert all(item.image is not None and item.image.source == "SEQUENCE" for item in scene.dream_history)
+    project = tmp_path / "project"
+    project.mkdir()
+    bpy.ops.wm.save_as_mainfile(filepath=str(project / "shot.blend"))
+    moved = tmp_path / "elsewhere" / "project"
+    moved.parent.mkdir()
+    project.rename(moved)
+    # The backend's output folder is not part of the project: hide it, as on another machine.
+    outputs = tmp_path.parent / (tmp_path.name + "-outputs-hidden")
+    hidden = [(prefs.output_dir + "/" + job.job_id, str(outputs / job.job_id)) for job in jobs]
+    outputs.mkdir()
+    for old, new in hidden:
+        __import__("os").rename(old, new)
+    try:
+        run = subprocess.run([sys.executable, "-c", REOPEN, str(moved / "shot.blend")], capture_output=True,
+                             text=True, timeout=120)
+    finally:
+        for old, new in hidden:
+            __import__("os").rename(new, old)
+    assert run.returncode == 0, run.stderr[-2000:]
+    found = json.loads(run.stdout.split("FOUND ", 1)[1].splitlines()[0])
+    assert found["strips"] == [[True, True, True]]
+    assert found["entries"] == [{"frames": 3, "sizes": [[64, 64]] * 3, "relative": True}] * 2
