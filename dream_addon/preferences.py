@@ -56,10 +56,18 @@ class DreamPreferences(bpy.types.AddonPreferences):
         row.operator("dream.backend_start", icon="PLAY")
         row.operator("dream.backend_stop", icon="PAUSE")
         row.operator("dream.backend_reconnect", icon="FILE_REFRESH")
+        row.operator("dream.paste_connection", icon="PASTEDOWN")
         box = layout.box()
         box.label(text=SESSION.status, icon="INFO")
         if SESSION.backend is not None:
             box.label(text="Process: " + SESSION.backend.describe())
+            from .operators.backend import connection_text
+
+            shared = connection_text()
+            if shared is not None:  # another Blender can use this backend too
+                row = box.row()
+                row.label(text=f"Address {shared.split()[0]}, token {shared.split()[1][:4]}…", icon="LINKED")
+                row.operator("dream.copy_connection", icon="COPYDOWN")
             for line in list(SESSION.backend.tail)[-8:]:
                 box.label(text=line[:160])
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.blender.helpers import REPO, addon, generate
+from tests.blender.test_panels import RecordingLayout
 
 job_builder = addon("job_builder")
 protocol = addon("protocol")
@@ -347,3 +348,38 @@ def test_walk_frames_move_with_the_project_folder(scene, session, tmp_path, pref
     found = json.loads(run.stdout.split("FOUND ", 1)[1].splitlines()[0])
     assert found["strips"] == [[True, True, True]]
     assert found["entries"] == [{"frames": 3, "sizes": [[64, 64]] * 3, "relative": True}] * 2
+
+
+# ----------------------------------------------------------------------------- 15. sharing a started backend
+SECOND_BLENDER = f"""
+import sys, time
+sys.path.insert(0, {str(REPO / "scripts")!r})
+import blender_session, bpy
+module = blender_session.install_dev()
+session = sys.modules[module + ".dream_addon.session"].SESSION
+assert bpy.ops.dream.paste_connection(text=sys.argv[-1]) == {{"FINISHED"}}
+props = bpy.context.scene.dream
+props.width, props.height, props.steps, props.preview_interval = 64, 64, 2, 0.0
+bpy.ops.dream.generate_texture()
+(job,) = session.jobs.values()
+print("SECOND", session.wait_for(job.job_id, 60).state, job.message)
+"""
+
+
+def test_a_second_blender_shares_the_started_backend(scene, session, prefs):
+    welcome(session)
+    assert bpy.ops.dream.copy_connection() == {"FINISHED"}  # the clipboard: empty in background Blender
+    shared = addon("operators.backend").connection_text()  # what it copies
+    host, port = shared.split()[0].rsplit(":", 1)
+    assert host == "127.0.0.1" and int(port) == session.backend.ready_info["port"] > 0
+    assert shared.split()[1] == session.backend.token
+    run = subprocess.run([sys.executable, "-c", SECOND_BLENDER, shared], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "SECOND done" in run.stdout, run.stdout[-2000:]
+    with pytest.raises(RuntimeError, match="No connection details"):
+        bpy.ops.dream.paste_connection(text="not a connection")
+    # The preferences show the address and offer the copy.
+    log = []
+    type(prefs).draw(type("Prefs", (), {"layout": RecordingLayout(log), "bl_rna": prefs.bl_rna})(), bpy.context)
+    assert ("label", f"Address {host}:{port}, token {shared.split()[1][:4]}…") in log
+    assert ("operator", "dream.copy_connection") in log and ("operator", "dream.paste_connection") in log
