@@ -15,6 +15,14 @@ def strips_of(editor):
     return editor.strips if hasattr(editor, "strips") else editor.sequences
 
 
+def strip_span(strip) -> tuple[float, int]:
+    """(first frame, frames shown) of a strip: ``content_start`` and ``duration`` from Blender 5.2,
+    which deprecates ``frame_start`` and ``frame_final_duration`` (removed in 6.0)."""
+    if "duration" in strip.bl_rna.properties:
+        return strip.content_start, strip.duration
+    return strip.frame_start, strip.frame_final_duration
+
+
 def place(job, message):
     """Put one finished frame where the walk's target says; set the scene's range and fps once."""
     scene = bpy.data.scenes.get(job.scene_name)
