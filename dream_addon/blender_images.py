@@ -6,13 +6,14 @@ import bpy
 import numpy as np
 
 
-def new_result_image(name: str, width: int, height: int):
-    """A float RGBA image (linear light) with a fake user and channel-packed alpha."""
-    image = bpy.data.images.new(name, width, height, alpha=True, float_buffer=True)
+def new_result_image(name: str, width: int, height: int, float_buffer: bool = False):
+    """An RGBA image with a fake user and channel-packed alpha: 8-bit sRGB (packed as PNG, about a
+    quarter of a float EXR) unless ``float_buffer`` asks for 32-bit linear light."""
+    image = bpy.data.images.new(name, width, height, alpha=True, float_buffer=float_buffer)
     # Colour space and alpha mode before any pixel is written: changing them later wipes
     # generated pixels. Float buffers are linear whatever the setting says, and a packed
     # "sRGB" float image is decoded again on load; packed STRAIGHT ones come back premultiplied.
-    image.colorspace_settings.name = "Linear Rec.709"
+    image.colorspace_settings.name = "Linear Rec.709" if float_buffer else "sRGB"
     image.alpha_mode = "CHANNEL_PACKED"
     image.use_fake_user = True
     return image
@@ -171,3 +172,20 @@ def remove_created(obj, datablocks, faces=()):
             take_back_material(obj, datablock, faces)
         elif datablock.id_type == "IMAGE":
             bpy.data.images.remove(datablock)
+
+
+def add_uv_map(obj):
+    """Smart UV Project on every face of ``obj`` (a mesh with no UV map); its mode and face selection stay."""
+    mode = obj.mode
+    if mode != "OBJECT":
+        bpy.ops.object.mode_set(mode="OBJECT")
+    polygons = obj.data.polygons
+    selected = np.empty(len(polygons), dtype=bool)
+    polygons.foreach_get("select", selected)
+    bpy.ops.object.mode_set(mode="EDIT")
+    bpy.ops.mesh.select_all(action="SELECT")
+    bpy.ops.uv.smart_project()
+    bpy.ops.object.mode_set(mode="OBJECT")
+    polygons.foreach_set("select", selected)
+    if mode != "OBJECT":
+        bpy.ops.object.mode_set(mode=mode)

@@ -40,9 +40,12 @@ class JobView:
     scene_name: str = ""
     settings: dict = field(default_factory=dict)  # the panel's settings, for history and Recall
     crop: tuple | None = None  # (width, height) of the image when the job was padded to multiples of 8
-    mask: object = None  # (h, w) bool: only these pixels change; the rest is pasted back exactly
+    mask: object = None  # (h, w) bool: pixels that may change (mask + feather); the rest is pasted back exactly
     original: object = None  # (h, w, 4) pixels the mask composites onto
+    restore: object = None  # (h, w, 4) pixels a Replace target gets back if no result comes (default: original)
     backup_name: str = ""  # a copy of an image that the result replaces
+    source_name: str = ""  # img2img and inpaint: the image repainted (history's Re-run starts from it)
+    repaint_mask: object = None  # inpaint: (h, w) bool, the mask as given (history keeps it for Re-run)
     walk_target: dict = field(default_factory=dict)  # walks: where frames go (sequencer or texture)
     arrays: dict | None = None
     state: str = "submitting"
@@ -423,8 +426,9 @@ class Session:
         if job.job_id in self.unanswered and final:
             self.unanswered.remove(job.job_id)
         image = job.datablock("image")
-        if job.refs.get("backup") and job.original is not None and image is not None:
-            blender_images.write_pixels(image, job.original, flipped=True)  # a replaced image gets its pixels back
+        before = job.restore if job.restore is not None else job.original
+        if job.refs.get("backup") and before is not None and image is not None:
+            blender_images.write_pixels(image, before, flipped=True)  # a replaced image gets its pixels back
         if final:
             blender_images.remove_created(job.datablock("object"), [job.datablock(role) for role in job.created],
                                           job.moved_faces)

@@ -18,10 +18,20 @@ SCHEDULER_ITEMS = [
 assert [i[0] for i in SCHEDULER_ITEMS] == list(protocol.SCHEDULERS)
 
 
+def allowed_size(name: str, value: int) -> int:
+    """The nearest size the connected backend accepts (its welcome's max_size, multiples of 8)."""
+    from ..session import SESSION
+
+    return protocol.common_fields(protocol.max_size_of(SESSION.welcome))[name].nearest(value)
+
+
 def _size_prop(name):
     spec = _FIELDS[name]
-    return bpy.props.IntProperty(name=name.capitalize(), default=512, min=int(spec.min), soft_max=2048,
-                                 max=8192, step=64, subtype="PIXEL", description=spec.doc)
+    # get/set snap to what the backend accepts, so the panel cannot express a size it refuses.
+    return bpy.props.IntProperty(name=name.capitalize(), default=spec.default, min=int(spec.min), soft_max=2048,
+                                 max=8192, step=64, subtype="PIXEL", description=spec.doc,
+                                 get=lambda self: allowed_size(name, self.get(name, spec.default)),
+                                 set=lambda self, value: self.__setitem__(name, allowed_size(name, value)))
 
 
 def model_items(self, context):
@@ -76,6 +86,9 @@ class DreamHistoryItem(bpy.types.PropertyGroup):
     params: bpy.props.StringProperty(description="The backend parameters as JSON")
     image: bpy.props.PointerProperty(type=bpy.types.Image)
     original: bpy.props.PointerProperty(type=bpy.types.Image, description="The image as it was, when replaced")
+    source: bpy.props.PointerProperty(type=bpy.types.Image, description="The image repainted (img2img, inpaint)")
+    mask: bpy.props.StringProperty(description="The repainted pixels (inpaint), packed, for Re-run")
+    frames: bpy.props.IntProperty(description="Walks: the number of frames")
     created: bpy.props.StringProperty()
 
 

@@ -30,8 +30,9 @@ class DREAM_UL_models(bpy.types.UIList):
 class DREAM_UL_history(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
         row = layout.row(align=True)
-        row.label(text=f"{item.created[11:]} {item.kind}", icon="IMAGE_DATA")
-        row.label(text=item.image.name if item.image else "(image removed)")
+        row.label(text=f"{item.created[11:]} {item.kind}", icon="SEQUENCE" if item.kind == "walk" else "IMAGE_DATA")
+        shown = item.image.name if item.image else "(image removed)"
+        row.label(text=f"{item.frames} frames: {shown}" if item.kind == "walk" else shown)
 
 
 def draw_list(layout, props, name, list_class):
@@ -168,6 +169,7 @@ class DreamHistoryPanel(DreamPanel):
         row = self.layout.row(align=True)
         row.operator("dream.history_recall", icon="RECOVER_LAST")
         row.operator("dream.history_rerun", icon="FILE_REFRESH")
+        row.operator("dream.history_delete", text="", icon="TRASH")
 
 
 class VIEW3D_PT_dream(DreamMainPanel, bpy.types.Panel):
