@@ -50,6 +50,7 @@ class JobView:
     position: int = 0
     previews: int = 0
     message: str = ""
+    warning: str = ""  # the backend's warning events (words of the prompt the model ignores)
     submitted: float = field(default_factory=time.time)
 
     @property
@@ -241,7 +242,11 @@ class Session:
             if kind == "error":  # not about a job of ours: show it where the connection status is
                 self.status = describe_error(message)
             return
-        if kind == "queued":
+        if kind == "warning":  # operators/notices.py
+            from .operators.notices import show_job_warning
+
+            show_job_warning(job, message)
+        elif kind == "queued":
             job.state, job.position = "queued", message["position"]
         elif kind == "started":
             job.state = "running"
