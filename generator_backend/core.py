@@ -108,6 +108,10 @@ def uses_layout_pass(c: Components, req: GenerationRequest) -> bool:
 # The layout pass draws its noise from a seed of its own: with the job's seed, torch.randn's draws for
 # the half size are the first values of the main pass's draws, and that correlation undid the layout.
 LAYOUT_SEED_OFFSET = 1_000_003
+# The layout pass only has to fix the lattice the main pass starts from (a faint 0.068·x₀ under the
+# noise), and its small UNet calls cost more than their pixels on a CPU: it runs this share of the
+# job's steps (benchmarks/bench_pocket.py measures time and quality).
+LAYOUT_STEP_FRACTION = 0.5
 
 
 def layout_request(c: Components, req: GenerationRequest) -> GenerationRequest:
@@ -121,6 +125,7 @@ def layout_request(c: Components, req: GenerationRequest) -> GenerationRequest:
         return -(-latent // multiple) * multiple * f
 
     return replace(req, width=half(req.width), height=half(req.height), tile_axes="xy", layout="off",
+                   steps=max(1, round(req.steps * LAYOUT_STEP_FRACTION)),
                    seed=(req.seed + LAYOUT_SEED_OFFSET) % 2**32, infusion_images=[], infusion_weights={})
 
 
