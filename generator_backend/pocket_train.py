@@ -110,12 +110,14 @@ DECAY_FRACTION = 0.25  # of the UNet stage, at its end, over which the learning 
 TILE_MARGIN = 32  # pixels of wrap-around context on each side: beyond the encoder's border effects
 
 
-def tileable_latents(vae, pixels, margin=TILE_MARGIN):
-    """Latents of tileable ``pixels`` (B, 3, H, W) away from any border: the canvas is wrapped by
-    ``margin`` pixels on every side, encoded with zero padding as always, and the centre kept."""
+def tileable_latents(vae, pixels, axes="xy", margin=TILE_MARGIN):
+    """Latents of tileable ``pixels`` (B, 3, H, W) away from the borders across ``axes``: the canvas
+    is wrapped by ``margin`` pixels on those sides, encoded with zero padding as always, and the
+    centre kept."""
     f = 2 ** (len(vae.config.block_out_channels) - 1)
-    latents = vae.encode(F.pad(pixels, (margin,) * 4, mode="circular")).latent_dist.mode()
-    return latents[..., margin // f:-(margin // f), margin // f:-(margin // f)]
+    mx, my = (margin if "x" in axes else 0), (margin if "y" in axes else 0)
+    latents = vae.encode(F.pad(pixels, (mx, mx, my, my), mode="circular")).latent_dist.mode()
+    return latents[..., my // f:latents.shape[-2] - my // f, mx // f:latents.shape[-1] - mx // f]
 
 
 def loaded_scale(folder) -> float:
@@ -211,7 +213,7 @@ class Trainer:
     def latents(self, pixels, axes):
         """The frozen encoder's latents (unscaled): plain, or away from the borders for a wrapped step."""
         with torch.no_grad():
-            return tileable_latents(self.c["vae"], pixels) if axes else self.c["vae"].encode(pixels).latent_dist.mode()
+            return tileable_latents(self.c["vae"], pixels, axes) if axes else self.c["vae"].encode(pixels).latent_dist.mode()
 
     def batch_size(self, size):
         return max(1, round(self.batch * (self.size / size) ** 2))  # same pixels per step
