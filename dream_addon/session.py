@@ -56,6 +56,7 @@ class JobView:
     position: int = 0
     previews: int = 0
     message: str = ""
+    warning: str = ""  # the backend's warning events (words of the prompt the model ignores)
     submitted: float = field(default_factory=time.time)
     blend_path: str = ""  # the .blend it was started in: its datablocks live there
     refs: dict = field(default_factory=dict)  # role -> bindings.ref: the datablocks it writes, by identity
@@ -372,7 +373,11 @@ class Session:
             return
         if kind != "exported" and not job.active:  # detached, or a late duplicate of its ending
             return
-        if kind == "queued":
+        if kind == "warning":  # operators/notices.py
+            from .operators.notices import show_job_warning
+
+            show_job_warning(job, message)
+        elif kind == "queued":
             job.state, job.position = "queued", message["position"]
         elif kind == "started":
             job.state = "running"

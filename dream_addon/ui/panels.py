@@ -89,6 +89,8 @@ def draw_progress(layout):
     elif SESSION.jobs:
         last = list(SESSION.jobs.values())[-1]
         layout.label(text=last.progress_text(), icon="ERROR" if last.state == "error" else "CHECKMARK")
+        if last.warning:
+            layout.label(text=last.warning, icon="INFO")
     layout.label(text=SESSION.status, icon="LINKED" if SESSION.welcome else "UNLINKED")
 
 
