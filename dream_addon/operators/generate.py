@@ -24,7 +24,7 @@ def prepare(operator, context):
     return props, *scene_params(props)
 
 
-def send(operator, context, kind, params, arrays, image=None, datablocks=None, **view):
+def send(operator, context, kind, params, arrays, image=None, datablocks=None, /, **view):
     """Submit the job, bound to the scene, its image and ``datablocks`` (role -> ID) by identity."""
     prefix, name = type(operator).__name__.split("_OT_")  # DREAM_OT_img2img -> dream.img2img
     view.setdefault("operator", f"{prefix.lower()}.{name}")  # Re-run records the entry's own operator

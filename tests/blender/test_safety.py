@@ -192,7 +192,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("refusal", ["backend_down", "width_100", "empty_prompt", "cancel"])
+@pytest.mark.parametrize("refusal", ["backend_down", "unknown_model", "empty_prompt", "cancel"])
 def test_a_refused_or_cancelled_generate_leaves_no_new_material_or_image(scene, session, prefs, refusal):
     cube = three_material_cube()
     materials, images = set(bpy.data.materials.keys()), set(bpy.data.images.keys())
@@ -202,8 +202,10 @@ def test_a_refused_or_cancelled_generate_leaves_no_new_material_or_image(scene, 
             session.backend = None
             prefs.port = free_port()
             session.connect(prefs)
-        elif refusal == "width_100":
-            scene.dream.width = 100
+        elif refusal == "unknown_model":  # sizes the backend refuses cannot be typed any more (test_artist)
+            scene.dream.use_model_ensemble = True
+            for name in ("tiny", "no-such-model"):
+                scene.dream.ensemble_models.add().name = name
         elif refusal == "empty_prompt":
             scene.dream.prompt = ""
         if refusal == "cancel":
