@@ -31,6 +31,7 @@ HEADER_SIZE = HEADER.size  # 20 bytes
 DTYPES = {"uint8": np.dtype("uint8"), "float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 
 DEFAULT_PORT = 9470
+DEFAULT_MAX_SIZE = 2048  # the largest side a backend accepts unless its welcome says otherwise
 DEFAULT_MODEL = "pocket"  # the small offline texture model that ships with the backend
 TOKEN_ENV = "DREAM_BACKEND_TOKEN"
 READY_PREFIX = "DREAM_BACKEND_READY "  # the line `serve` prints on stdout once it listens
@@ -321,6 +322,14 @@ class Field:
     required: bool = False
     doc: str = ""
 
+    def nearest(self, value: int) -> int:
+        """The allowed int nearest ``value``: within the bounds, on a multiple (what a panel may offer)."""
+        if self.multiple_of:
+            value = math.floor(value / self.multiple_of + 0.5) * self.multiple_of  # halves round up
+        low = self.min if self.min is not None else value
+        high = self.max if self.max is not None else value
+        return int(min(max(value, low), high))
+
     def allowed(self):
         if self.kind == "choice":
             return list(self.choices)
@@ -522,6 +531,17 @@ def img2img_fields(max_size: int = 2048) -> dict:
                               doc="How much of the schedule runs on the init image: 0 keeps it, 1 replaces it")}
 
 
+def max_size_of(welcome) -> int:
+    """The largest side a backend accepts, from its welcome (the default when not connected)."""
+    return ((welcome or {}).get("capabilities") or {}).get("max_size", DEFAULT_MAX_SIZE)
+
+
+def feather_reach(radius: float) -> int:
+    """How many pixels beyond the mask a feathered paste-back blends (Chebyshev distance):
+    the radius, rounded; farther pixels keep the original exactly."""
+    return int(radius + 0.5) if radius > 0 else 0
+
+
 def inpaint_fields(max_size: int = 2048) -> dict:
     """img2img plus the mask's feather; strength defaults to 1 (repaint the masked region fully)."""
     fields = img2img_fields(max_size)
@@ -564,9 +584,8 @@ def validate_job(kind, params, arrays, max_size: int = 2048):
                             allowed=sorted(JOB_KINDS))
     params = validate_params(params, JOB_KINDS[kind](max_size))
     arrays = dict(arrays)
-    if kind != "walk" and bool(params["prompt"]) == bool(params["prompts"]):
-        raise ProtocolError("invalid_param", "give either params.prompt or params.prompts (an ensemble), not both",
-                            field="params.prompt")
+    if kind != "walk":
+        validate_one_prompt(params)
     if bool(params["infusion_weights"]) != any(name in arrays for name in INFUSION_ARRAYS):
         raise ProtocolError("invalid_param", "infusion needs both params.infusion_weights and at least one array "
                             f"of {list(INFUSION_ARRAYS)}", field="params.infusion_weights")
@@ -601,6 +620,20 @@ def validate_job(kind, params, arrays, max_size: int = 2048):
     return params, dict(arrays)
 
 
+def validate_one_prompt(params):
+    """Exactly one of params.prompt and params.prompts, with words in it (spaces alone say nothing)."""
+    if params["prompt"] and params["prompts"]:
+        raise ProtocolError("invalid_param", "give either params.prompt or params.prompts (an ensemble), not both",
+                            field="params.prompt")
+    if not params["prompts"] and not params["prompt"].strip():
+        raise ProtocolError("invalid_param", "params.prompt is empty: say what to generate (or give "
+                            "params.prompts, an ensemble)", field="params.prompt", allowed={"min_length": 1})
+    for i, term in enumerate(params["prompts"] or ()):
+        if not term["text"].strip():
+            raise ProtocolError("invalid_param", f"params.prompts[{i}].text is empty: say what to generate",
+                                field=f"params.prompts[{i}].text", allowed={"min_length": 1})
+
+
 def validate_walk(params):
     """What a walk needs besides its fields: its key points, one model, a deterministic sampler."""
     needs = {"prompts": "walk_prompts", "seeds": "walk_seeds"}.get(params["walk"])
@@ -610,9 +643,8 @@ def validate_walk(params):
     if params["walk"] == "prompts" and (params["prompts"] or params["prompt"]):
         raise ProtocolError("invalid_param", "a prompts walk takes its prompts from params.walk_prompts only",
                             field="params.prompt")
-    if params["walk"] != "prompts" and bool(params["prompt"]) == bool(params["prompts"]):
-        raise ProtocolError("invalid_param", "give either params.prompt or params.prompts (an ensemble), not both",
-                            field="params.prompt")
+    if params["walk"] != "prompts":
+        validate_one_prompt(params)
     if params["walk"] in EMBEDDING_WALKS and (params["models"] or params["prompts"]):
         field = "params.models" if params["models"] else "params.prompts"
         raise ProtocolError("invalid_param", f"a {params['walk']} walk moves one text embedding, so {field} "

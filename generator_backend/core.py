@@ -118,6 +118,10 @@ class GenerationRequest:
 # pass keeps the offset it was measured with (docs/pocket.md); the others are hashed, so no two
 # purposes of one job, nor of neighbouring seeds, draw the same noise.
 LAYOUT_SEED_OFFSET = 1_000_003
+# The layout pass only has to fix the lattice the main pass starts from (a faint 0.068·x₀ under the
+# noise), and its small UNet calls cost more than their pixels on a CPU: it runs this share of the
+# job's steps (benchmarks/bench_pocket.py measures time and quality).
+LAYOUT_STEP_FRACTION = 0.5
 
 
 def stream_seed(seed: int, purpose: str) -> int:

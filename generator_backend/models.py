@@ -79,6 +79,7 @@ class ModelManager:
         self.device = pick_device(device)
         self.models_dir = models_dir
         self._loaded = {}
+        self._vocabularies = {}  # name -> the words a model was trained on, when it ships the list
         self._lock = threading.Lock()
 
     @property
@@ -109,6 +110,11 @@ class ModelManager:
                 f"lat{vae.get('latent_channels', 4)}/unet{unet.get('in_channels', 4)}/"
                 f"{scheduler.get('prediction_type', 'epsilon')}")
 
+    def vocabulary(self, name: str = ""):
+        """The loaded model's vocabulary.txt words (prompt_words.py), or None when it has none."""
+        self.get(name)
+        return self._vocabularies.get(self.resolve(name))
+
     def resolve(self, name: str) -> str:
         return name or self.default
 
@@ -126,6 +132,7 @@ class ModelManager:
         from diffusers.utils import logging as dlogging
 
         from .core import Components
+        from .prompt_words import read_vocabulary
         from .tiny_model import ensure_tiny_model
 
         dlogging.disable_progress_bar()
@@ -154,6 +161,7 @@ class ModelManager:
             raise ModelLoadError(f"model {name!r} was found at {source!r} but could not be loaded: "
                                  f"{first_line[:300]}") from None
         pipe.to(self.device)
+        self._vocabularies[name] = read_vocabulary(source) if Path(source).is_dir() else None
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
             module.eval().requires_grad_(False)
         return Components.from_pipeline(pipe, torch.device(self.device), self.dtype)

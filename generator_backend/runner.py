@@ -14,6 +14,7 @@ from dream_addon.protocol import ProtocolError
 
 from .core import Cancelled, GenerationRequest, IncompatibleModels, StepTimer, generate, latent_preview
 from .encoding import Encoding, output_encoding, pasted_back, to_rgba
+from . import prompt_words
 from .modifiers import Infusion
 from .walks import WalkPlan
 from .jobs import CANCELLED, DONE, FAILED, FINISHED, RUNNING, Job, JobQueue, JobStore, OutputUnwritable
@@ -145,6 +146,17 @@ class Worker(threading.Thread):
             return members, "+".join(f"{m['name']}*{m['weight']:g}" for m in p["models"])
         return [(self.models.get(p["model"]), 1.0)], self.models.resolve(p["model"])
 
+    def _warn_ignored_words(self, job: Job):
+        """A ``warning`` event for the prompt words each of the job's models ignores (prompt_words.py)."""
+        p = job.params
+        texts = [p["prompt"], *(t["text"] for t in p["prompts"] or []), *(p.get("walk_prompts") or []),
+                 p["negative_prompt"]]
+        for name in [m["name"] for m in p["models"]] if p["models"] else [p["model"]]:
+            name = self.models.resolve(name)
+            for event in prompt_words.warnings(name, self.models.get(name).tokenizer, texts,
+                                               self.models.vocabulary(name)):
+                job.emit(event)
+
     def execute_image(self, job: Job):
         p = job.params
         job.emit({"type": "progress", "step": 0, "total": job.total, "stage": "loading", "eta": None})
@@ -152,6 +164,7 @@ class Worker(threading.Thread):
         members, model_name = self._members(job)
         components = members[0][0]
         job.timings["load_s"] = round(time.perf_counter() - t0, 4)
+        self._warn_ignored_words(job)
         request = build_request(job)
         check_request(request, components.unet)
         t1 = time.perf_counter()
@@ -174,6 +187,7 @@ class Worker(threading.Thread):
         job.emit({"type": "progress", "step": 0, "total": p["frames"], "stage": "loading", "eta": None})
         members, model_name = self._members(job)
         components = members[0][0]
+        self._warn_ignored_words(job)
         request = build_request(job)
         check_request(request, components.unet)
         plan = WalkPlan(components, request)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..core import encode_image, generate, stream_seed, tiled
+from ..core import LAYOUT_STEP_FRACTION, encode_image, generate, stream_seed, tiled
 from . import Technique
 
 
@@ -43,6 +43,7 @@ def layout_request(c, req):
         return -(-latent // multiple) * multiple * f
 
     return replace(req, width=half(req.width), height=half(req.height), tile_axes="xy", layout="off",
+                   steps=max(1, round(req.steps * LAYOUT_STEP_FRACTION)),
                    seed=stream_seed(req.seed, "layout"), infusion_images=[], infusion_weights={})
 
 
