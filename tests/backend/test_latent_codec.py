@@ -186,3 +186,36 @@ def test_header_fields_are_typed(encoded):
         data = struct.pack("!4sBI", b"DLAT", 1, len(head)) + head
         with pytest.raises(lc.CodecError, match=name if name != "latent_shape" else "latent_shape"):
             lc.read_header(data)
+
+
+def test_command_line_round_trip_and_refusal(tmp_path, texture):
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests.backend.conftest import REPO
+
+    source = tmp_path / "in.png"
+    Image.fromarray(np.uint8(np.rint(texture * 255))).save(source)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "generator_backend", *args], capture_output=True, text=True,
+                              env=env, cwd=REPO, timeout=120)
+
+    packed = tmp_path / "in.dlat"
+    done = cli("compress", str(source), "-o", str(packed), "--device", "cpu", "--palette", "64")
+    assert done.returncode == 0, done.stderr
+    assert packed.stat().st_size < source.stat().st_size
+    out = tmp_path / "out.png"
+    done = cli("decompress", str(packed), "-o", str(out), "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    decoded = np.asarray(Image.open(out), np.float32) / 255
+    assert decoded.shape == texture.shape and psnr(decoded, texture) > 25
+    refused = cli("decompress", str(source), "-o", str(tmp_path / "x.png"), "--device", "cpu")
+    assert refused.returncode == 2 and "not a latent image file" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    refused = cli("compress", str(source), "-o", str(packed), "--bits", "12")
+    assert refused.returncode == 2 and "bits must be" in refused.stderr
