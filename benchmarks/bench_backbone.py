@@ -1,6 +1,7 @@
 """Backbone benchmarks (issue 2), measured side by side in one run.
 
-1. txt2img through the socket against a direct in-process call (tiny model, 256 px, 20 steps).
+1. txt2img through the socket against a direct in-process call: the same model (tiny), size (256 px),
+   steps (20), seed and sampler on both sides, checked (result message and pixels) before timing.
 2. A 2048x2048 float RGBA result delivered into a Blender image (fetch + foreach_set), with the
    bare foreach_set and the pack beside it.
 3. The longest main-thread drain call while a job streams previews into Blender.
@@ -12,6 +13,7 @@ Usage: .venv/bin/python benchmarks/bench_backbone.py [--repeats N]
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -22,53 +24,68 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import longest_drain
+from bench_common import interleaved, longest_drain, require_same, require_same_pixels, set_torch_threads
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def start_backend(output_dir, max_size=2048):
+def start_backend(output_dir, max_size=2048, models=None):
     from dream_addon.supervisor import BackendProcess
 
-    backend = BackendProcess(sys.executable, 0, output_dir=output_dir, device="cpu", max_restarts=0,
-                             extra_args=["--preload", "--max-size", str(max_size)])
+    extra = ["--preload", "--max-size", str(max_size)]
+    if os.environ.get("DREAM_MODELS_DIR"):
+        extra += ["--models-dir", os.environ["DREAM_MODELS_DIR"]]
+    backend = BackendProcess(sys.executable, 0, **({"models": models} if models else {}), output_dir=output_dir,
+                             device="cpu", max_restarts=0, extra_args=extra)
     backend.start()
     assert backend.wait_ready(300), "\n".join(backend.tail)
     return backend
 
 
+MODEL, SIZE, STEPS, SEED, SCHEDULER = "tiny", 256, 20, 1, "euler"
+
+
 def socket_vs_direct(repeats):
+    """Both sides serve the same model with the same settings; it fails loudly when they differ
+    (checked on the result message and on the pixels themselves)."""
     import torch
 
+    from dream_addon import protocol
     from dream_addon.client import BackendConnection
-    from generator_backend.core import GenerationRequest, generate, to_rgba
+    from generator_backend.core import generate
+    from generator_backend.encoding import to_rgba
     from generator_backend.models import ModelManager
+    from generator_backend.techniques import request_from_params
 
-    torch.set_num_threads(os.cpu_count())
-    components = ModelManager(["tiny"], device="cpu").get()
-    params = {"prompt": "red bricks", "width": 256, "height": 256, "steps": 20, "seed": 1,
-              "scheduler": "euler", "preview_interval": 0.0}
-    request = GenerationRequest(prompt="red bricks", width=256, height=256, steps=20, seed=1, scheduler="euler")
+    threads = set_torch_threads()
+    params = {"prompt": "red bricks", "width": SIZE, "height": SIZE, "steps": STEPS, "seed": SEED,
+              "scheduler": SCHEDULER, "preview_interval": 0.0, "model": MODEL}
+    manager = ModelManager([MODEL], device="cpu", models_dir=os.environ.get("DREAM_MODELS_DIR"))
+    components = manager.get(MODEL)
+    request = request_from_params(protocol.validate_params(params, protocol.txt2img_fields()), {})
     with tempfile.TemporaryDirectory() as out:
-        backend = start_backend(out)
+        backend = start_backend(out, models=(MODEL,))
         conn = BackendConnection("127.0.0.1", backend.ready_info["port"], backend.token)
-        conn.run_job("warm", params)
-        generate(components, request)
-        direct, via_socket = [], []
-        for i in range(repeats):  # interleaved, so drift hits both alike
-            t = time.perf_counter()
-            to_rgba(generate(components, request), "float32", False)
-            direct.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            message, _ = conn.run_job(f"bench-{i}", params)
-            via_socket.append(time.perf_counter() - t)
-            assert message["type"] == "result"
+        message, arrays = conn.run_job("warm", params)
+        require_same("model", message["model"], manager.resolve(MODEL))
+        require_same("size", (message["width"], message["height"]), (request.width, request.height))
+        require_same("seed", message["seed"], request.seed)
+        require_same_pixels(arrays["image"], to_rgba(generate(components, request), "float32", False), 1e-5)
+
+        counter = itertools.count()
+
+        def via_socket():
+            message, _ = conn.run_job(f"bench-{next(counter)}", params)
+            assert message["type"] == "result", message
+
+        times = interleaved({"direct": lambda: to_rgba(generate(components, request), "float32", False),
+                             "socket": via_socket}, repeats)
         conn.close()
         backend.stop()
-    return {"direct_s": statistics.median(direct), "socket_s": statistics.median(via_socket),
-            "ratio": statistics.median(via_socket) / statistics.median(direct), "repeats": repeats}
+    return {"direct_s": times["direct"], "socket_s": times["socket"], "ratio": times["socket"] / times["direct"],
+            "repeats": repeats, "threads": threads}
 
 
 def blender_part(repeats):
@@ -155,10 +172,20 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--blender-part", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--socket-only", action="store_true", help="part 1 only (no bpy process)")
     args = parser.parse_args()
     if args.blender_part:
         return blender_part(args.repeats)
     a = socket_vs_direct(args.repeats)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, {a['threads']} torch threads (OMP_NUM_THREADS) on both sides")
+    print("| measure | value | target |\n|---|---|---|")
+    print(f"| txt2img {MODEL} {SIZE}px {STEPS} steps, direct in-process (median of {a['repeats']}) "
+          f"| {a['direct_s']:.3f} s | |")
+    print(f"| same through the socket, submit to result received | {a['socket_s']:.3f} s | |")
+    print(f"| ratio socket / direct | {a['ratio']:.3f} | <= 1.05 |", flush=True)
+    if args.socket_only:
+        return 0
     run = subprocess.run([sys.executable, __file__, "--blender-part", "--repeats", str(args.repeats)],
                          capture_output=True, text=True)
     line = [ln for ln in run.stdout.splitlines() if ln.startswith("BLENDER_RESULTS ")]
@@ -166,12 +193,6 @@ def main():
         print(run.stdout[-3000:], run.stderr[-3000:])
         return 1
     b = json.loads(line[0].split(" ", 1)[1])
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}")
-    print("| measure | value | target |\n|---|---|---|")
-    print(f"| txt2img 256px 20 steps, direct in-process (median of {a['repeats']}) | {a['direct_s']:.3f} s | |")
-    print(f"| same through the socket, submit to result received | {a['socket_s']:.3f} s | |")
-    print(f"| ratio socket / direct | {a['ratio']:.3f} | <= 1.05 |")
     print(f"| 2048² float RGBA frame: TCP loopback transfer, receive, foreach_set into the image "
           f"| {b['deliver_2048_s'] * 1000:.0f} ms | <= 200 ms |")
     print(f"| same, from a fetch by job id (backend loads the result and converts sRGB to linear on the CPU) "

@@ -3,6 +3,9 @@
 1. UV mask of a 10k-face mesh at 2048² (all faces selected), Object and Edit mode.
 2. The longest main-thread drain call while a "texture selected faces" job streams previews
    (each preview is cropped and composited onto the original before it is written).
+3. What binding jobs by identity adds to each event: finding a job's image by session_uid
+   among 1000 images (done for every preview and result; the worst case, the last image), and
+   the liveness check of a drain.
 Usage: .venv/bin/python benchmarks/bench_workflow.py [--repeats N]
 """
 
@@ -65,12 +68,20 @@ def main():
         bpy.ops.dream.texture_selected_faces()
         job = session.jobs[list(session.jobs)[-1]]
         drain_max = longest_drain(session, job)
+        for i in range(1000 - len(bpy.data.images)):
+            bpy.data.images.new(f"filler {i:04d}", 4, 4)
+        bindings = sys.modules[f"{module}.dream_addon.bindings"]
+        last = bindings.ref(bpy.data.images[-1])  # the worst case: found at the end of the list
+        lookup_s = timed(lambda: bindings.resolve(last), args.repeats * 20)
+        check_s = timed(session._check_alive, args.repeats * 20)
         bpy.ops.dream.backend_stop()
     print(f"| UV mask, {faces} faces selected, 2048², Object mode (median of {args.repeats}) "
           f"| {object_s * 1000:.0f} ms | <= 200 ms |")
     print(f"| UV mask, same, Edit mode (bmesh) | {edit_s * 1000:.0f} ms | <= 200 ms |")
     print(f"| longest drain call, texture-selected-faces job at {args.size}², {job.previews} previews "
           f"composited (result pack included) | {drain_max * 1000:.0f} ms | <= 50 ms |")
+    print(f"| a job's image found by session_uid, last of 1000 images (median) | {lookup_s * 1e6:.0f} µs | |")
+    print(f"| liveness check of one drain call (median) | {check_s * 1e6:.1f} µs | |")
 
 
 if __name__ == "__main__":

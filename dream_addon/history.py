@@ -1,12 +1,16 @@
 """Generation history, stored in the scene (so it is saved with the .blend): every finished
-job with its settings and result image; Recall puts the settings back."""
+job with its settings and its own result pixels; Recall puts the settings back, Re-run runs
+it again on its own source, Delete frees its images."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+import zlib
 
 import bpy
+import numpy as np
 
 SETTINGS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height", "scheduler",
             "preview_interval", "model", "prompt_weight", "ensemble_mode", "seamless_x", "seamless_y", "layout",
@@ -41,16 +45,71 @@ def apply(props, settings: dict):
 
 def record(job):
     """Add a finished job to its scene's history."""
-    scene = bpy.data.scenes.get(job.scene_name)
+    scene = job.datablock("scene")
     if scene is None:
         return None
     item = scene.dream_history.add()
     item.job_id, item.kind, item.operator = job.job_id, job.kind, job.operator
     item.settings = json.dumps(job.settings)
     item.params = json.dumps(job.params)
-    item.image = bpy.data.images.get(job.image_name)
+    item.image = job.datablock("image")
+    if job.kind == "walk":
+        from .walk_frames import frames_image
+
+        item.image, item.frames = frames_image(job), len(job.walk_target.get("placed", ()))
     if job.backup_name:
-        item.original = bpy.data.images.get(job.backup_name)
+        backup = job.datablock("backup")  # a Re-run names the entry's own earlier backup instead
+        item.original = backup if backup is not None and backup.name == job.backup_name else \
+            bpy.data.images.get(job.backup_name)
+    if job.source_name:
+        item.source = job.datablock("source") or bpy.data.images.get(job.source_name)
+    if job.repaint_mask is not None:
+        item.mask = encode_mask(job.repaint_mask)
     item.created = time.strftime("%Y-%m-%d %H:%M:%S")
     scene.dream_history_index = len(scene.dream_history) - 1
     return item
+
+
+def entries():
+    """Every history entry of every scene."""
+    return [item for scene in bpy.data.scenes for item in scene.dream_history]
+
+
+def keep_pixels(image, copy):
+    """Entries that show ``image`` keep its pixels as they are now: they point at ``copy`` (the backup a
+    Replace makes anyway), so a later job writing into ``image`` changes no earlier entry."""
+    for item in entries():
+        if item.image == image:
+            item.image = copy
+
+
+def delete(scene, index: int) -> list:
+    """Remove one entry; its result and backup images go too unless something else still uses them.
+    Returns the names of the images freed."""
+    item = scene.dream_history[index]
+    images = {img for img in (item.image, item.original) if img is not None}
+    scene.dream_history.remove(index)
+    scene.dream_history_index = min(scene.dream_history_index, max(len(scene.dream_history) - 1, 0))
+    referenced = {img for entry in entries() for img in (entry.image, entry.original, entry.source)}
+    freed = []
+    for image in images - referenced:
+        if image.users - int(image.use_fake_user) <= 0:  # only its fake user kept it: nothing shows it
+            freed.append(image.name)
+            bpy.data.images.remove(image)
+    return freed
+
+
+def encode_mask(mask: np.ndarray) -> str:
+    """A (h, w) bool mask as short text for a string property: shape, then zlib-packed bits."""
+    bits = zlib.compress(np.packbits(mask, axis=None).tobytes(), 9)
+    return f"{mask.shape[0]}x{mask.shape[1]}:" + base64.b64encode(bits).decode("ascii")
+
+
+def decode_mask(text: str) -> np.ndarray | None:
+    """The mask ``encode_mask`` wrote (None for an empty string)."""
+    if not text:
+        return None
+    shape, data = text.split(":", 1)
+    height, width = map(int, shape.split("x"))
+    bits = np.frombuffer(zlib.decompress(base64.b64decode(data)), dtype=np.uint8)
+    return np.unpackbits(bits, count=height * width).reshape(height, width).astype(bool)

@@ -42,6 +42,11 @@ def resized(array: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def scene_params(props) -> tuple[dict, dict]:
     """The parameters and arrays every kind of job takes from the Dream panel."""
+    if not props.prompt.strip():
+        raise JobInputError("The Prompt is empty: type what to generate (spaces alone say nothing)")
+    for i, extra in enumerate(props.extra_prompts):
+        if not extra.text.strip():
+            raise JobInputError(f"Prompt {i + 2} of the ensemble is empty: type it or remove it")
     params = {
         "negative_prompt": props.negative_prompt, "seed": props.seed, "steps": props.steps,
         "guidance": round(props.guidance, 4), "width": props.width, "height": props.height,
@@ -73,10 +78,23 @@ def scene_params(props) -> tuple[dict, dict]:
     return params, arrays
 
 
+def check_job(kind: str, params: dict, arrays: dict, welcome=None):
+    """The backend's own checks, run here before anything is created; a ProtocolError names the field."""
+    protocol.validate_job(kind, params, arrays, protocol.max_size_of(welcome))
+
+
 def sized_to_image(params: dict, image) -> tuple[int, int]:
-    """Set the job size from an image (padded up to multiples of 8); return the image's (w, h)."""
+    """Set the job size from an image (padded up to multiples of 8); return the image's (w, h).
+
+    An image the backend cannot take is refused here, before anything is made or sent."""
+    from .session import SESSION
+
     width, height = image.size
     params["width"], params["height"] = uv_mask.padded_size(width), uv_mask.padded_size(height)
+    largest = ((SESSION.welcome or {}).get("capabilities") or {}).get("max_size")
+    if largest and max(params["width"], params["height"]) > largest:
+        raise JobInputError(f"Image {image.name!r} is {width} × {height} px; the backend takes at most {largest} px "
+                            "per side. Scale it down (Image > Resize) or start the backend with a larger --max-size")
     return width, height
 
 
@@ -91,9 +109,17 @@ def active_image_texture(obj):
     return node.image if node is not None else None
 
 
-def selected_faces_uv_mask(obj, width: int, height: int, margin: int) -> np.ndarray:
-    """The selected faces' UV polygons rasterised at the image size (rows bottom-up), grown by
-    ``margin`` pixels. Works in Edit and Object mode."""
+def image_extension(obj, image) -> str:
+    """How ``obj``'s active material shows ``image`` outside UV 0..1 (its Image Texture node's
+    extension; REPEAT, Blender's default, when no node shows it)."""
+    material = obj.active_material if obj is not None else None
+    nodes = material.node_tree.nodes if material is not None and material.node_tree is not None else ()
+    return next((n.extension for n in nodes if n.type == "TEX_IMAGE" and n.image == image), "REPEAT")
+
+
+def selected_faces_uv_mask(obj, width: int, height: int, margin: int, extension: str = "REPEAT") -> np.ndarray:
+    """The selected faces' UV polygons rasterised at the image size (rows bottom-up), wrapped as the
+    texture's ``extension`` shows them, grown by ``margin`` pixels. Works in Edit and Object mode."""
     mesh = obj.data
     if obj.mode == "EDIT":
         import bmesh
@@ -122,7 +148,7 @@ def selected_faces_uv_mask(obj, width: int, height: int, margin: int) -> np.ndar
         uvs = all_uvs[index]
     if len(totals) == 0:
         raise JobInputError(f"No faces of {obj.name!r} are selected")
-    mask = uv_mask.rasterize_polygons(uvs, np.cumsum(totals) - totals, totals, width, height)
+    mask = uv_mask.rasterize_polygons(uvs, np.cumsum(totals) - totals, totals, width, height, extension)
     return uv_mask.dilate(mask, margin)
 
 
@@ -144,7 +170,7 @@ def mask_from_source(props, image, obj) -> np.ndarray:
         return uv_mask.rectangle(width, height, *props.rect_min, *props.rect_max)
     if obj is None or obj.type != "MESH":
         raise JobInputError("Selected-faces masks need an active mesh object")
-    return selected_faces_uv_mask(obj, width, height, props.uv_margin)
+    return selected_faces_uv_mask(obj, width, height, props.uv_margin, image_extension(obj, image))
 
 
 def walk_params(scene) -> tuple[dict, dict]:

@@ -35,6 +35,10 @@ class DreamPreferences(bpy.types.AddonPreferences):
         ("cpu", "CPU", "")])
     output_dir: bpy.props.StringProperty(name="Output Folder", default="", subtype="DIR_PATH",
                                          description="Where the backend writes every result (empty: its default)")
+    float_results: bpy.props.BoolProperty(
+        name="Float Textures", default=False,
+        description="Generate Texture makes 32-bit float images (linear, packed as EXR: about 4x the size in the "
+                    ".blend) instead of 8-bit sRGB ones (packed as PNG)")
 
     def draw(self, context):
         layout = self.layout
@@ -43,6 +47,7 @@ class DreamPreferences(bpy.types.AddonPreferences):
         col.prop(self, "model")
         col.prop(self, "device")
         col.prop(self, "output_dir")
+        col.prop(self, "float_results")
         row = col.row()
         row.prop(self, "host")
         row.prop(self, "port")
@@ -51,10 +56,18 @@ class DreamPreferences(bpy.types.AddonPreferences):
         row.operator("dream.backend_start", icon="PLAY")
         row.operator("dream.backend_stop", icon="PAUSE")
         row.operator("dream.backend_reconnect", icon="FILE_REFRESH")
+        row.operator("dream.paste_connection", icon="PASTEDOWN")
         box = layout.box()
         box.label(text=SESSION.status, icon="INFO")
         if SESSION.backend is not None:
             box.label(text="Process: " + SESSION.backend.describe())
+            from .operators.backend import connection_text
+
+            shared = connection_text()
+            if shared is not None:  # another Blender can use this backend too
+                row = box.row()
+                row.label(text=f"Address {shared.split()[0]}, token {shared.split()[1][:4]}…", icon="LINKED")
+                row.operator("dream.copy_connection", icon="COPYDOWN")
             for line in list(SESSION.backend.tail)[-8:]:
                 box.label(text=line[:160])
 

@@ -18,6 +18,7 @@ import json
 import math
 import socket
 import struct
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ HEADER_SIZE = HEADER.size  # 20 bytes
 DTYPES = {"uint8": np.dtype("uint8"), "float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 
 DEFAULT_PORT = 9470
+DEFAULT_MAX_SIZE = 2048  # the largest side a backend accepts unless its welcome says otherwise
 DEFAULT_MODEL = "pocket"  # the small offline texture model that ships with the backend
 TOKEN_ENV = "DREAM_BACKEND_TOKEN"
 READY_PREFIX = "DREAM_BACKEND_READY "  # the line `serve` prints on stdout once it listens
@@ -45,9 +47,11 @@ class Limits:
     max_arrays: int = 16
     max_array_dim: int = 8192
     max_array_ndim: int = 4
+    max_json_depth: int = 32  # objects and lists nested deeper are refused (the protocol needs 4)
 
 
 DEFAULT_LIMITS = Limits()
+HELLO_LIMITS = Limits(max_json_bytes=4096, max_payload_bytes=0)  # before authentication: small, no payload
 
 
 # --------------------------------------------------------------------------- errors
@@ -58,7 +62,7 @@ class ProtocolError(Exception):
     the connection must be closed after reporting them.
     """
 
-    def __init__(self, code, message, *, field=None, allowed=None, fatal=False, job_id=None):
+    def __init__(self, code, message, *, field=None, allowed=None, fatal=False, job_id=None, **extra):
         super().__init__(message)
         self.code = code
         self.message = message
@@ -66,6 +70,7 @@ class ProtocolError(Exception):
         self.allowed = allowed
         self.fatal = fatal
         self.job_id = job_id
+        self.extra = extra  # further details of some codes (output_unwritable: path, hint)
 
     def to_message(self):
         msg = {"type": "error", "code": self.code, "message": self.message}
@@ -75,6 +80,7 @@ class ProtocolError(Exception):
             msg["allowed"] = self.allowed
         if self.job_id is not None:
             msg["job_id"] = self.job_id
+        msg.update(self.extra)
         return msg
 
 
@@ -119,9 +125,13 @@ def frame_bytes(message: dict, arrays: dict | None = None) -> bytes:
     return b"".join(bytes(b) for b in encode_frame(message, arrays))
 
 
-def _recv_exactly(sock, view, *, at_boundary=False):
+def _recv_exactly(sock, view, *, at_boundary=False, deadline=None):
+    """Fill ``view``; with a ``deadline`` (time.monotonic()) the whole read must finish by then
+    (socket.timeout otherwise), however the bytes dribble in."""
     got = 0
     while got < len(view):
+        if deadline is not None:
+            sock.settimeout(max(deadline - time.monotonic(), 1e-3))
         n = sock.recv_into(view[got:])
         if n == 0:
             if at_boundary and got == 0:
@@ -132,8 +142,8 @@ def _recv_exactly(sock, view, *, at_boundary=False):
 
 
 def parse_header(raw: bytes, limits: Limits = DEFAULT_LIMITS):
-    """Check a 20-byte header; return (version, json_len, payload_len)."""
-    magic, version, _flags, json_len, payload_len = HEADER.unpack(raw)
+    """Check a 20-byte header; return (version, flags, json_len, payload_len)."""
+    magic, version, flags, json_len, payload_len = HEADER.unpack(raw)
     if magic != MAGIC:
         raise ProtocolError("bad_magic", f"frame does not start with {MAGIC!r}: not a Dream peer", fatal=True)
     if json_len == 0 or json_len > limits.max_json_bytes:
@@ -143,17 +153,65 @@ def parse_header(raw: bytes, limits: Limits = DEFAULT_LIMITS):
         raise ProtocolError("frame_too_large",
                             f"payload of {payload_len} bytes; allowed at most {limits.max_payload_bytes}",
                             field="payload_len", allowed={"max": limits.max_payload_bytes}, fatal=True)
-    return version, json_len, payload_len
+    return version, flags, json_len, payload_len
 
 
-def parse_json(raw: bytes) -> dict:
+def _is_text(value: str) -> bool:
+    """False for strings holding lone surrogates (JSON escapes allow them; UTF-8 does not)."""
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def check_tree(message: dict, max_depth: int):
+    """Refuse nesting deeper than ``max_depth`` and strings that are not Unicode text, naming the field."""
+    stack = [(message, "", 1)]
+    while stack:
+        node, where, depth = stack.pop()
+        if depth > max_depth:
+            raise ProtocolError("bad_json", f"{where} is nested deeper than {max_depth} levels", field=where,
+                                allowed={"max_depth": max_depth})
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            if isinstance(key, str) and not _is_text(key):
+                raise ProtocolError("bad_json", f"a key in {where or 'the message'} is not valid Unicode text "
+                                    "(a lone surrogate)", field=where or None)
+            path = f"{where}[{key}]" if isinstance(key, int) else (f"{where}.{key}" if where else key)
+            if isinstance(value, str):
+                if not _is_text(value):
+                    raise ProtocolError("bad_json", f"{path} is not valid Unicode text (a lone surrogate)",
+                                        field=path)
+            elif isinstance(value, (dict, list)):
+                stack.append((value, path, depth + 1))
+
+
+def parse_json(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> dict:
     try:
         message = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError("bad_json", f"JSON part is not valid UTF-8 JSON: {exc}") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # ValueError: bad JSON, or an integer of over 4300 digits
+        raise ProtocolError("bad_json", f"JSON part is not valid UTF-8 JSON: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise ProtocolError("bad_json", f"JSON part is nested deeper than {limits.max_json_depth} levels",
+                            allowed={"max_depth": limits.max_json_depth}) from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("bad_json", "JSON part must be an object with a string 'type'", field="type")
+    try:
+        check_tree(message, limits.max_json_depth)
+    except ProtocolError as exc:
+        exc.job_id = frame_job_id(message)
+        raise
     return message
+
+
+def frame_job_id(message: dict):
+    """The message's job id when it is a valid one (errors about the frame then name the job)."""
+    job_id = message.get("job_id")
+    try:
+        return validate_job_id(job_id)
+    except ProtocolError:
+        return None
 
 
 def split_payload(message: dict, payload: np.ndarray, limits: Limits = DEFAULT_LIMITS) -> dict:
@@ -167,7 +225,7 @@ def split_payload(message: dict, payload: np.ndarray, limits: Limits = DEFAULT_L
         where = f"arrays[{i}]"
         if not isinstance(d, dict) or not isinstance(d.get("name"), str) or d["name"] in arrays:
             raise ProtocolError("bad_array", f"{where} needs a unique string 'name'", field=f"{where}.name")
-        if d.get("dtype") not in DTYPES:
+        if not isinstance(d.get("dtype"), str) or d["dtype"] not in DTYPES:
             raise ProtocolError("bad_array", f"{where}.dtype must be one of {sorted(DTYPES)}",
                                 field=f"{where}.dtype", allowed=sorted(DTYPES))
         shape = d.get("shape")
@@ -175,8 +233,8 @@ def split_payload(message: dict, payload: np.ndarray, limits: Limits = DEFAULT_L
                 or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= limits.max_array_dim
                            for s in shape)):
             raise ProtocolError("bad_array",
-                                f"{where}.shape must be 1..{limits.max_array_ndim} integers in 1..{limits.max_array_dim}",
-                                field=f"{where}.shape",
+                                f"{where}.shape ({d['name']!r}) must be 1..{limits.max_array_ndim} integers in "
+                                f"1..{limits.max_array_dim}", field=f"{where}.shape",
                                 allowed={"ndim": [1, limits.max_array_ndim], "dim": [1, limits.max_array_dim]})
         dtype = DTYPES[d["dtype"]]
         nbytes = math.prod(shape) * dtype.itemsize
@@ -191,42 +249,62 @@ def split_payload(message: dict, payload: np.ndarray, limits: Limits = DEFAULT_L
     return arrays
 
 
-def recv_frame(sock: socket.socket, limits: Limits = DEFAULT_LIMITS):
+def _parse_body(version, flags, raw_json, read_payload, payload_len, limits):
+    """JSON, then the payload; errors found after the JSON is read name the frame's job."""
+    message = None
+    try:
+        if version != PROTOCOL_VERSION:  # read whole first: its lengths are in the fixed header
+            read_payload(payload_len)
+            raise ProtocolError("version_mismatch",
+                                f"peer speaks protocol {version}; this side speaks {PROTOCOL_VERSION}",
+                                field="protocol", allowed=[PROTOCOL_VERSION])
+        message = parse_json(raw_json, limits)
+        payload = read_payload(payload_len)
+        if flags != 0:
+            raise ProtocolError("bad_header", f"header flags are {flags:#06x}; protocol 1 reserves them as 0",
+                                field="flags", allowed=[0])
+        return message, split_payload(message, payload, limits)
+    except ProtocolError as exc:
+        if exc.job_id is None and message is not None:
+            exc.job_id = frame_job_id(message)
+        raise
+
+
+def recv_frame(sock: socket.socket, limits: Limits = DEFAULT_LIMITS, deadline=None):
     """Read one frame; return (message, arrays). Raises ConnectionClosed at a clean EOF.
 
     A frame of another protocol version is still read whole (its lengths are in the
-    fixed header) and reported as a non-fatal ``version_mismatch`` error.
+    fixed header) and reported as a non-fatal ``version_mismatch`` error. With a
+    ``deadline`` (time.monotonic()) the whole frame must arrive by then (socket.timeout).
     """
     raw = bytearray(HEADER_SIZE)
-    _recv_exactly(sock, memoryview(raw), at_boundary=True)
-    version, json_len, payload_len = parse_header(bytes(raw), limits)
+    _recv_exactly(sock, memoryview(raw), at_boundary=True, deadline=deadline)
+    version, flags, json_len, payload_len = parse_header(bytes(raw), limits)
     raw_json = bytearray(json_len)
-    _recv_exactly(sock, memoryview(raw_json))
-    payload = np.empty(payload_len, dtype=np.uint8)
-    if payload_len:
-        _recv_exactly(sock, memoryview(payload))
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError("version_mismatch",
-                            f"peer speaks protocol {version}; this side speaks {PROTOCOL_VERSION}",
-                            field="protocol", allowed=[PROTOCOL_VERSION])
-    message = parse_json(bytes(raw_json))
-    return message, split_payload(message, payload, limits)
+    _recv_exactly(sock, memoryview(raw_json), deadline=deadline)
+
+    def read_payload(n):
+        payload = np.empty(n, dtype=np.uint8)
+        if n:
+            _recv_exactly(sock, memoryview(payload), deadline=deadline)
+        return payload
+
+    return _parse_body(version, flags, bytes(raw_json), read_payload, payload_len, limits)
 
 
 def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS):
     """Decode one whole frame held in memory (tests, tools)."""
     if len(data) < HEADER_SIZE:
         raise ProtocolError("truncated_frame", f"{len(data)} bytes is shorter than the header", fatal=True)
-    version, json_len, payload_len = parse_header(data[:HEADER_SIZE], limits)
+    version, flags, json_len, payload_len = parse_header(data[:HEADER_SIZE], limits)
     end = HEADER_SIZE + json_len + payload_len
     if len(data) != end:
         raise ProtocolError("truncated_frame", f"frame announces {end} bytes but has {len(data)}", fatal=True)
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError("version_mismatch", f"peer speaks protocol {version}", field="protocol",
-                            allowed=[PROTOCOL_VERSION])
-    message = parse_json(data[HEADER_SIZE:HEADER_SIZE + json_len])
-    payload = np.frombuffer(data, dtype=np.uint8, offset=HEADER_SIZE + json_len, count=payload_len)
-    return message, split_payload(message, payload, limits)
+
+    def read_payload(n):
+        return np.frombuffer(data, dtype=np.uint8, offset=HEADER_SIZE + json_len, count=n)
+
+    return _parse_body(version, flags, data[HEADER_SIZE:HEADER_SIZE + json_len], read_payload, payload_len, limits)
 
 
 # --------------------------------------------------------------------------- job parameters
@@ -243,6 +321,14 @@ class Field:
     max_length: int | None = None
     required: bool = False
     doc: str = ""
+
+    def nearest(self, value: int) -> int:
+        """The allowed int nearest ``value``: within the bounds, on a multiple (what a panel may offer)."""
+        if self.multiple_of:
+            value = math.floor(value / self.multiple_of + 0.5) * self.multiple_of  # halves round up
+        low = self.min if self.min is not None else value
+        high = self.max if self.max is not None else value
+        return int(min(max(value, low), high))
 
     def allowed(self):
         if self.kind == "choice":
@@ -343,6 +429,8 @@ def validate_params(params, fields: dict) -> dict:
         if spec.kind == "str":
             if not isinstance(value, str):
                 raise bad("must be a string")
+            if not _is_text(value):
+                raise bad("is not valid Unicode text (it holds a lone surrogate)")
             if spec.max_length is not None and len(value) > spec.max_length:
                 raise bad(f"is longer than {spec.max_length} characters")
         elif spec.kind == "bool":
@@ -357,7 +445,7 @@ def validate_params(params, fields: dict) -> dict:
             item_type = str if spec.kind == "strings" else int
             if (not isinstance(value, list) or not 2 <= len(value) <= 16 or not all(
                     isinstance(v, item_type) and not isinstance(v, bool) for v in value)
-                    or (item_type is str and any(len(v) > 4000 for v in value))
+                    or (item_type is str and any(len(v) > 4000 or not _is_text(v) for v in value))
                     or (item_type is int and any(not 0 <= v <= MAX_SEED for v in value))):
                 raise bad(f"must be a list of 2..16 {'prompts' if item_type is str else 'seeds'}")
         elif spec.kind == "layer_weights":
@@ -368,10 +456,11 @@ def validate_params(params, fields: dict) -> dict:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise bad(f"must be a number, got {type(value).__name__}")
             if spec.kind == "int":
-                if isinstance(value, float) and not value.is_integer():
-                    raise bad(f"must be an integer, got {value}")
-                value = int(value)
+                if not isinstance(value, int):  # strict: 2.0 is a float, not an integer
+                    raise bad(f"must be an integer, got {value!r}")
             else:
+                if isinstance(value, int) and not -1e300 < value < 1e300:  # float() would overflow
+                    raise bad(f"must be between {spec.min} and {spec.max}")
                 value = float(value)
                 if not math.isfinite(value):
                     raise bad("must be finite")
@@ -442,6 +531,17 @@ def img2img_fields(max_size: int = 2048) -> dict:
                               doc="How much of the schedule runs on the init image: 0 keeps it, 1 replaces it")}
 
 
+def max_size_of(welcome) -> int:
+    """The largest side a backend accepts, from its welcome (the default when not connected)."""
+    return ((welcome or {}).get("capabilities") or {}).get("max_size", DEFAULT_MAX_SIZE)
+
+
+def feather_reach(radius: float) -> int:
+    """How many pixels beyond the mask a feathered paste-back blends (Chebyshev distance):
+    the radius, rounded; farther pixels keep the original exactly."""
+    return int(radius + 0.5) if radius > 0 else 0
+
+
 def inpaint_fields(max_size: int = 2048) -> dict:
     """img2img plus the mask's feather; strength defaults to 1 (repaint the masked region fully)."""
     fields = img2img_fields(max_size)
@@ -479,14 +579,13 @@ INFUSION_ARRAYS = tuple(f"infusion_{i}" for i in range(MAX_INFUSION_IMAGES))
 
 def validate_job(kind, params, arrays, max_size: int = 2048):
     """Check a submit's kind, parameters and arrays together; return (params, arrays)."""
-    if kind not in JOB_KINDS:
+    if not isinstance(kind, str) or kind not in JOB_KINDS:
         raise ProtocolError("invalid_param", f"kind must be one of {sorted(JOB_KINDS)}", field="kind",
                             allowed=sorted(JOB_KINDS))
     params = validate_params(params, JOB_KINDS[kind](max_size))
     arrays = dict(arrays)
-    if kind != "walk" and bool(params["prompt"]) == bool(params["prompts"]):
-        raise ProtocolError("invalid_param", "give either params.prompt or params.prompts (an ensemble), not both",
-                            field="params.prompt")
+    if kind != "walk":
+        validate_one_prompt(params)
     if bool(params["infusion_weights"]) != any(name in arrays for name in INFUSION_ARRAYS):
         raise ProtocolError("invalid_param", "infusion needs both params.infusion_weights and at least one array "
                             f"of {list(INFUSION_ARRAYS)}", field="params.infusion_weights")
@@ -521,6 +620,20 @@ def validate_job(kind, params, arrays, max_size: int = 2048):
     return params, dict(arrays)
 
 
+def validate_one_prompt(params):
+    """Exactly one of params.prompt and params.prompts, with words in it (spaces alone say nothing)."""
+    if params["prompt"] and params["prompts"]:
+        raise ProtocolError("invalid_param", "give either params.prompt or params.prompts (an ensemble), not both",
+                            field="params.prompt")
+    if not params["prompts"] and not params["prompt"].strip():
+        raise ProtocolError("invalid_param", "params.prompt is empty: say what to generate (or give "
+                            "params.prompts, an ensemble)", field="params.prompt", allowed={"min_length": 1})
+    for i, term in enumerate(params["prompts"] or ()):
+        if not term["text"].strip():
+            raise ProtocolError("invalid_param", f"params.prompts[{i}].text is empty: say what to generate",
+                                field=f"params.prompts[{i}].text", allowed={"min_length": 1})
+
+
 def validate_walk(params):
     """What a walk needs besides its fields: its key points, one model, a deterministic sampler."""
     needs = {"prompts": "walk_prompts", "seeds": "walk_seeds"}.get(params["walk"])
@@ -530,9 +643,8 @@ def validate_walk(params):
     if params["walk"] == "prompts" and (params["prompts"] or params["prompt"]):
         raise ProtocolError("invalid_param", "a prompts walk takes its prompts from params.walk_prompts only",
                             field="params.prompt")
-    if params["walk"] != "prompts" and bool(params["prompt"]) == bool(params["prompts"]):
-        raise ProtocolError("invalid_param", "give either params.prompt or params.prompts (an ensemble), not both",
-                            field="params.prompt")
+    if params["walk"] != "prompts":
+        validate_one_prompt(params)
     if params["walk"] in EMBEDDING_WALKS and (params["models"] or params["prompts"]):
         field = "params.models" if params["models"] else "params.prompts"
         raise ProtocolError("invalid_param", f"a {params['walk']} walk moves one text embedding, so {field} "

@@ -7,20 +7,23 @@ the UI (and which scripts and tests call directly: timers never fire in backgrou
 
 from __future__ import annotations
 
+import os
 import queue
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 import bpy
 
 import numpy as np
 
-from . import blender_images, history, protocol, walk_frames
+from . import bindings, blender_images, history, protocol, walk_frames
 from .client import ClientWorker, describe_error
 from .supervisor import BackendProcess
 
 ACTIVE_STATES = ("submitting", "queued", "running")
+STARTING_MESSAGE = "Starting backend…"
 # Blender float images hold linear light, rows bottom to top: the backend converts on its device.
 BLENDER_OUTPUT = {"output_dtype": "float32", "flip_y": True, "linear": True}
 
@@ -37,9 +40,12 @@ class JobView:
     scene_name: str = ""
     settings: dict = field(default_factory=dict)  # the panel's settings, for history and Recall
     crop: tuple | None = None  # (width, height) of the image when the job was padded to multiples of 8
-    mask: object = None  # (h, w) bool: only these pixels change; the rest is pasted back exactly
+    mask: object = None  # (h, w) bool: pixels that may change (mask + feather); the rest is pasted back exactly
     original: object = None  # (h, w, 4) pixels the mask composites onto
+    restore: object = None  # (h, w, 4) pixels a Replace target gets back if no result comes (default: original)
     backup_name: str = ""  # a copy of an image that the result replaces
+    source_name: str = ""  # img2img and inpaint: the image repainted (history's Re-run starts from it)
+    repaint_mask: object = None  # inpaint: (h, w) bool, the mask as given (history keeps it for Re-run)
     walk_target: dict = field(default_factory=dict)  # walks: where frames go (sequencer or texture)
     arrays: dict | None = None
     state: str = "submitting"
@@ -50,13 +56,33 @@ class JobView:
     position: int = 0
     previews: int = 0
     message: str = ""
+    warning: str = ""  # the backend's warning events (words of the prompt the model ignores)
     submitted: float = field(default_factory=time.time)
+    blend_path: str = ""  # the .blend it was started in: its datablocks live there
+    refs: dict = field(default_factory=dict)  # role -> bindings.ref: the datablocks it writes, by identity
+    created: tuple = ()  # roles of datablocks it made: deleted again if it gives no result
+    moved_faces: object = ()  # faces it gave its new material slot: given the old one back then
+    accepted: bool = False  # the backend answered its submit
+    resumed: bool = False
+    last_event: str = ""  # type of the newest backend event about it
 
     @property
     def active(self) -> bool:
         return self.state in ACTIVE_STATES
 
+    def datablock(self, role):
+        """The datablock bound to ``role`` (scene, image, backup, object, material), or None."""
+        reference = self.refs.get(role)
+        found = bindings.resolve(reference)
+        if found is not None and found.name != reference[2]:  # renamed: remember it for a reload
+            self.refs[role] = bindings.ref(found)
+            if role == "image":
+                self.image_name = found.name
+        return found
+
     def progress_text(self) -> str:
+        if self.state == "submitting" and self.message:
+            return self.message
         if self.state == "queued":
             return f"Queued (position {self.position})"
         if self.state == "running":
@@ -74,6 +100,7 @@ class Session:
         self.status = "Not connected"
         self.longest_drain_s = 0.0
         self.events = queue.Queue()  # events of the supervisor (ready) for the main thread
+        self.unanswered = deque()  # ids of submits on this connection the backend has not answered yet
 
     # ------------------------------------------------------------------ connection
     def connection_settings(self, prefs):
@@ -83,25 +110,51 @@ class Session:
             return info["host"], info["port"], self.backend.token
         return prefs.host, prefs.port, prefs.token
 
+    def backend_starting(self) -> bool:
+        return self.backend is not None and self.backend.state == BackendProcess.STARTING
+
     def connect(self, prefs):
-        """Open a new connection on the worker thread (never blocks the UI)."""
+        """Open a new connection on the worker thread (never blocks the UI).
+
+        Every job of this file that is in flight or lost is sent again on it: a submit the
+        backend never answered, a fetch by id for the others (the backend never runs a job twice).
+        """
         if self.worker is not None:
             self.worker.stop()
-        host, port, token = self.connection_settings(prefs)
+            self.worker = None
         self.welcome = None
+        self.unanswered.clear()
+        if self.backend_starting():  # its ready event connects
+            self.status = STARTING_MESSAGE
+            return
+        host, port, token = self.connection_settings(prefs)
         self.status = f"Connecting to {host}:{port}"
         self.worker = ClientWorker(host, port, token).start()
-        # Jobs that were in flight when a connection dropped: ask for them again by id.
         for job in self.jobs.values():
-            if job.state == "lost":
-                self.worker.send({"type": "fetch", "job_id": job.job_id, "output": BLENDER_OUTPUT})
-                job.state, job.message = "running", "Reconnected; fetching"
+            if job.active or job.state == "lost":
+                self._send_job(job)
+
+    def _send_job(self, job):
+        """Submit ``job`` on the current connection, or ask for it by id if the backend has it."""
+        if not job.accepted:
+            job.state, job.message = "submitting", ""
+            self.unanswered.append(job.job_id)
+            self.worker.send({"type": "submit", "job_id": job.job_id, "kind": job.kind, "params": job.params,
+                              **({"resume": True} if job.resumed else {})}, job.arrays)
+        else:
+            job.state, job.message = "running", "Reconnected; fetching"
+            self.worker.send({"type": "fetch", "job_id": job.job_id, "output": BLENDER_OUTPUT})
 
     def ensure_connected(self, prefs):
+        if self.backend_starting():
+            return
         if self.worker is None or (not self.worker.connected and not self.worker.thread.is_alive()):
             self.connect(prefs)
 
     def start_backend(self, prefs, log_path=None):
+        if self.worker is not None:  # jobs submitted from now on wait for the new backend
+            self.worker.stop()
+            self.worker = None
         if self.backend is not None:
             self.backend.stop()
         self.backend = BackendProcess(
@@ -110,7 +163,9 @@ class Session:
             output_dir=prefs.output_dir or None, device=prefs.device, log_path=log_path,
             on_ready=lambda info: self.events.put(("backend_ready", info)))
         self.backend.start()
-        self.status = "Starting backend"
+        self.status = STARTING_MESSAGE
+        for job in self.active_jobs():
+            job.message = STARTING_MESSAGE
 
     def stop_backend(self):
         if self.worker is not None:
@@ -120,17 +175,26 @@ class Session:
             self.backend.stop()
         self.status = "Backend stopped"
         for job in self.active_jobs():
-            job.state, job.message = "error", describe_error({"code": "backend_stopped"})
+            self._end(job, "error", describe_error({"code": "backend_stopped"}))
 
     # ------------------------------------------------------------------ jobs
-    def submit(self, prefs, params: dict, image_name: str, arrays=None, **view) -> JobView:
-        """Send a job; ``view`` fills the JobView (kind, operator, mask, original, ...)."""
+    def submit(self, prefs, params: dict, image_name: str, arrays=None, datablocks=None, **view) -> JobView:
+        """Send a job; ``view`` fills the JobView (kind, operator, mask, original, created, ...).
+
+        ``datablocks`` (role -> ID) are what the job writes to: it is bound to them by identity.
+        While the backend starts, the job waits for it.
+        """
         self.ensure_connected(prefs)
         job = JobView(job_id=f"blender-{uuid.uuid4().hex[:16]}", params=params, image_name=image_name,
                       total=params["steps"], **view)
+        job.blend_path = bpy.data.filepath
+        job.refs = {role: bindings.ref(d) for role, d in (datablocks or {}).items() if d is not None}
         self.jobs[job.job_id] = job
         job.arrays = arrays  # kept for a resume
-        self.worker.send({"type": "submit", "job_id": job.job_id, "kind": job.kind, "params": params}, arrays)
+        if self.worker is not None:
+            self._send_job(job)
+        else:
+            job.message = STARTING_MESSAGE
         return job
 
     def resume(self, prefs, job_id: str) -> bool:
@@ -139,9 +203,10 @@ class Session:
         if job is None or job.state not in ("cancelled", "error", "lost"):
             return False
         self.ensure_connected(prefs)
-        job.state, job.message = "submitting", "Resuming"
-        self.worker.send({"type": "submit", "job_id": job_id, "kind": job.kind, "params": job.params,
-                          "resume": True}, job.arrays)
+        job.accepted, job.resumed = False, True
+        if self.worker is not None:
+            self._send_job(job)
+        job.state, job.message = "submitting", "Resuming" if self.worker is not None else STARTING_MESSAGE
         return True
 
     def export(self, job_id: str, options: dict):
@@ -157,13 +222,45 @@ class Session:
         job = self.jobs.get(job_id)
         if job is None or not job.active:
             return False
-        if self.worker is not None:
-            self.worker.send({"type": "cancel", "job_id": job_id})
+        if self.worker is None:  # nothing runs it yet (the backend is starting): it ends here
+            self._end(job, "cancelled", "Cancelled before it started")
+            return True
+        self.worker.send({"type": "cancel", "job_id": job_id})
         job.message = "Cancelling"
         return True
 
     def active_jobs(self):
         return [job for job in self.jobs.values() if job.active]
+
+    # ------------------------------------------------------------------ files
+    def detach_file(self):
+        """``load_pre``: the open file's jobs stop writing into Blender; the backend keeps them."""
+        name = os.path.basename(bpy.data.filepath) or "its unsaved file"
+        for job in self.jobs.values():
+            if job.active or job.state == "lost":
+                job.state = "detached"
+                job.message = (f"Waiting for {name}: applied when it is open again "
+                               f"(the backend keeps job {job.job_id})")
+
+    def file_saved(self):
+        for job in self.jobs.values():
+            if job.state != "detached":
+                job.blend_path = bpy.data.filepath
+
+    def reattach_file(self, prefs):
+        """``load_post``: jobs started in the file just opened are bound to it again and fetched."""
+        path = bpy.data.filepath
+        jobs = [job for job in self.jobs.values() if job.state == "detached" and path and job.blend_path == path]
+        for job in jobs:
+            job.refs = {role: bindings.rebind(r) for role, r in job.refs.items()}
+            job.refs = {role: r for role, r in job.refs.items() if r is not None}
+            job.state, job.message = "lost", "Re-attached to its file; fetching"
+        if jobs:
+            if self.worker is None or not self.worker.thread.is_alive():
+                self.ensure_connected(prefs)
+            elif self.worker is not None:
+                for job in jobs:
+                    self._send_job(job)
 
     # ------------------------------------------------------------------ draining
     def drain(self, timeout: float = 0.0, max_seconds: float = 0.04) -> int:
@@ -174,24 +271,32 @@ class Session:
         """
         handled = 0
         batch = []
-        if self.worker is not None and timeout > 0:  # waiting is not main-thread work: not timed
+        supervisor = []
+        worker = self.worker
+        if timeout > 0:  # waiting is not main-thread work: not timed
             try:
-                batch.append(self.worker.events.get(timeout=timeout))
+                if worker is not None:
+                    batch.append(worker.events.get(timeout=timeout))
+                elif self.backend_starting():
+                    supervisor.append(self.events.get(timeout=timeout))
             except queue.Empty:
                 pass
         started = time.perf_counter()
         while True:
             try:
-                kind, info = self.events.get_nowait()
+                supervisor.append(self.events.get_nowait())
             except queue.Empty:
                 break
+        for kind, info in supervisor:
             if kind == "backend_ready":
                 self.status = f"Backend running on {info['host']}:{info['port']} ({info['device']})"
                 self._reconnect_after_start()
-        if self.worker is not None:
+        if self.worker is not worker:  # a new connection: events of the old one are stale
+            batch, worker = [], self.worker
+        if worker is not None:
             try:
                 while time.perf_counter() - started < max_seconds:
-                    batch.append(self.worker.events.get_nowait())
+                    batch.append(worker.events.get_nowait())
             except queue.Empty:
                 pass
         newest_preview = {m.get("job_id"): i for i, (m, _) in enumerate(batch) if m["type"] == "preview"}
@@ -200,8 +305,26 @@ class Session:
                 continue
             self._apply(message, arrays)
             handled += 1
+        self._check_alive()
         self.longest_drain_s = max(self.longest_drain_s, time.perf_counter() - started)
         return handled
+
+    def _check_alive(self):
+        """No job stays active without a connection that can still bring its events."""
+        if not self.active_jobs() or self.backend_starting():
+            return
+        worker = self.worker
+        if worker is not None and (worker.thread.is_alive() or not worker.events.empty()):
+            return
+        if self.backend is not None and self.backend.state == BackendProcess.EXITED:
+            last = self.backend.tail[-1] if self.backend.tail else f"code {self.backend.returncode}"
+            message = f"The backend exited ({last}); see its log in the preferences"
+            for job in self.active_jobs():
+                self._end(job, "error", message)
+            return
+        for job in self.active_jobs():
+            self._end(job, "lost", describe_error({"code": "connection_lost", "message": "no connection"}),
+                      final=False)
 
     def _reconnect_after_start(self):
         from .preferences import get_preferences
@@ -214,9 +337,6 @@ class Session:
         job = self.jobs[job_id]
         while job.active and time.monotonic() < deadline:
             self.drain(timeout=min(0.5, max(deadline - time.monotonic(), 0.01)))
-            if self.worker is None or (not self.worker.thread.is_alive() and self.worker.events.empty()):
-                self.drain()
-                break
         return job
 
     def _apply(self, message, arrays):
@@ -228,20 +348,36 @@ class Session:
         if kind == "connection_error":
             self.status = message["message"]
             for job in self.active_jobs():
-                job.state, job.message = "error", message["message"]
+                self._end(job, "error", message["message"])
             show_error(message["message"])
             return
         if kind == "disconnected":
             self.status = "Disconnected: " + message["message"]
             for job in self.active_jobs():  # never frozen: the job says what happened, and is fetched later
-                job.state, job.message = "lost", describe_error({"code": "connection_lost", **message})
+                self._end(job, "lost", describe_error({"code": "connection_lost", **message}), final=False)
             return
+        if kind == "error" and not message.get("job_id") and self.unanswered:
+            # An error about a frame the backend could not read (no job id in it): it answers
+            # the oldest submit on this connection that has no answer yet.
+            message = {**message, "job_id": self.unanswered[0]}
         job = self.jobs.get(message.get("job_id"))
         if job is None:
             if kind == "error":  # not about a job of ours: show it where the connection status is
                 self.status = describe_error(message)
             return
-        if kind == "queued":
+        job.last_event = kind
+        if kind in ("accepted", "error") and job.job_id in self.unanswered:
+            self.unanswered.remove(job.job_id)
+        if kind == "accepted":
+            job.accepted = True
+            return
+        if kind != "exported" and not job.active:  # detached, or a late duplicate of its ending
+            return
+        if kind == "warning":  # operators/notices.py
+            from .operators.notices import show_job_warning
+
+            show_job_warning(job, message)
+        elif kind == "queued":
             job.state, job.position = "queued", message["position"]
         elif kind == "started":
             job.state = "running"
@@ -257,23 +393,21 @@ class Session:
             job.message = f"Exported {message['frames']} frames to {message['path']}"
             self.status = job.message
         elif kind == "result" and job.kind == "walk":
+            walk_frames.fill(job, message["folder"], message["frames"])  # any it missed while away
             job.state, job.step = "done", job.total
             job.message = f"{message['frames']} frames in {message['folder']}"
             history.record(job)
         elif kind == "result":
-            self._write(job, arrays["image"], message, final=True)
             job.state, job.step, job.message = "done", job.total, f"Done in {sum(message['timings'].values()):.1f} s"
+            self._write(job, arrays["image"], message, final=True)
             history.record(job)
         elif kind == "cancelled":
-            job.state, job.message = "cancelled", f"Cancelled at step {message.get('step', 0)}"
-            self._restore(job)
+            self._end(job, "cancelled", f"Cancelled at step {message.get('step', 0)}")
         elif kind == "error":
-            job.state, job.message = "error", describe_error(message)
-            self._restore(job)
+            self._end(job, "error", describe_error(message))
             show_error(job.message)
 
-    @staticmethod
-    def _write(job, rgba, message, final):
+    def _write(self, job, rgba, message, final):
         """Crop the padding away, paste the original back outside the mask, write the image."""
         flipped = message.get("flip_y", False)
         if job.crop is not None:
@@ -284,13 +418,25 @@ class Session:
                 rgba = rgba[::-1]
                 flipped = True
             rgba = np.where(job.mask[..., None], rgba, job.original)
-        return blender_images.write_pixels(job.image_name, rgba, flipped=flipped, final=final)
+        image = job.datablock("image")
+        if image is None and final:  # its image is gone (deleted, undone, or not in the saved file)
+            image = blender_images.new_result_image(job.image_name or "Dream result", rgba.shape[1], rgba.shape[0])
+            job.refs["image"], job.image_name = bindings.ref(image), image.name
+            job.message += f"; kept as the new image {image.name!r} (its target was gone)"
+        return blender_images.write_pixels(image, rgba, flipped=flipped, final=final)
 
-    @staticmethod
-    def _restore(job):
-        """A replaced image gets its pixels back when its job does not finish."""
-        if job.backup_name and job.original is not None:
-            blender_images.write_pixels(job.image_name, job.original, flipped=True)
+    def _end(self, job, state, message, final=True):
+        """A job ends without a result (or is lost for now): put back what it touched."""
+        job.state, job.message = state, message
+        if job.job_id in self.unanswered and final:
+            self.unanswered.remove(job.job_id)
+        image = job.datablock("image")
+        before = job.restore if job.restore is not None else job.original
+        if job.refs.get("backup") and before is not None and image is not None:
+            blender_images.write_pixels(image, before, flipped=True)  # a replaced image gets its pixels back
+        if final:
+            blender_images.remove_created(job.datablock("object"), [job.datablock(role) for role in job.created],
+                                          job.moved_faces)
 
 
 def show_error(text: str):
@@ -302,6 +448,26 @@ def show_error(text: str):
 
 
 SESSION = Session()
+
+
+@bpy.app.handlers.persistent
+def on_load_pre(*_args):
+    """Another file is about to be opened: the jobs of this one must not write into it."""
+    SESSION.detach_file()
+
+
+@bpy.app.handlers.persistent
+def on_save_post(*_args):
+    """Saved (perhaps under a new name): the open file's jobs belong to that path now."""
+    SESSION.file_saved()
+
+
+@bpy.app.handlers.persistent
+def on_load_post(*_args):
+    """A file was opened: jobs that were started in it are fetched and applied again."""
+    from .preferences import get_preferences
+
+    SESSION.reattach_file(get_preferences())
 
 
 def drain_timer():

@@ -3,7 +3,8 @@
 The add-on starts ``python -m generator_backend serve`` from the extension folder with
 the user's chosen interpreter (the one with torch and diffusers), hands it a fresh token
 through the environment, reads its ready line, keeps the tail of its log, and restarts it
-if it dies on its own (a bounded number of times).
+if it dies on its own (a bounded number of times). Its stdin is a pipe from this process:
+when Blender exits or crashes the pipe closes and the backend stops (``--exit-with-parent``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class BackendProcess:
 
     def command(self):
         cmd = [self.python, "-u", "-m", "generator_backend", "serve", "--port", str(self.port),
-               "--device", self.device]
+               "--device", self.device, "--exit-with-parent"]  # stdin is our pipe: it closes when we die
         for model in self.models:
             cmd += ["--model", model]
         if self.output_dir:
@@ -71,7 +72,7 @@ class BackendProcess:
         self.tail.append(f"$ {' '.join(self.command())}")
         try:
             self._process = subprocess.Popen(
-                self.command(), cwd=str(PACKAGE_ROOT), env=env, stdin=subprocess.DEVNULL,
+                self.command(), cwd=str(PACKAGE_ROOT), env=env, stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         except OSError as exc:
             self.state = self.EXITED
@@ -101,6 +102,8 @@ class BackendProcess:
             if log:
                 log.close()
         self.returncode = process.wait()
+        if process.stdin:
+            process.stdin.close()
         self._ready.set()  # wake anyone waiting: it will not become ready
         with self._lock:
             if process is not self._process:

@@ -11,18 +11,55 @@ import numpy as np
 
 
 def rasterize_polygons(uvs: np.ndarray, loop_starts: np.ndarray, loop_totals: np.ndarray,
-                       width: int, height: int) -> np.ndarray:
+                       width: int, height: int, extension: str = "REPEAT") -> np.ndarray:
     """Fill polygons given as UV loops (n-gons, concave too) into a (height, width) mask.
 
     ``uvs`` is (L, 2) for all loops; polygon i uses uvs[loop_starts[i]:+loop_totals[i]].
     A pixel is inside when its centre is (even-odd rule per polygon; polygons are OR-ed).
+    UVs outside 0..1 land where the image texture's ``extension`` shows them: REPEAT wraps,
+    MIRROR reflects, CLIP and EXTEND show no texel there (EXTEND only smears the edge).
     """
+    uvs = np.asarray(uvs, dtype=np.float64).reshape(-1, 2)
+    loop_starts = np.asarray(loop_starts, dtype=np.int64)
+    loop_totals = np.asarray(loop_totals, dtype=np.int64)
+    if extension not in ("REPEAT", "MIRROR") or len(loop_starts) == 0:
+        return _rasterize(uvs, loop_starts, loop_totals, width, height)
+    mask = np.zeros((height, width), dtype=bool)
+    for tile, polygons in _tiles(uvs, loop_starts, loop_totals).items():
+        totals = loop_totals[polygons]
+        local = uvs[_loop_indices(loop_starts[polygons], totals)] - tile
+        if extension == "MIRROR":  # odd tiles are reflected
+            local = np.where(np.asarray(tile) % 2 == 1, 1.0 - local, local)
+        mask |= _rasterize(local, np.cumsum(totals) - totals, totals, width, height)
+    return mask
+
+
+MAX_TILES = 16  # per axis and polygon: a face spanning more repeats is clipped to these
+
+
+def _tiles(uvs, loop_starts, loop_totals) -> dict:
+    """{(u tile, v tile): indices of the polygons overlapping that repeat of the image}."""
+    poly = np.repeat(np.arange(len(loop_starts)), loop_totals)
+    lo = np.full((len(loop_starts), 2), np.inf)
+    hi = np.full((len(loop_starts), 2), -np.inf)
+    np.minimum.at(lo, poly, uvs)
+    np.maximum.at(hi, poly, uvs)
+    first = np.floor(lo).astype(np.int64)
+    count = np.clip(np.ceil(hi).astype(np.int64) - first, 1, MAX_TILES)
+    tiles = {}
+    for i in range(len(loop_starts)):
+        for a in range(first[i, 0], first[i, 0] + count[i, 0]):
+            for b in range(first[i, 1], first[i, 1] + count[i, 1]):
+                tiles.setdefault((a, b), []).append(i)
+    return {tile: np.array(polygons) for tile, polygons in tiles.items()}
+
+
+def _rasterize(uvs, loop_starts, loop_totals, width, height) -> np.ndarray:
+    """The even-odd scanline fill of polygons, clipped to the image (no wrapping)."""
     mask = np.zeros((height, width), dtype=bool)
     if len(loop_starts) == 0:
         return mask
-    loop_starts = np.asarray(loop_starts, dtype=np.int64)
-    loop_totals = np.asarray(loop_totals, dtype=np.int64)
-    points = np.asarray(uvs, dtype=np.float64) * (width, height)  # pixel units; centres at +0.5
+    points = uvs * (width, height)  # pixel units; centres at +0.5
     # Edges: each loop to the next loop of its polygon (the last wraps to the first).
     poly_of_loop = np.repeat(np.arange(len(loop_starts)), loop_totals)
     index = _loop_indices(loop_starts, loop_totals)

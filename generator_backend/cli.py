@@ -7,7 +7,9 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from dream_addon import protocol
@@ -108,37 +110,93 @@ def build_parser():
     serve.add_argument("--max-size", type=int, default=2048, help="largest width or height accepted (multiple of 8)")
     serve.add_argument("--preload", action="store_true", help="load the default model before accepting jobs")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--hello-timeout", type=float, default=10.0,
+                       help="seconds a new connection has to send its whole hello")
+    serve.add_argument("--exit-with-parent", action="store_true",
+                       help="stop when standard input closes: the add-on passes a pipe, so a backend it launched "
+                            "never outlives it (even when it crashes)")
     add_codec_commands(sub)
     tiny = sub.add_parser("build-tiny-model", help="build the offline tiny model into a folder")
     tiny.add_argument("--out", type=Path, required=True)
     return parser
 
 
+def stop_on_signals(server):
+    """SIGTERM and SIGINT stop the server gracefully (a second one stops it at once)."""
+    def handler(signum, frame):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        server.request_shutdown(f"received {signal.Signals(signum).name}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def stop_with_parent(server):
+    """Stop when standard input reaches its end: the pipe of the process that launched us closed."""
+    def watch():
+        try:
+            while sys.stdin.buffer.read1(4096):
+                pass
+        except (OSError, ValueError):
+            pass
+        server.request_shutdown("the launching process has gone (its pipe closed)")
+
+    threading.Thread(target=watch, name="dream-parent-watch", daemon=True).start()
+
+
+def remove_token_file(path: Path, token: str):
+    """Remove the token file we wrote, unless another backend has written its own there since."""
+    try:
+        if path.read_text() == token:
+            path.unlink()
+    except OSError:
+        pass
+
+
 def serve(args) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from .models import ModelManager
+    from .jobs import OutputUnwritable
+    from .models import ModelLoadError, ModelManager
     from .server import Server
 
+    log = logging.getLogger("generator_backend")
     if args.max_size % 8 or not 64 <= args.max_size <= 8192:
         print("--max-size must be a multiple of 8 in 64..8192", file=sys.stderr)
         return 2
-    token = os.environ.get(protocol.TOKEN_ENV) or secrets.token_urlsafe(32)
-    if not os.environ.get(protocol.TOKEN_ENV):
-        write_private(args.token_file, token)
     models = ModelManager(args.models or [protocol.DEFAULT_MODEL], device=args.device, models_dir=args.models_dir)
+    token = os.environ.get(protocol.TOKEN_ENV) or secrets.token_urlsafe(32)
     try:
         server = Server(models, args.output_dir, token, host=args.host, port=args.port,
-                        allow_remote=args.allow_remote, max_size=args.max_size)
+                        allow_remote=args.allow_remote, max_size=args.max_size, hello_timeout=args.hello_timeout)
+    except OutputUnwritable as exc:
+        log.error("cannot start: the output folder %s is not writable (%s); make it writable or choose another "
+                  "with --output-dir", args.output_dir, exc)
+        return 2
     except (ValueError, OSError) as exc:
-        logging.getLogger("generator_backend").error("cannot start: %s", exc)
+        log.error("cannot start: %s", exc)
         return 2
     if args.preload:
-        models.get()
+        try:
+            models.get()
+        except ModelLoadError as exc:
+            log.error("cannot start: %s", exc)
+            server.listener.close()
+            return 2
+    token_file = None if os.environ.get(protocol.TOKEN_ENV) else args.token_file
+    if token_file:
+        write_private(token_file, token)
+    stop_on_signals(server)
+    if args.exit_with_parent:
+        stop_with_parent(server)
     ready = {"host": server.host, "port": server.port, "pid": os.getpid(), "device": models.device,
-             "token_file": None if os.environ.get(protocol.TOKEN_ENV) else str(args.token_file),
-             "output_dir": str(args.output_dir)}
+             "token_file": str(token_file) if token_file else None, "output_dir": str(args.output_dir)}
     print(protocol.READY_PREFIX + json.dumps(ready), flush=True)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    finally:
+        if token_file:
+            remove_token_file(token_file, token)
     return 0
 
 

@@ -1,28 +1,32 @@
-"""The denoising core: one loop that every technique runs through.
+"""The denoising core: named stages around one denoiser, that every technique plugs into.
 
-With no modifiers it reproduces diffusers' StableDiffusionPipeline exactly (same
-model, seed, scheduler and settings). The stages read top to bottom:
+With no technique active it reproduces diffusers' StableDiffusionPipeline exactly (same
+model, seed, scheduler and settings). ``generate`` runs the stages top to bottom:
 
-    1. encode prompts → 2. timesteps (and strength) → 3. starting latents → 4. denoise
-    (UNet → guidance → scheduler step) → 5. decode
+    1. encode prompts → 2. timesteps → 3. starting latents → 4. denoise (the denoiser, then
+    the scheduler step, then after-step) → 5. decode (and paste back)
 
-Techniques are modifiers of these stages and combine freely in one request: prompt
-ensembling (stage 1 and guidance), img2img (stages 2-3), inpainting (stages 3-5), seamless
-tiling and infusion (context managers in modifiers.py) and model ensembling (stage 4).
+The denoiser maps (latents, t) to the combined noise prediction: every model's UNet on all rows
+(negative and prompts, frames, the rows and channels techniques add), guidance, prompt and model
+ensembles, in the spirit of k-diffusion's ``model(x, sigma)`` wrappers. Samplers stay diffusers
+schedulers. Techniques (generator_backend/techniques/) contribute to the stages they change;
+docs/architecture.md describes the whole shape.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from diffusers.loaders.textual_inversion import TextualInversionLoaderMixin
 
-from .modifiers import Infusion, feathered, seamless
+from dream_addon import protocol
+
+from .encoding import linear_to_srgb, srgb_to_linear, to_rgba  # noqa: F401  (importable from the core, as before)
 from .schedulers import make_scheduler
 
 
@@ -57,71 +61,82 @@ class PromptTerm:
     guidance: float | None = None
 
 
+def _default(name: str, fields: dict):
+    """A parameter's default, from the protocol's Field table (one definition of each parameter)."""
+    return fields[name].default
+
+
+_TXT2IMG, _IMG2IMG = protocol.txt2img_fields(), protocol.img2img_fields()
+_INPAINT = protocol.inpaint_fields()
+
+
 @dataclass
 class GenerationRequest:
-    prompt: str = ""
-    negative_prompt: str = ""
-    seed: int = 0
-    steps: int = 20
-    guidance: float = 7.5
-    width: int = 512
-    height: int = 512
-    scheduler: str = "default"
+    """What the core needs of one job; defaults are the protocol's."""
+
+    prompt: str = _default("prompt", _TXT2IMG)
+    negative_prompt: str = _default("negative_prompt", _TXT2IMG)
+    seed: int = _default("seed", _TXT2IMG)
+    steps: int = _default("steps", _TXT2IMG)
+    guidance: float = _default("guidance", _TXT2IMG)
+    width: int = _default("width", _TXT2IMG)
+    height: int = _default("height", _TXT2IMG)
+    scheduler: str = _default("scheduler", _TXT2IMG)
     prompts: list = field(default_factory=list)  # PromptTerms; empty: just ``prompt``
-    ensemble_mode: str = "noise"  # "noise": combine predictions; "embedding": average text embeddings
+    ensemble_mode: str = _default("ensemble_mode", _TXT2IMG)  # "noise" or "embedding"
     init_image: torch.Tensor | None = None  # img2img / inpainting: (H, W, 3) in [0, 1]
-    strength: float = 0.75
+    strength: float = _default("strength", _IMG2IMG)  # inpainting's own default (1.0) comes with its kind
     mask: torch.Tensor | None = None  # inpainting: (H, W) in [0, 1], 1 = repaint
-    feather: float = 0.0  # pixels of soft edge when pasting the original back
-    tile_axes: str = ""  # seamless tiling: "", "x", "y" or "xy"
+    feather: float = _default("feather", _INPAINT)  # pixels of soft edge when pasting the original back
+    tile_axes: str = _default("seamless", _TXT2IMG)  # seamless tiling: "", "x", "y" or "xy"
     infusion_images: list = field(default_factory=list)  # (H, W, 3) tensors in [0, 1]
     infusion_weights: dict = field(default_factory=dict)  # layer name -> weight
-    infusion_decay: float = 1.0  # the weights are multiplied by decay**step
-    infusion_cond_only: bool = False
-    layout: str = "off"  # text-to-image: "on", "off", or "auto" (on from twice the model's native size)
+    infusion_decay: float = _default("infusion_decay", _TXT2IMG)  # the weights are multiplied by decay**step
+    infusion_cond_only: bool = _default("infusion_cond_only", _TXT2IMG)
+    layout: str = _default("layout", _TXT2IMG)  # text-to-image: "on", "off", or "auto"
     # Frames generated together (walks): per-frame starting noise (B, C, h, w) of unit variance,
     # and per-frame conditional text embeddings (B, tokens, dim) in place of the prompts.
     frame_noise: torch.Tensor | None = None
     frame_embeds: torch.Tensor | None = None
+    walk: object = None  # a walk job's WalkSettings (techniques/walk.py)
 
     @property
     def batch(self) -> int:
         return self.frame_noise.shape[0] if self.frame_noise is not None else 1
 
+    @property
+    def frames(self) -> bool:
+        """A batch of frames: ``generate`` returns (B, H, W, 3)."""
+        return self.frame_noise is not None
+
     def terms(self):
         return self.prompts or [PromptTerm(self.prompt)]
 
 
-def uses_layout_pass(c: Components, req: GenerationRequest) -> bool:
-    """Text-to-image only; "auto" turns it on where the canvas is at least twice the model's native
-    size both ways, the sizes at which a lattice goes astray."""
-    if req.layout == "off" or req.init_image is not None or req.frame_noise is not None:
-        return False
-    if req.layout == "on":
-        return True
-    native = c.unet.config.sample_size
-    native_h, native_w = (native, native) if isinstance(native, int) else native
-    f = c.vae_scale_factor
-    return req.height >= 2 * native_h * f and req.width >= 2 * native_w * f
-
-
-# The layout pass draws its noise from a seed of its own: with the job's seed, torch.randn's draws for
-# the half size are the first values of the main pass's draws, and that correlation undid the layout.
+# Noise streams, one per purpose, all derived from the job's seed. The main stream is the seed
+# itself (the order of its draws follows diffusers' pipelines, which stay our oracle). The layout
+# pass keeps the offset it was measured with (docs/pocket.md); the others are hashed, so no two
+# purposes of one job, nor of neighbouring seeds, draw the same noise.
 LAYOUT_SEED_OFFSET = 1_000_003
+# The layout pass only has to fix the lattice the main pass starts from (a faint 0.068·x₀ under the
+# noise), and its small UNet calls cost more than their pixels on a CPU: it runs this share of the
+# job's steps (benchmarks/bench_pocket.py measures time and quality).
+LAYOUT_STEP_FRACTION = 0.5
 
 
-def layout_request(c: Components, req: GenerationRequest) -> GenerationRequest:
-    """The layout pass: the same prompts on a seamless canvas of half the size (rounded up to what
-    the UNet can downsample), with a seed of its own, without infusion (its images have the full size)."""
-    f = c.vae_scale_factor
-    multiple = 2 ** (len(c.unet.config.block_out_channels) - 1)
+def stream_seed(seed: int, purpose: str) -> int:
+    """The seed of one purpose's noise stream ("main", "layout", "infusion", "circular", ...)."""
+    if purpose == "main":
+        return seed
+    if purpose == "layout":
+        return (seed + LAYOUT_SEED_OFFSET) % 2**32
+    digest = hashlib.blake2b(f"{purpose}:{seed}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 2**32
 
-    def half(pixels):
-        latent = -(-(pixels // f) // 2)
-        return -(-latent // multiple) * multiple * f
 
-    return replace(req, width=half(req.width), height=half(req.height), tile_axes="xy", layout="off",
-                   seed=(req.seed + LAYOUT_SEED_OFFSET) % 2**32, infusion_images=[], infusion_weights={})
+def stream_generator(seed: int, purpose: str) -> torch.Generator:
+    """A CPU generator for one purpose's noise, so a seed means the same noise on every device."""
+    return torch.Generator(device="cpu").manual_seed(stream_seed(seed, purpose))
 
 
 def tiled(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -215,35 +230,6 @@ def ensemble_members(components) -> list:
     return members
 
 
-def prompt_embeddings(c: Components, req: GenerationRequest, use_cfg: bool):
-    """Stage 1 for one model: the batch of text embeddings and the terms its rows stand for."""
-    terms = req.terms()
-    if req.frame_embeds is not None:  # a walk: one conditional embedding per frame
-        conds, terms = [req.frame_embeds.to(c.device, c.dtype)], [PromptTerm("", 1.0)]
-    else:
-        conds = [encode_prompt(c, term.text) for term in terms]
-        if req.ensemble_mode == "embedding" and len(terms) > 1:
-            total_weight = sum(term.weight for term in terms)
-            conds = [sum(term.weight * e for term, e in zip(terms, conds)) / total_weight]
-            terms = [PromptTerm("", 1.0)]
-    negative = encode_prompt(c, req.negative_prompt) if use_cfg or req.infusion_images else None
-    # Rows in blocks of one row per frame: [negative × B, prompt 1 × B, ..., prompt K × B].
-    conds = [cond.expand(req.batch, -1, -1) for cond in conds]
-    blocks = ([negative.expand(req.batch, -1, -1)] if use_cfg else []) + conds
-    return torch.cat(blocks), terms, negative
-
-
-def inpaint_inputs(c: Components, req: GenerationRequest, generator):
-    """Pixel mask (binarised at 0.5, as diffusers does), its latent-size version, and the
-    masked image's latents (the 9-channel UNet's extra input)."""
-    mask = (req.mask >= 0.5).float()
-    f = c.vae_scale_factor
-    latent_mask = F.interpolate(mask[None, None], size=(req.height // f, req.width // f)).to(c.device, c.dtype)
-    # Masked pixels become 0 in the VAE's [-1, 1] range (mid grey), as diffusers feeds them.
-    masked_image = torch.where(mask[..., None] < 0.5, req.init_image, torch.full_like(req.init_image, 0.5))
-    return mask, latent_mask, encode_image(c, masked_image, generator)
-
-
 @contextmanager
 def resident(unet, device, offload: bool):
     """With ``offload``, a UNet lives on the CPU and visits the device for its own call only."""
@@ -272,128 +258,177 @@ def offloaded(members, offload: bool):
             m.unet.to(m.device)
 
 
+@dataclass
+class Run:
+    """One job on its way through the stages: what each stage has made so far."""
+
+    components: object  # as given to ``generate``: Components or [(Components, weight)]
+    members: list  # [(Components, weight)]
+    req: GenerationRequest
+    techniques: list  # the registered techniques that apply to ``req``, in registry order
+    on_step: object
+    offload: bool
+    generator: torch.Generator  # the main noise stream
+    use_cfg: bool
+    encoded: list = field(default_factory=list)  # per model: (embeds, terms, negative)
+    rows: int = 0  # generated rows of one UNet batch: blocks × frames
+    scheduler: object = None
+    timesteps: torch.Tensor | None = None
+    strength: float | None = None  # set by a technique that starts from an image: cut the schedule
+    extra: dict = field(default_factory=dict)  # scheduler.step arguments
+    done: int = 0  # steps already reported (the layout pass)
+    image_latents: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+    latents: torch.Tensor | None = None
+    state: dict = field(default_factory=dict)  # each technique's own inputs for this job, by its name
+
+    @property
+    def c(self) -> Components:
+        """The first model: its VAE and scheduler config serve the whole ensemble."""
+        return self.members[0][0]
+
+    @property
+    def shape(self) -> tuple:
+        f = self.c.vae_scale_factor
+        return (1, self.c.vae.config.latent_channels, self.req.height // f, self.req.width // f)
+
+    @property
+    def blocks(self) -> int:
+        return self.rows // self.req.batch
+
+    def each(self, stage: str, *args):
+        """Call ``stage`` of every active technique, in registry order."""
+        for technique in self.techniques:
+            getattr(technique, stage)(self, *args)
+
+
+def prompt_embeddings(run: Run, c: Components):
+    """Stage 1 for one model: the batch of text embeddings and the terms its rows stand for."""
+    req, use_cfg = run.req, run.use_cfg
+    terms = req.terms()
+    replaced = [r for r in (t.conditions(run, c) for t in run.techniques) if r is not None]
+    if replaced:  # e.g. a walk: one conditional embedding per frame
+        conds, terms = replaced[0], [PromptTerm("", 1.0)]
+    else:
+        conds = [encode_prompt(c, term.text) for term in terms]
+        if req.ensemble_mode == "embedding" and len(terms) > 1:
+            total_weight = sum(term.weight for term in terms)
+            conds = [sum(term.weight * e for term, e in zip(terms, conds)) / total_weight]
+            terms = [PromptTerm("", 1.0)]
+    negative = encode_prompt(c, req.negative_prompt) if use_cfg else None
+    # Rows in blocks of one row per frame: [negative × B, prompt 1 × B, ..., prompt K × B].
+    conds = [cond.expand(req.batch, -1, -1) for cond in conds]
+    blocks = ([negative.expand(req.batch, -1, -1)] if use_cfg else []) + conds
+    return torch.cat(blocks), terms, negative
+
+
+def encode_prompts(run: Run):
+    """1. Each model's own text encoder: [negative, prompt 1..K] rows; techniques may add rows."""
+    run.encoded = [prompt_embeddings(run, m) for m, _ in run.members]
+    run.rows = run.encoded[0][0].shape[0]
+    run.each("encoded")
+
+
+def set_timesteps(run: Run):
+    """2. A scheduler of the job's own (no state shared between jobs); a technique that starts
+    from an image sets ``run.strength``, and the schedule keeps its last ``strength`` part."""
+    run.scheduler = make_scheduler(run.req.scheduler, run.c.scheduler)
+    run.scheduler.set_timesteps(run.req.steps, device=run.c.device)
+    run.timesteps = run.scheduler.timesteps
+    run.each("schedule")
+    if run.strength is not None:
+        run.timesteps = img2img_timesteps(run.scheduler, run.req.steps, run.strength)
+    run.extra = step_kwargs(run.scheduler, run.generator)
+    run.each("prepare")
+
+
+def starting_latents(run: Run):
+    """3. Drawn on the CPU so a seed means the same noise on every device. The order of random
+    draws follows diffusers' pipelines (image latents, noise, then the techniques' inputs)."""
+    c = run.c
+    run.each("before_noise")
+    run.noise = next((n for n in (t.noise(run) for t in run.techniques) if n is not None), None)
+    if run.noise is None:
+        run.noise = torch.randn(run.shape, generator=run.generator, dtype=torch.float32)
+    run.noise = run.noise.to(c.device, c.dtype)
+    run.latents = run.noise * run.scheduler.init_noise_sigma
+    run.each("start")
+
+
+def denoiser(run: Run):
+    """The combined noise prediction ε(latents, t) of step i: UNet (all rows of every model, with the
+    rows and channels techniques add) → guidance and prompt ensemble → model weights Σ_m w_m ε_m."""
+    req = run.req
+
+    def predict(latents, t, i):
+        model_input = torch.cat([latents] * run.blocks) if run.blocks > 1 else latents
+        for technique in run.techniques:
+            model_input = technique.model_rows(run, model_input, t, i)
+        model_input = run.scheduler.scale_model_input(model_input, t)
+        for technique in run.techniques:
+            model_input = technique.model_channels(run, model_input)
+        noise_pred = None
+        for (m, weight), (embeds, terms, _) in zip(run.members, run.encoded):
+            with resident(m.unet, m.device, run.offload), ExitStack() as hooks:
+                for technique in run.techniques:
+                    hooks.enter_context(technique.unet_context(run, m.unet))
+                out = m.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            prediction = guided(out[:run.rows], terms, req.guidance, run.use_cfg)
+            if len(run.members) == 1:
+                noise_pred = prediction
+            else:  # ε = Σ_m w_m ε_m
+                noise_pred = weight * prediction if noise_pred is None else noise_pred + weight * prediction
+        return noise_pred
+
+    return predict
+
+
+def denoise(run: Run):
+    """4. Each step: the denoiser, the scheduler step, then what techniques do after a step."""
+    predict = denoiser(run)
+    for i, t in enumerate(run.timesteps):
+        noise_pred = predict(run.latents, t, i)
+        run.latents = run.scheduler.step(noise_pred, t, run.latents, **run.extra, return_dict=False)[0]
+        run.each("after_step", i)
+        if run.on_step is not None:
+            run.on_step(run.done + i + 1, run.done + len(run.timesteps), run.latents)
+
+
+def decode(run: Run) -> torch.Tensor:
+    """5. VAE decode to (B, H, W, 3) sRGB float in [0, 1]."""
+    vae = run.c.vae
+    image = vae.decode(run.latents / vae.config.scaling_factor, return_dict=False, generator=run.generator)[0]
+    return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()
+
+
 @torch.no_grad()
 def generate(components, req: GenerationRequest, on_step=None, offload: bool = False) -> torch.Tensor:
-    """Run the denoising loop; return the decoded image as a (H, W, 3) float32 tensor in [0, 1],
+    """Run the stages; return the decoded image as a (H, W, 3) float32 tensor in [0, 1],
     or (B, H, W, 3) for a batch of frames (``req.frame_noise``).
 
     ``components`` is one model's Components, or [(Components, weight)] for model ensembling.
     ``on_step(step, total, latents)`` is called after every denoising step; it may raise
     ``Cancelled`` to stop the job within one step. Hooks and padding changes are removed on
     every exit. ``offload`` runs ensembled models one after another on the device.
-
-    The layout pass (``req.layout``): a training step at the last timestep sees
-    √ᾱ_T·x₀ + √(1−ᾱ_T)·ε, and with SD's schedule √ᾱ_T = 0.068 is not zero ("Common Diffusion Noise
-    Schedules and Sample Steps are Flawed", Lin et al. 2024). On a large canvas that faint signal
-    carries the lattice of a pattern, and pure starting noise lets the model read a wrong one (a
-    sheared checker). The pass first samples a seamless half-size canvas; the main pass starts from
-    it tiled, encoded by the VAE at the full size as training's x₀ always was, and noised to the
-    first timestep, as img2img at strength 1 would.
     """
+    from .techniques import active  # the techniques import the core's stages
+
     members = ensemble_members(components)
-    c = members[0][0]  # its VAE and scheduler config serve the whole ensemble
-    generator = torch.Generator(device="cpu").manual_seed(req.seed)
-    use_cfg = req.guidance > 1.0 and c.unet.config.time_cond_proj_dim is None
-    inpaint = req.mask is not None
-    unet_channels = c.unet.config.in_channels
-
-    # 1. Encode prompts, with each model's own text encoder: [negative, prompt 1..K] rows.
-    encoded = [prompt_embeddings(m, req, use_cfg) for m, _ in members]
-    rows = encoded[0][0].shape[0]  # blocks × frames
-    blocks = rows // req.batch
-
-    # 2. Timesteps, from a scheduler of the job's own (no state shared between jobs);
-    #    img2img and inpainting below strength 1 keep the last ``strength`` part of the schedule.
-    scheduler = make_scheduler(req.scheduler, c.scheduler)
-    scheduler.set_timesteps(req.steps, device=c.device)
-    timesteps = scheduler.timesteps
-    layout = uses_layout_pass(c, req)
-    if req.init_image is not None and (not inpaint or req.strength < 1.0) or layout:
-        timesteps = img2img_timesteps(scheduler, req.steps, 1.0 if layout else req.strength)
-    extra = step_kwargs(scheduler, generator)
-    f = c.vae_scale_factor
-    shape = (1, c.vae.config.latent_channels, req.height // f, req.width // f)
-    done = 0  # steps of the layout pass, counted in the job's progress
-
-    # 2a. The layout pass, with progress, previews (tiled to the full size) and cancel of its own steps.
-    if layout:
-        def on_layout_step(step, total, latents):
-            nonlocal done
-            done = total
-            if on_step is not None:
-                on_step(step, total + len(timesteps), tiled(latents, *shape[2:]))
-
-        small = generate(components, layout_request(c, req), on_layout_step, offload)
-        layout_latents = encode_image(c, tiled(small.permute(2, 0, 1), req.height, req.width).permute(1, 2, 0), None)
-
-    with seamless([m.unet for m, _ in members] + [c.vae], req.tile_axes), offloaded(members, offload):
-        # 3. Starting latents, drawn on the CPU so a seed means the same noise on every device.
-        #    The order of random draws follows diffusers' pipelines, so they stay our oracle.
-        image_latents = None
-        if req.init_image is not None and (unet_channels == 4 and inpaint or req.strength < 1.0 or not inpaint):
-            image_latents = encode_image(c, req.init_image, generator)
-        if req.frame_noise is not None:
-            noise = req.frame_noise.to(c.device, c.dtype)
-        else:
-            noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(c.device, c.dtype)
-        if layout:
-            latents = scheduler.add_noise(layout_latents, noise, timesteps[:1])
-        elif req.init_image is None or (inpaint and req.strength == 1.0):
-            latents = noise * scheduler.init_noise_sigma
-        else:
-            latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
-        if inpaint:
-            pixel_mask, latent_mask, masked_latents = inpaint_inputs(c, req, generator)
-
-        # Infusion: biasing images as extra rows of the same UNet call, noised with one shared noise.
-        infusion = None
-        if req.infusion_images and any(w != 0 for w in req.infusion_weights.values()):
-            bias_latents = torch.cat([encode_image(c, img, None) for img in req.infusion_images])
-            bias_noise = torch.randn(bias_latents.shape[1:], generator=torch.Generator().manual_seed(req.seed + 1))
-            bias_noise = bias_noise.to(c.device, c.dtype).expand_as(bias_latents)
-            infusion = Infusion(req.infusion_weights, generated=rows,
-                                targets=slice(req.batch, None) if use_cfg and req.infusion_cond_only else slice(None))
-
-        # 4. Denoise: UNet (all rows of every model) → guidance → model weights → scheduler step.
-        for i, t in enumerate(timesteps):
-            model_input = torch.cat([latents] * blocks) if blocks > 1 else latents
-            if infusion is not None:
-                model_input = torch.cat([model_input, scheduler.add_noise(bias_latents, bias_noise, t[None])])
-                infusion.scale = req.infusion_decay ** i
-            model_input = scheduler.scale_model_input(model_input, t)
-            if unet_channels == 9:
-                extra_rows = model_input.shape[0]
-                model_input = torch.cat([model_input, latent_mask.expand(extra_rows, -1, -1, -1),
-                                         masked_latents.expand(extra_rows, -1, -1, -1)], dim=1)
-            noise_pred = None
-            for (m, weight), (embeds, terms, negative) in zip(members, encoded):
-                if infusion is not None:
-                    embeds = torch.cat([embeds, negative.expand(len(req.infusion_images), -1, -1)])
-                with resident(m.unet, m.device, offload), \
-                        (infusion.attached(m.unet) if infusion is not None else nullcontext()):
-                    out = m.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-                prediction = guided(out[:rows], terms, req.guidance, use_cfg)
-                if len(members) == 1:
-                    noise_pred = prediction
-                else:  # ε = Σ_m w_m ε_m
-                    noise_pred = weight * prediction if noise_pred is None else noise_pred + weight * prediction
-            latents = scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
-            if inpaint and unet_channels == 4:  # keep the unmasked latents on the original's noisy path
-                original = image_latents
-                if i < len(timesteps) - 1:
-                    original = scheduler.add_noise(image_latents, noise, timesteps[i + 1][None])
-                latents = (1 - latent_mask) * original + latent_mask * latents
-            if on_step is not None:
-                on_step(done + i + 1, done + len(timesteps), latents)
-
-        # 5. Decode to pixels in [0, 1]; inpainting pastes the original back outside the mask.
-        image = c.vae.decode(latents / c.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
-    image = (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()
-    if inpaint:
-        soft = feathered(pixel_mask.to(image.device), req.feather)[..., None]
-        original = req.init_image.to(image.device)
-        image = torch.where(soft > 0, original * (1 - soft) + image * soft, original)
-    return image if req.frame_noise is not None else image[0]
+    c = members[0][0]
+    run = Run(components, members, req, active(c, req), on_step, offload,
+              stream_generator(req.seed, "main"), req.guidance > 1.0 and c.unet.config.time_cond_proj_dim is None)
+    encode_prompts(run)
+    set_timesteps(run)
+    with ExitStack() as contexts:
+        contexts.enter_context(offloaded(members, offload))
+        for technique in run.techniques:
+            contexts.enter_context(technique.context(run))
+        starting_latents(run)
+        denoise(run)
+        image = decode(run)
+    for technique in run.techniques:
+        image = technique.finish(run, image)
+    return image if req.frames else image[0]
 
 
 # Linear map from SD latents to RGB, a cheap preview that needs no VAE decode.
@@ -421,33 +456,6 @@ def latent_preview(latents: torch.Tensor, scale: int) -> torch.Tensor:
     return rgb.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
 
 
-def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
-    """The sRGB decoding curve (IEC 61966-2-1)."""
-    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
-    """The sRGB encoding curve (IEC 61966-2-1), inverse of srgb_to_linear."""
-    x = x.clamp(0, 1)
-    return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055)
-
-
-def to_rgba(image: torch.Tensor, dtype: str, flip_y: bool, linear: bool = False):
-    """Convert (H, W, 3) sRGB float in [0, 1] to a numpy RGBA array of ``dtype``, on the device."""
-    if flip_y:
-        image = image.flip(0)
-    if linear:
-        image = srgb_to_linear(image.float())
-    rgba = torch.cat([image, torch.ones_like(image[..., :1])], dim=-1)
-    if dtype == "uint8":
-        rgba = (rgba * 255).round().to(torch.uint8)
-    elif dtype == "float16":
-        rgba = rgba.half()
-    else:
-        rgba = rgba.float()
-    return rgba.contiguous().cpu().numpy()
-
-
 class StepTimer:
     """Running estimate of the remaining time of a job from its step durations."""
 
@@ -457,3 +465,7 @@ class StepTimer:
     def eta(self, step: int, total: int) -> float:
         elapsed = time.perf_counter() - self.start
         return elapsed / max(step, 1) * (total - step)
+
+
+# Kept importable from the core, as before (the layout technique lives in techniques/layout.py).
+from .techniques.layout import layout_request, uses_layout_pass  # noqa: E402,F401

@@ -36,5 +36,6 @@ def export_frames(folder: Path, fmt: str, fps: int, bounce: bool):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
+    tmp.chmod(0o600)  # like every result: the user's alone
     tmp.replace(out)
     return out, len(frames)

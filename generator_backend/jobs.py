@@ -71,29 +71,85 @@ class Job:
                 "total": self.total, "created": self.created}
 
 
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600  # prompts and images are the user's alone
+UNWRITABLE_HINT = ("free some disk space, or make the folder writable by this user, or start the backend with "
+                   "another --output-dir; then submit the job again")
+
+
+class OutputUnwritable(Exception):
+    """The output folder (or a job's folder in it) cannot be written: ``path`` and the OS error."""
+
+    def __init__(self, path, cause: OSError):
+        self.path, self.cause = str(path), cause
+        super().__init__(f"cannot write {self.path}: {cause.strerror or cause}")
+
+    def to_error(self, job_id=None) -> protocol.ProtocolError:
+        return protocol.ProtocolError("output_unwritable", f"the result cannot be saved: {self}", job_id=job_id,
+                                      path=self.path, hint=UNWRITABLE_HINT)
+
+
+def _private_dir(folder: Path):
+    folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    if folder.stat().st_mode & 0o077:
+        os.chmod(folder, PRIVATE_DIR)
+
+
 def _write_atomic(path: Path, write):
     tmp = path.with_name(path.name + ".tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE))  # private before a byte is in
+    os.chmod(tmp, PRIVATE_FILE)
     write(tmp)
     os.replace(tmp, path)
 
 
+def _persisting(method):
+    """Turn an OSError of a write into OutputUnwritable naming the path."""
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            raise OutputUnwritable(exc.filename or self.root, exc) from exc
+    wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
+    return wrapper
+
+
 class JobStore:
     """Results on disk: <output>/<job_id>/result.png (for people), result.npy (exact floats)
-    and result.json (every parameter, seed, model and timings). Written before sending."""
+    and result.json (every parameter, seed, model and timings). Written before sending.
+    Folders are 0700 and files 0600."""
 
     def __init__(self, output_dir):
         self.root = Path(output_dir)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._frames_on_disk = {}  # job_id -> frame indices, scanned once per run of a walk
+
+    def check_writable(self):
+        """Create the output folder if needed and write a probe file; raise OutputUnwritable if that fails."""
+        probe = self.root / f".probe-{os.getpid()}-{threading.get_ident()}"
+        try:
+            if not self.root.is_dir():
+                self.root.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE))
+            os.unlink(probe)
+        except OSError as exc:
+            raise OutputUnwritable(exc.filename or self.root, exc) from exc
+
+    def writable(self) -> bool:
+        try:
+            self.check_writable()
+            return True
+        except OutputUnwritable:
+            return False
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / protocol.validate_job_id(job_id)
 
+    @_persisting
     def save_result(self, job: Job, image: np.ndarray, model: str) -> dict:
         """Persist a finished job; ``image`` is (H, W, 3) float32 in [0, 1], rows top to bottom."""
         from PIL import Image
 
         folder = self.job_dir(job.job_id)
-        folder.mkdir(parents=True, exist_ok=True)
+        _private_dir(folder)
         _write_atomic(folder / "result.npy", lambda p: np.save(open(p, "wb"), image))
         png = (image * 255).round().clip(0, 255).astype(np.uint8)
         _write_atomic(folder / "result.png", lambda p: Image.fromarray(png).save(p, format="PNG"))
@@ -103,9 +159,10 @@ class JobStore:
         self.save_meta(job.job_id, meta)
         return meta
 
+    @_persisting
     def save_meta(self, job_id: str, meta: dict):
         folder = self.job_dir(job_id)
-        folder.mkdir(parents=True, exist_ok=True)
+        _private_dir(folder)
         _write_atomic(folder / "result.json", lambda p: p.write_text(json.dumps(meta, indent=1)))
 
     def load_meta(self, job_id: str):
@@ -122,16 +179,23 @@ class JobStore:
         return self.job_dir(job_id) / f"frame_{index + 1:06d}.png"
 
     def frames_done(self, job_id: str, count: int):
-        return [k for k in range(count) if self.frame_path(job_id, k).exists()]
+        """The frames on disk (scanned now); ``save_frame`` adds to them without scanning again."""
+        done = [k for k in range(count) if self.frame_path(job_id, k).exists()]
+        self._frames_on_disk[job_id] = set(done)
+        return done
 
+    @_persisting
     def save_frame(self, job: Job, index: int, image: np.ndarray):
         from PIL import Image
 
         path = self.frame_path(job.job_id, index)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_dir(path.parent)
         png = (image * 255).round().clip(0, 255).astype(np.uint8)
         _write_atomic(path, lambda p: Image.fromarray(png).save(p, format="PNG"))
-        done = self.frames_done(job.job_id, job.params["frames"])
+        if job.job_id not in self._frames_on_disk:
+            self.frames_done(job.job_id, job.params["frames"])
+        self._frames_on_disk[job.job_id].add(index)
+        done = sorted(self._frames_on_disk[job.job_id])
         manifest = {"job_id": job.job_id, "frames": job.params["frames"], "done": len(done), "fps": job.params["fps"],
                     "width": job.params["width"], "height": job.params["height"],
                     "files": [self.frame_path(job.job_id, k).name for k in done], "params": job.params}
@@ -158,6 +222,10 @@ class JobQueue:
             self._queue.append(job)
             self._cond.notify()
             return len(self._queue) - 1 + (self.running is not None)
+
+    def has_room(self) -> bool:
+        with self._cond:
+            return len(self._queue) < self.max_queued
 
     def take(self):
         with self._cond:

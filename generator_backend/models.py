@@ -41,6 +41,33 @@ class ModelLoadError(Exception):
     pass
 
 
+def _hub_cached(repo_id: str):
+    """The cache folder holding ``repo_id``'s model_index.json, or None (also for names that are no hub id)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "model_index.json")
+    except Exception:  # not a valid repo id, or no hub library
+        return None
+    return found if isinstance(found, str) else None
+
+
+def not_found_message(name: str, source: str, models_dir) -> str:
+    """What was looked for, and how to fix it, for a model that is nowhere."""
+    from huggingface_hub import constants
+
+    folder = Path(source).expanduser().resolve()
+    looked = [f"a local diffusers folder {folder}"
+              + (" (it exists but has no model_index.json)" if folder.is_dir() else " (no such folder)")]
+    if models_dir:
+        looked.append(f"{Path(models_dir).resolve() / source} in --models-dir (no such folder)")
+    looked.append(f"the Hugging Face hub id {source!r} (not in the cache {constants.HF_HUB_CACHE}, and it could "
+                  "not be downloaded: offline, or no such repository)")
+    return (f"model {name!r} was not found. Looked for: " + "; ".join(looked) + ". Fix: pass --model with the "
+            "path of a diffusers folder (the one holding model_index.json), or a hub id once online so it is "
+            "downloaded into the cache, or one of the built-in models " + ", ".join(BUILTIN_MODELS) + ".")
+
+
 class ModelManager:
     """Maps model names to sources; loads each on first use, on one device, and keeps it."""
 
@@ -52,6 +79,7 @@ class ModelManager:
         self.device = pick_device(device)
         self.models_dir = models_dir
         self._loaded = {}
+        self._vocabularies = {}  # name -> the words a model was trained on, when it ships the list
         self._lock = threading.Lock()
 
     @property
@@ -82,6 +110,11 @@ class ModelManager:
                 f"lat{vae.get('latent_channels', 4)}/unet{unet.get('in_channels', 4)}/"
                 f"{scheduler.get('prediction_type', 'epsilon')}")
 
+    def vocabulary(self, name: str = ""):
+        """The loaded model's vocabulary.txt words (prompt_words.py), or None when it has none."""
+        self.get(name)
+        return self._vocabularies.get(self.resolve(name))
+
     def resolve(self, name: str) -> str:
         return name or self.default
 
@@ -99,6 +132,7 @@ class ModelManager:
         from diffusers.utils import logging as dlogging
 
         from .core import Components
+        from .prompt_words import read_vocabulary
         from .tiny_model import ensure_tiny_model
 
         dlogging.disable_progress_bar()
@@ -109,15 +143,25 @@ class ModelManager:
             source = str(POCKET_DIR)
         elif source in BUILTIN_MODELS:
             source = str(ensure_tiny_model(self.models_dir, source))
+        elif not (Path(source).expanduser() / "model_index.json").exists():
+            in_models_dir = Path(self.models_dir or "", source)
+            if self.models_dir and (in_models_dir / "model_index.json").exists():
+                source = str(in_models_dir)
+        local = (Path(source).expanduser() / "model_index.json").exists()
         log.info("loading model %s from %s on %s", name, source, self.device)
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
                 source, dtype=self.dtype, safety_checker=None, feature_extractor=None,
                 requires_safety_checker=False)
         except Exception as exc:  # any loader failure becomes one clear message
-            log.exception("model %s failed to load", name)
-            raise ModelLoadError(f"model {name!r} could not be loaded from {source!r}: {exc}") from None
+            log.debug("model %s failed to load", name, exc_info=True)
+            if not local and _hub_cached(source) is None:
+                raise ModelLoadError(not_found_message(name, self.sources[name], self.models_dir)) from None
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"model {name!r} was found at {source!r} but could not be loaded: "
+                                 f"{first_line[:300]}") from None
         pipe.to(self.device)
+        self._vocabularies[name] = read_vocabulary(source) if Path(source).is_dir() else None
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
             module.eval().requires_grad_(False)
         return Components.from_pipeline(pipe, torch.device(self.device), self.dtype)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.downsampling import Downsample2D
 
+from dream_addon import protocol
+
 
 def _pad_input(module, args, *, pads, axes):
     """Pad a conv's input: circular along tiled axes, zeros along the others."""
@@ -102,14 +104,15 @@ class Infusion:
 
 
 def feathered(mask: torch.Tensor, radius: float) -> torch.Tensor:
-    """Soften a binary (H, W) mask with a Gaussian of ``radius`` pixels; 0 keeps it hard.
+    """Soften a binary (H, W) mask with a Gaussian reaching ``radius`` pixels; 0 keeps it hard.
 
-    Pixels farther than 3 sigma from the mask stay exactly 0, so they are pasted back untouched.
+    The kernel is cut at 3 sigma = the radius (``protocol.feather_reach``): pixels farther from the
+    mask stay exactly 0, so they are pasted back untouched, and a client knows which ones they are.
     """
     if radius <= 0:
         return mask
-    sigma = radius / 2
-    half = int(3 * sigma + 0.5)
+    half = protocol.feather_reach(radius)
+    sigma = max(half, 1) / 3
     x = torch.arange(-half, half + 1, dtype=torch.float32, device=mask.device)
     kernel = torch.exp(-(x**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()

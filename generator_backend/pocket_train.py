@@ -19,6 +19,13 @@ continues exactly where it stopped:
    orange. The encoder (and so the UNet's latent space) stays frozen, so this stage can run on a
    finished model.
 
+The UNet and decoder steps can cycle through seamless-tiling modes (``tiling``): those steps wrap
+the model's convolutions as the backend's seamless option does (``modifiers.seamless``). Trained
+with zero padding only, both read absolute colour from the canvas borders (the zero padding is
+their only anchor after GroupNorm): wrapped, they drew green purple. A wrapped step works on
+``tileable_latents``, the latents of the texture away from any border (the encoder itself is
+never wrapped nor trained here, so the latent space stays the one the UNet knows).
+
 The result is saved as a Stable Diffusion folder (``save_pretrained``).
 """
 
@@ -33,12 +40,25 @@ import torch
 import torch.nn.functional as F
 
 from . import pocket_dataset
+from .prompt_words import write_vocabulary
 from .tiny_model import build_tokenizer_vocab
 
 LOGVAR_BIAS = -30.0
 # Words users type that carry no texture meaning: seen in training, they stay neutral.
 PROMPT_FORMS = ("{}", "{}", "{}", "{} texture", "seamless {}", "seamless {} texture", "a {} pattern",
                 "{} pattern", "a {} texture")
+
+
+def training_words():
+    """Every word of the training prompts (labels and their neutral forms): the model's vocabulary.txt."""
+    ds = pocket_dataset
+    words = {word for form in PROMPT_FORMS for word in form.format("").split()}
+    for colour in ds.COLOURS:
+        for pattern in ds.PATTERNS:
+            for tone in ds.TONES:
+                for orientation, scale in ds.variants(pattern):
+                    words.update(ds.label(colour, pattern, tone, orientation, scale).split())
+    return words
 
 
 def build_components(seed: int = 0):
@@ -83,7 +103,21 @@ def batch_of(rng, size, count):
 
 EMA_DECAY = 0.999
 CALIBRATION_IMAGES = 256  # at the base size: enough for the latent std within ~2 %
+TILINGS = ("", "x", "y", "xy")  # seamless axes a UNet step may train with ("" = zero padding)
 DECAY_FRACTION = 0.25  # of the UNet stage, at its end, over which the learning rate falls to zero
+
+
+TILE_MARGIN = 32  # pixels of wrap-around context on each side: beyond the encoder's border effects
+
+
+def tileable_latents(vae, pixels, axes="xy", margin=TILE_MARGIN):
+    """Latents of tileable ``pixels`` (B, 3, H, W) away from the borders across ``axes``: the canvas
+    is wrapped by ``margin`` pixels on those sides, encoded with zero padding as always, and the
+    centre kept."""
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    mx, my = (margin if "x" in axes else 0), (margin if "y" in axes else 0)
+    latents = vae.encode(F.pad(pixels, (mx, mx, my, my), mode="circular")).latent_dist.mode()
+    return latents[..., my // f:latents.shape[-2] - my // f, mx // f:latents.shape[-1] - mx // f]
 
 
 def loaded_scale(folder) -> float:
@@ -105,9 +139,14 @@ def latent_std(vae, seed: int, size: int, images: int = CALIBRATION_IMAGES) -> f
 class Trainer:
     """Holds the components, optimisers and random states; ``save``/``load`` make runs resumable."""
 
-    def __init__(self, out: Path, seed=0, size=32, batch=16, lr=1e-3, unet_sizes=None, decoder_sizes=None):
+    def __init__(self, out: Path, seed=0, size=32, batch=16, lr=1e-3, unet_sizes=None, decoder_sizes=None,
+                 tiling=None):
         self.out, self.seed, self.size, self.batch = Path(out), seed, size, batch
         self.unet_sizes = tuple(unet_sizes or (size,))
+        self.tiling = tuple(tiling or ("",))
+        bad = [axes for axes in self.tiling if axes not in TILINGS]
+        if bad:
+            raise ValueError(f"tiling: {bad} not among {TILINGS}")
         self.decoder_sizes = tuple(decoder_sizes or (size,))
         self.c = build_components(seed)
         self.ema = self._weights()
@@ -165,6 +204,17 @@ class Trainer:
         remaining = self.targets[stage] - self.steps[stage]
         return self.lr / 2 * min(1.0, max(0.0, remaining / decay_steps))
 
+    def axes(self, stage, step):
+        """Seamless axes of ``stage``'s step ``step``: one tiling mode per full cycle of the stage's
+        sizes, so every size meets every mode."""
+        sizes = self.unet_sizes if stage == "unet" else self.decoder_sizes
+        return self.tiling[(step // len(sizes)) % len(self.tiling)]
+
+    def latents(self, pixels, axes):
+        """The frozen encoder's latents (unscaled): plain, or away from the borders for a wrapped step."""
+        with torch.no_grad():
+            return tileable_latents(self.c["vae"], pixels, axes) if axes else self.c["vae"].encode(pixels).latent_dist.mode()
+
     def batch_size(self, size):
         return max(1, round(self.batch * (self.size / size) ** 2))  # same pixels per step
 
@@ -179,7 +229,8 @@ class Trainer:
                  "unet_opt": self.unet_opt.state_dict(), "decoder_opt": self.decoder_opt.state_dict(),
                  "steps": self.steps, "rng": self.rng.bit_generator.state,
                  "torch_gen": self.torch_gen.get_state(), "log": self.log, "ema": self.ema,
-                 "calibrated": self.calibrated, "scaling_factor": self.c["vae"].config.scaling_factor}
+                 "calibrated": self.calibrated, "scaling_factor": self.c["vae"].config.scaling_factor,
+                 "unet_sizes": self.unet_sizes, "decoder_sizes": self.decoder_sizes, "tiling": self.tiling}
         tmp = self.checkpoint.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.checkpoint)
@@ -188,6 +239,11 @@ class Trainer:
         if not self.checkpoint.exists():
             return False
         state = torch.load(self.checkpoint, weights_only=False)
+        # A schedule changed mid-run would silently train something else than what is recorded.
+        for key in ("unet_sizes", "decoder_sizes", "tiling"):
+            if key in state and tuple(state[key]) != getattr(self, key):
+                raise ValueError(f"{key}: the checkpoint in {self.out} was trained with {tuple(state[key])}, "
+                                 f"not {getattr(self, key)}")
         for name in ("vae", "unet", "text_encoder"):
             self.c[name].load_state_dict(state[name])
         self.vae_opt.load_state_dict(state["vae_opt"])
@@ -221,30 +277,37 @@ class Trainer:
         return self._optimise("vae", self.vae_opt, F.mse_loss(vae.decode(latents).sample, pixels), scheduled=False)
 
     def unet_step(self):
+        from .modifiers import seamless
+
         vae, unet, text_encoder = self.c["vae"].eval(), self.c["unet"].train(), self.c["text_encoder"].train()
         size = self.unet_sizes[self.steps["unet"] % len(self.unet_sizes)]
         pixels, labels = batch_of(self.rng, size, self.batch_size(size))
         labels = ["" if self.rng.random() < 0.1 else PROMPT_FORMS[self.rng.integers(len(PROMPT_FORMS))].format(text)
                   for text in labels]
-        with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
         ids = self.c["tokenizer"](labels, padding="max_length", max_length=16, truncation=True,
                                   return_tensors="pt").input_ids
-        noise = torch.randn(latents.shape, generator=self.torch_gen)
-        t = torch.randint(0, 1000, (latents.shape[0],), generator=self.torch_gen)
-        noisy = self.c["scheduler"].add_noise(latents, noise, t)
-        prediction = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+        axes = self.axes("unet", self.steps["unet"])
+        latents = self.latents(pixels, axes) * vae.config.scaling_factor
+        with seamless([unet], axes):
+            noise = torch.randn(latents.shape, generator=self.torch_gen)
+            t = torch.randint(0, 1000, (latents.shape[0],), generator=self.torch_gen)
+            noisy = self.c["scheduler"].add_noise(latents, noise, t)
+            prediction = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
         loss = self._optimise("unet", self.unet_opt, F.mse_loss(prediction, noise))
         self._update_ema()
         return loss
 
     def decoder_step(self):
+        from .modifiers import seamless
+
         vae = self.c["vae"].train()
         size = self.decoder_sizes[self.steps["decoder"] % len(self.decoder_sizes)]
         pixels, _ = batch_of(self.rng, size, self.batch_size(size))
-        with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.mode()
-        return self._optimise("decoder", self.decoder_opt, F.mse_loss(vae.decode(latents).sample, pixels))
+        axes = self.axes("decoder", self.steps["decoder"])
+        latents = self.latents(pixels, axes)
+        with seamless([vae.decoder], axes):
+            loss = F.mse_loss(vae.decode(latents).sample, pixels)
+        return self._optimise("decoder", self.decoder_opt, loss)
 
     def train(self, vae_steps: int, unet_steps: int, decoder_steps: int = 0, checkpoint_every: int = 200,
               report=print):
@@ -281,5 +344,6 @@ class Trainer:
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
         pipe.save_pretrained(folder, safe_serialization=True)
+        write_vocabulary(folder, training_words())  # what the backend warns about (prompt_words.py)
         (Path(folder) / "training_log.json").write_text(json.dumps({"steps": self.steps, "log": self.log}))
         return folder

@@ -10,45 +10,23 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dream_addon import protocol
 from dream_addon.protocol import ProtocolError
 
-from .core import (Cancelled, GenerationRequest, IncompatibleModels, PromptTerm, StepTimer, generate,
-                   latent_preview, linear_to_srgb, to_rgba)
+from .core import Cancelled, GenerationRequest, IncompatibleModels, StepTimer, generate, latent_preview
+from .encoding import Encoding, output_encoding, pasted_back, to_rgba
+from . import prompt_words
 from .modifiers import Infusion
 from .walks import WalkPlan
-from .jobs import CANCELLED, DONE, FAILED, RUNNING, Job, JobQueue, JobStore
+from .jobs import CANCELLED, DONE, FAILED, FINISHED, RUNNING, Job, JobQueue, JobStore, OutputUnwritable
 from .models import ModelLoadError, ModelManager
+from .techniques import request_from_params, untouched_pixels
 
 log = logging.getLogger("generator_backend.runner")
 
 
-def image_tensor(array, channels=3, linear=False, flip_y=False) -> torch.Tensor:
-    """An (H, W, C) uint8 or float array as (H, W, channels) float32 sRGB in [0, 1], rows top
-    to bottom (alpha dropped). ``linear``/``flip_y`` describe the array as Blender holds it."""
-    image = torch.from_numpy(np.ascontiguousarray(array[..., :channels]))
-    is_bytes = image.dtype == torch.uint8
-    image = image.float() / 255.0 if is_bytes else image.float().clamp(0, 1)
-    if flip_y:
-        image = image.flip(0)
-    return linear_to_srgb(image) if linear and not is_bytes else image  # uint8 arrays are always sRGB
-
-
 def build_request(job: Job) -> GenerationRequest:
     """The core's request from a validated job."""
-    p, inputs = job.params, job.inputs
-    as_sent = {"linear": p["input_linear"], "flip_y": p["input_flip_y"]}
-    init, mask = inputs.get("init_image"), inputs.get("mask")
-    return GenerationRequest(
-        prompt=p["prompt"], negative_prompt=p["negative_prompt"], seed=p["seed"], steps=p["steps"],
-        guidance=p["guidance"], width=p["width"], height=p["height"], scheduler=p["scheduler"],
-        prompts=[PromptTerm(t["text"], t["weight"], t["guidance"]) for t in p["prompts"] or []],
-        ensemble_mode=p["ensemble_mode"], init_image=None if init is None else image_tensor(init, **as_sent),
-        strength=p.get("strength", 1.0), mask=None if mask is None else image_tensor(mask, 1, flip_y=p["input_flip_y"])[..., 0],
-        feather=p.get("feather", 0.0), tile_axes=p["seamless"],
-        infusion_images=[image_tensor(inputs[n], **as_sent) for n in protocol.INFUSION_ARRAYS if n in inputs],
-        infusion_weights=p["infusion_weights"] or {}, infusion_decay=p["infusion_decay"],
-        infusion_cond_only=p["infusion_cond_only"], layout=p.get("layout", "off"))
+    return request_from_params(job.params, job.inputs)
 
 
 def check_request(request: GenerationRequest, unet):
@@ -73,13 +51,34 @@ def check_request(request: GenerationRequest, unet):
     request.infusion_weights = weights
 
 
-def result_frame(store: JobStore, meta: dict, image, output: dict):
-    """The ``result`` message and its image array, delivered as ``output`` asks (dtype, flip, linear)."""
+def result_frame(store: JobStore, meta: dict, image, output: dict, source=None):
+    """The ``result`` message and its image array, delivered as ``output`` asks (dtype, flip, linear).
+
+    ``source`` (input array, its Encoding, untouched (H, W) mask): those pixels are the input's
+    own, recoded once from the input's encoding, so they stay bit-identical where it is the output's."""
     message = {"type": "result", "job_id": meta["job_id"], "width": meta["width"], "height": meta["height"],
                "seed": meta["seed"], "model": meta["model"], "timings": meta["timings"],
                "path": str(store.job_dir(meta["job_id"])), **{k: output[k] for k in ("flip_y", "linear")},
                **{k: meta[k] for k in ("frames", "fps", "folder") if k in meta}}  # walks
-    return message, {"image": to_rgba(image, output["output_dtype"], output["flip_y"], output["linear"])}
+    rgba = to_rgba(image, output["output_dtype"], output["flip_y"], output["linear"])
+    if source is not None:
+        original, encoding, untouched = source
+        rgba = pasted_back(rgba, original, encoding, output_encoding(output), untouched)
+    return message, {"image": rgba}
+
+
+def input_source(job: Job, request: GenerationRequest):
+    """The job's input image with its encoding and the pixels no technique changed, or None."""
+    untouched = untouched_pixels(request)
+    if untouched is None:
+        return None
+    p = job.params
+    return job.inputs["init_image"], Encoding(p["input_linear"], p["input_flip_y"]), untouched
+
+
+# Job kind -> the Worker method that runs it: a new kind is registered here (and in the protocol).
+EXECUTORS = {"txt2img": "execute_image", "img2img": "execute_image", "inpaint": "execute_image",
+             "walk": "execute_walk"}
 
 
 class Worker(threading.Thread):
@@ -93,17 +92,30 @@ class Worker(threading.Thread):
         while (job := self.queue.take()) is not None:
             try:
                 self.execute(job)
+            except Exception:  # nothing a job does may end this thread: later jobs would wait forever
+                log.exception("job %s: unexpected failure outside the job's own handling", job.job_id)
+                self._settle(job)
             finally:
                 self.queue.done()
-                for queued, position in self.queue.positions():
-                    queued.emit({"type": "queued", "position": position})
+                try:
+                    for queued, position in self.queue.positions():
+                        queued.emit({"type": "queued", "position": position})
+                except Exception:
+                    log.exception("queue positions could not be sent")
+
+    def _settle(self, job: Job):
+        """A job that escaped its own handling ends as failed, never left active."""
+        try:
+            if job.state not in FINISHED:
+                self._failed(job, "internal", "internal error; see the backend log")
+        except Exception:
+            job.state = FAILED
+            log.exception("job %s: its failure could not be reported", job.job_id)
 
     def execute(self, job: Job):
         if job.cancel_requested.is_set():
             return self._cancelled(job)
-        if job.kind == "walk":
-            return self._guarded(job, self.execute_walk)
-        return self._guarded(job, self.execute_image)
+        return self._guarded(job, getattr(self, EXECUTORS[job.kind]))
 
     def _guarded(self, job: Job, run):
         """Run a job; every failure becomes its error event, and the worker lives on."""
@@ -115,8 +127,11 @@ class Worker(threading.Thread):
             return self._cancelled(job)
         except ModelLoadError as exc:
             self._failed(job, "model_load_failed", str(exc))
+        except OutputUnwritable as exc:
+            log.error("job %s: %s", job.job_id, exc)
+            self._failed(job, **_error_fields(exc.to_error()))
         except ProtocolError as exc:
-            self._failed(job, exc.code, exc.message, field=exc.field, allowed=exc.allowed)
+            self._failed(job, **_error_fields(exc))
         except IncompatibleModels as exc:
             self._failed(job, "invalid_param", f"params.models: {exc}", field="params.models")
         except Exception as exc:  # the backend must survive any job; details go to the log
@@ -131,6 +146,17 @@ class Worker(threading.Thread):
             return members, "+".join(f"{m['name']}*{m['weight']:g}" for m in p["models"])
         return [(self.models.get(p["model"]), 1.0)], self.models.resolve(p["model"])
 
+    def _warn_ignored_words(self, job: Job):
+        """A ``warning`` event for the prompt words each of the job's models ignores (prompt_words.py)."""
+        p = job.params
+        texts = [p["prompt"], *(t["text"] for t in p["prompts"] or []), *(p.get("walk_prompts") or []),
+                 p["negative_prompt"]]
+        for name in [m["name"] for m in p["models"]] if p["models"] else [p["model"]]:
+            name = self.models.resolve(name)
+            for event in prompt_words.warnings(name, self.models.get(name).tokenizer, texts,
+                                               self.models.vocabulary(name)):
+                job.emit(event)
+
     def execute_image(self, job: Job):
         p = job.params
         job.emit({"type": "progress", "step": 0, "total": job.total, "stage": "loading", "eta": None})
@@ -138,6 +164,7 @@ class Worker(threading.Thread):
         members, model_name = self._members(job)
         components = members[0][0]
         job.timings["load_s"] = round(time.perf_counter() - t0, 4)
+        self._warn_ignored_words(job)
         request = build_request(job)
         check_request(request, components.unet)
         t1 = time.perf_counter()
@@ -149,7 +176,8 @@ class Worker(threading.Thread):
         job.emit({"type": "progress", "step": job.total, "total": job.total, "stage": "saving", "eta": 0.0})
         meta = self.store.save_result(job, image.cpu().numpy(), model_name)
         job.state = DONE
-        job.emit_result(lambda output: result_frame(self.store, meta, image, output))
+        source = input_source(job, request)
+        job.emit_result(lambda output: result_frame(self.store, meta, image, output, source))
         return meta
 
     def execute_walk(self, job: Job):
@@ -159,10 +187,12 @@ class Worker(threading.Thread):
         job.emit({"type": "progress", "step": 0, "total": p["frames"], "stage": "loading", "eta": None})
         members, model_name = self._members(job)
         components = members[0][0]
+        self._warn_ignored_words(job)
         request = build_request(job)
         check_request(request, components.unet)
-        plan = WalkPlan(components, p)
-        todo = [k for k in range(p["frames"]) if k not in set(self.store.frames_done(job.job_id, p["frames"]))]
+        plan = WalkPlan(components, request)
+        on_disk = set(self.store.frames_done(job.job_id, p["frames"]))
+        todo = [k for k in range(p["frames"]) if k not in on_disk]
         done = p["frames"] - len(todo)
         timer, started = StepTimer(), time.perf_counter()
         image = None
@@ -216,14 +246,28 @@ class Worker(threading.Thread):
 
     def _cancelled(self, job: Job):
         job.state = CANCELLED
-        self.store.save_meta(job.job_id, {"job_id": job.job_id, "kind": job.kind, "state": CANCELLED,
-                                          "params": job.params, "step": job.step})
+        self._record(job, {"job_id": job.job_id, "kind": job.kind, "state": CANCELLED, "params": job.params,
+                           "step": job.step})
         job.emit({"type": "cancelled", "step": job.step})
 
     def _failed(self, job: Job, code: str, message: str, **details):
         job.state = FAILED
         job.error = {"type": "error", "code": code, "message": message,
                      **{k: v for k, v in details.items() if v is not None}}
-        self.store.save_meta(job.job_id, {"job_id": job.job_id, "kind": job.kind, "state": FAILED,
-                                          "params": job.params, "error": job.error})
+        self._record(job, {"job_id": job.job_id, "kind": job.kind, "state": FAILED, "params": job.params,
+                           "error": job.error})
         job.emit(job.error)
+
+    def _record(self, job: Job, meta: dict):
+        """Save a job's final state; if even that cannot be written the state stays in memory
+        (this backend still answers for the job; after a restart it reads as lost)."""
+        try:
+            self.store.save_meta(job.job_id, meta)
+        except OutputUnwritable as exc:
+            log.error("job %s: its final state (%s) cannot be saved: %s", job.job_id, meta["state"], exc)
+
+
+def _error_fields(exc: ProtocolError) -> dict:
+    """A ProtocolError as keyword arguments of Worker._failed (no type, no job id)."""
+    message = exc.to_message()
+    return {k: v for k, v in message.items() if k not in ("type", "job_id")}

@@ -12,19 +12,22 @@ import ipaddress
 import logging
 import socket
 import threading
+import time
 from collections import deque
 
 from dream_addon import protocol
 from dream_addon.protocol import ProtocolError
 
 from . import __version__
-from .jobs import CANCELLED, DONE, FAILED, FINISHED, OUTPUT_FIELDS, QUEUED, RUNNING, Job, JobQueue, JobStore
+from .jobs import (CANCELLED, DONE, FAILED, FINISHED, OUTPUT_FIELDS, QUEUED, RUNNING, Job, JobQueue, JobStore,
+                   OutputUnwritable)
 from .runner import Worker, result_frame
 
 log = logging.getLogger("generator_backend.server")
 
-HELLO_TIMEOUT_S = 10.0
-MAX_CONNECTIONS = 32
+HELLO_TIMEOUT_S = 10.0  # for the whole hello, however slowly its bytes come
+MAX_CONNECTIONS = 32  # authenticated
+MAX_PENDING = 16  # not yet authenticated; the oldest is dropped for a newcomer, so they never lock clients out
 MAX_JOBS_IN_MEMORY = 1000
 MAX_OUTBOX_BYTES = 1 << 30
 
@@ -45,6 +48,7 @@ class Connection:
         self._outbox_bytes = 0
         self._cond = threading.Condition()
         self.closed = False
+        self.opened = time.monotonic()
         self.reader = threading.Thread(target=self._read_loop, name=f"dream-read-{address}", daemon=True)
         self.writer = threading.Thread(target=self._write_loop, name=f"dream-write-{address}", daemon=True)
 
@@ -95,6 +99,16 @@ class Connection:
             self.closed = True
             self._cond.notify_all()
 
+    def evict(self, message=None):
+        """Send ``message``, if any, then end the connection (its reader is woken from its read)."""
+        if message is not None:
+            self.send(message)
+        self.close_after_flush()
+        try:
+            self.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
     def close(self):
         with self._cond:
             self.closed = True
@@ -132,44 +146,52 @@ class Connection:
             self.server.forget(self)
 
     def _handshake(self):
-        self.sock.settimeout(HELLO_TIMEOUT_S)
+        """One small hello with no payload, whole within the hello timeout, before anything else is read."""
+        timeout = self.server.hello_timeout
         try:
-            message, _ = protocol.recv_frame(self.sock, self.server.limits)
+            message, _ = protocol.recv_frame(self.sock, protocol.HELLO_LIMITS, deadline=time.monotonic() + timeout)
         except socket.timeout:
-            raise ProtocolError("handshake_timeout", f"no hello within {HELLO_TIMEOUT_S:.0f} s") from None
-        self.sock.settimeout(None)
+            raise ProtocolError("handshake_timeout", f"no whole hello within {timeout:g} s") from None
+        finally:
+            self.sock.settimeout(None)
         if message.get("type") != "hello":
             raise ProtocolError("handshake_required", "the first message must be 'hello'", field="type",
                                 allowed=["hello"])
-        if message.get("protocol") != protocol.PROTOCOL_VERSION:
+        version = message.get("protocol")
+        if type(version) is not int or version != protocol.PROTOCOL_VERSION:  # strict: true and 1.0 are not 1
             raise ProtocolError("version_mismatch",
-                                f"client speaks protocol {message.get('protocol')!r}; this backend speaks "
+                                f"client speaks protocol {str(version)[:40]!r}; this backend speaks "
                                 f"{protocol.PROTOCOL_VERSION}", field="protocol", allowed=[protocol.PROTOCOL_VERSION])
         token = message.get("token")
         if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.server.token.encode()):
             log.warning("connection from %s refused: wrong token", self.address)
             raise ProtocolError("auth_failed", "wrong or missing token", field="token")
-        log.info("client %r connected from %s", message.get("client"), self.address)
+        self.server.admit(self)
+        log.info("client %r connected from %s", str(message.get("client"))[:100], self.address)
         self.send(self.server.welcome())
 
     def _dispatch_safely(self, message, arrays):
         try:
             handler = getattr(self, "on_" + message["type"], None)
             if handler is None or message["type"] not in protocol.CLIENT_MESSAGES or message["type"] == "hello":
-                raise ProtocolError("unknown_type", f"unknown message type {message['type']!r}", field="type",
+                raise ProtocolError("unknown_type", f"unknown message type {message['type'][:40]!r}", field="type",
                                     allowed=[t for t in protocol.CLIENT_MESSAGES if t != "hello"])
             handler(message, arrays)
         except ProtocolError as exc:
             if exc.job_id is None and isinstance(message.get("job_id"), str):
                 exc.job_id = message["job_id"][:protocol.JOB_ID_MAX]
             self.send(exc.to_message())
+        except OutputUnwritable as exc:
+            self.send(exc.to_error(protocol.frame_job_id(message)).to_message())
         except Exception:  # never a traceback over the socket: it goes to the log
-            log.exception("error handling %r", message.get("type"))
-            self.send({"type": "error", "code": "internal", "message": "internal error; see the backend log"})
+            log.exception("error handling %r", message.get("type")[:40])
+            error = {"type": "error", "code": "internal", "message": "internal error; see the backend log"}
+            job_id = protocol.frame_job_id(message)
+            self.send(error if job_id is None else {**error, "job_id": job_id})
 
     # ------------------------------------------------------------------ handlers
     def on_ping(self, message, arrays):
-        self.send({"type": "pong"})
+        self.send({"type": "pong", **self.server.health()})
 
     def on_submit(self, message, arrays):
         job_id = protocol.validate_job_id(message.get("job_id"))
@@ -195,7 +217,8 @@ class Connection:
     def on_status(self, message, arrays):
         job_id = message.get("job_id")
         if job_id is None:
-            self.send({"type": "status", "server": self.server.welcome(), "jobs": self.server.job_summaries()})
+            self.send({"type": "status", "server": self.server.welcome(), "health": self.server.health(),
+                       "jobs": self.server.job_summaries()})
         else:
             self.send({"type": "status", "job": self.server.job_summary(protocol.validate_job_id(job_id))})
 
@@ -224,7 +247,7 @@ class Connection:
 
 class Server:
     def __init__(self, models, output_dir, token: str, host="127.0.0.1", port=protocol.DEFAULT_PORT,
-                 allow_remote=False, max_size=2048):
+                 allow_remote=False, max_size=2048, hello_timeout=HELLO_TIMEOUT_S):
         if not is_loopback(host) and not allow_remote:
             raise ValueError(f"refusing to listen on {host}: only loopback addresses are allowed "
                              "unless --allow-remote is given")
@@ -232,7 +255,9 @@ class Server:
             log.warning("listening on %s: any machine that reaches it and knows the token can run jobs", host)
         self.models = models
         self.store = JobStore(output_dir)
+        self.store.check_writable()  # OutputUnwritable: a backend that cannot save results does not start
         self.token = token
+        self.hello_timeout = hello_timeout
         self.max_size = max_size
         self.limits = protocol.Limits(max_payload_bytes=min(protocol.DEFAULT_LIMITS.max_payload_bytes,
                                                             8 * 16 * max_size * max_size),
@@ -240,7 +265,8 @@ class Server:
         self.jobs = {}
         self.queue = JobQueue()
         self.worker = Worker(self.queue, models, self.store)
-        self.connections = set()
+        self.connections = set()  # authenticated
+        self.pending = set()  # accepted, not yet authenticated
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -259,6 +285,20 @@ class Server:
                                  "output_dtypes": list(protocol.OUTPUT_DTYPES), "max_size": self.max_size,
                                  "max_payload_bytes": self.limits.max_payload_bytes}}
 
+    def health(self) -> dict:
+        """Whether this backend can run and save jobs now; ``problems`` says why not."""
+        problems = []
+        worker_alive = self.worker.is_alive()
+        if not worker_alive:
+            problems.append("the job worker has stopped, so no job can run: restart the backend")
+        try:
+            self.store.check_writable()
+        except OutputUnwritable as exc:
+            problems.append(f"results cannot be saved: {exc}")
+        return {"ok": not problems, "worker": "running" if worker_alive else "stopped",
+                "output_dir": str(self.store.root), "output_writable": not any("saved" in p for p in problems),
+                "problems": problems}
+
     # ------------------------------------------------------------------ lifecycle
     def serve_forever(self):
         self.worker.start()
@@ -275,16 +315,26 @@ class Server:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             connection = Connection(self, sock, address)
             with self._lock:
-                if len(self.connections) >= MAX_CONNECTIONS:
-                    protocol.send_frame(sock, {"type": "error", "code": "busy",
-                                               "message": f"at most {MAX_CONNECTIONS} connections"})
-                    sock.close()
-                    continue
-                self.connections.add(connection)
+                oldest = min(self.pending, key=lambda c: c.opened) if len(self.pending) >= MAX_PENDING else None
+                self.pending.discard(oldest)
+                self.pending.add(connection)
+            if oldest is not None:
+                oldest.evict({"type": "error", "code": "busy", "message": f"more than {MAX_PENDING} connections "
+                              "are waiting to authenticate; the oldest is dropped"})
             connection.start()
         self._teardown()
 
-    def request_shutdown(self):
+    def admit(self, connection):
+        """An authenticated connection takes one of the MAX_CONNECTIONS slots, or gets ``busy``."""
+        with self._lock:
+            self.pending.discard(connection)
+            if len(self.connections) >= MAX_CONNECTIONS:
+                raise ProtocolError("busy", f"at most {MAX_CONNECTIONS} connections")
+            self.connections.add(connection)
+
+    def request_shutdown(self, reason=None):
+        if reason:
+            log.info("%s: stopping (the running job is cancelled and saved, resumable)", reason)
         self._stopped.set()
 
     def _teardown(self):
@@ -292,13 +342,17 @@ class Server:
         with self._lock:
             running = self.queue.running
             queued = [job for job, _ in self.queue.positions()]
-            connections = list(self.connections)
-        for job in queued + ([running] if running else []):
+            connections = list(self.connections | self.pending)
+        for job in queued:  # saved as cancelled, so a restarted backend resumes them on request
             job.cancel_requested.set()
+            if self.queue.remove(job):
+                self.worker._cancelled(job)
+        if running:
+            running.cancel_requested.set()
         self.queue.close()
         self.worker.join(timeout=60)
         for connection in connections:
-            connection.close_after_flush()
+            connection.evict()
         for connection in connections:
             connection.writer.join(timeout=5)
         log.info("backend stopped")
@@ -306,6 +360,7 @@ class Server:
     def forget(self, connection):
         with self._lock:
             self.connections.discard(connection)
+            self.pending.discard(connection)
             jobs = list(self.jobs.values())
         for job in jobs:
             job.unsubscribe(connection)
@@ -328,11 +383,20 @@ class Server:
             if resume and unfinished and (job.params if job else meta["params"]) == params:
                 job = meta = None  # run it again under the same id; a walk keeps its finished frames
             if job is None and meta is None:
+                if not self.worker.is_alive():
+                    raise ProtocolError("worker_stopped", "the job worker has stopped; restart the backend",
+                                        job_id=job_id)
+                if not self.queue.has_room():
+                    raise ProtocolError("queue_full", f"the limit of {self.queue.max_queued} queued jobs is reached",
+                                        job_id=job_id)
                 job = Job(job_id, kind, params, inputs)
+                try:  # on disk at once: after a crash, a fetch of this id says the job was lost
+                    self.store.save_meta(job_id, {"job_id": job_id, "kind": kind, "state": QUEUED, "params": params})
+                except OutputUnwritable as exc:  # nothing is kept: the same id can be submitted again
+                    log.error("job %s refused: %s", job_id, exc)
+                    raise exc.to_error(job_id) from None
                 job.subscribe(connection)
                 self._remember(job)
-                # On disk at once: after a crash, a fetch of this id says the job was lost.
-                self.store.save_meta(job_id, {"job_id": job_id, "kind": kind, "state": QUEUED, "params": params})
                 connection.send({"type": "accepted", "job_id": job_id, "duplicate": False})
                 position = self.queue.put(job)
                 job.emit({"type": "queued", "position": position})
@@ -366,13 +430,21 @@ class Server:
                 job.subscribe(connection, output)
                 connection.send({"type": "status", "job": job.summary()})
                 return
+        if job is not None and job.state == FAILED:  # memory first: the disk may not have taken the state
+            return connection.send({**job.error, "job_id": job_id})
+        if job is not None and job.state == CANCELLED:
+            return connection.send({"type": "cancelled", "job_id": job_id, "step": job.step})
         meta = self.store.load_meta(job_id)
         if meta is None:
             raise ProtocolError("not_found", f"no job {job_id!r} on this backend", field="job_id", job_id=job_id)
         if meta["state"] == DONE:
             import torch
 
-            image = torch.from_numpy(self.store.load_image(job_id))
+            try:
+                image = torch.from_numpy(self.store.load_image(job_id))
+            except (OSError, ValueError):
+                raise ProtocolError("job_lost", f"the result files of job {job_id!r} are gone from "
+                                    f"{self.store.job_dir(job_id)}; submit it again", job_id=job_id) from None
             connection.send(*result_frame(self.store, meta, image, output))
         elif meta["state"] == FAILED:
             connection.send({**meta["error"], "job_id": job_id})

@@ -11,7 +11,9 @@ import math
 
 import torch
 
-from .core import Components, encode_prompt
+from dream_addon.protocol import EMBEDDING_WALKS
+
+from .core import Components, GenerationRequest, encode_prompt, stream_seed
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-7) -> torch.Tensor:
@@ -45,27 +47,28 @@ def segment(k: int, frames: int, points: int):
 
 
 class WalkPlan:
-    """Frame k -> (starting noise (1, C, h, w), conditional embedding (1, tokens, dim))."""
+    """Frame k -> (starting noise (1, C, h, w), conditional embedding (1, tokens, dim)), from the
+    request's seed, prompt, size and walk settings (``req.walk``)."""
 
-    def __init__(self, c: Components, params: dict):
+    def __init__(self, c: Components, req: GenerationRequest):
         f = c.vae_scale_factor
-        self.shape = (1, c.vae.config.latent_channels, params["height"] // f, params["width"] // f)
-        self.kind = params["walk"]
-        self.frames = params["frames"]
-        self.period = params["period"] or params["frames"]
-        self.interpolate = slerp if params["interpolation"] == "slerp" else lerp
-        self.step_size = params["step_size"]
-        seed = params["seed"]
-        self.noise = noise_for_seed(seed, self.shape)
-        self.moves_embedding = self.kind in ("prompts", "random", "direction")
-        texts = params["walk_prompts"] or [params["prompt"]]
+        walk = req.walk
+        self.shape = (1, c.vae.config.latent_channels, req.height // f, req.width // f)
+        self.kind = walk.walk
+        self.frames = walk.frames
+        self.period = walk.period or walk.frames
+        self.interpolate = slerp if walk.interpolation == "slerp" else lerp
+        self.step_size = walk.step_size
+        self.noise = noise_for_seed(req.seed, self.shape)
+        self.moves_embedding = self.kind in EMBEDDING_WALKS
+        texts = walk.walk_prompts or [req.prompt]
         self.embeddings = [encode_prompt(c, t).float().cpu() for t in texts] if self.moves_embedding else []
-        self.seeds_noise = [noise_for_seed(s, self.shape) for s in params["walk_seeds"] or []]
-        if self.kind == "circular":
-            self.second = noise_for_seed(seed + 1, self.shape)  # y in cos θ·x + sin θ·y
+        self.seeds_noise = [noise_for_seed(s, self.shape) for s in walk.walk_seeds]
+        if self.kind == "circular":  # y in cos θ·x + sin θ·y, from a noise stream of its own
+            self.second = noise_for_seed(stream_seed(req.seed, "circular"), self.shape)
         if self.kind in ("random", "direction"):
             scale = self.embeddings[0].std()
-            gen = torch.Generator().manual_seed(params["walk_seed"])
+            gen = torch.Generator().manual_seed(walk.walk_seed)
             self.directions = torch.randn((self.frames, *self.embeddings[0].shape[1:]), generator=gen) * scale
 
     def frame(self, k: int):

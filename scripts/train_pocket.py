@@ -28,6 +28,9 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=32, help="training image size (textures are stationary)")
     parser.add_argument("--unet-sizes", default="32,64,128,64",
                         help="canvas sizes the UNet steps cycle through (multiples of 32)")
+    parser.add_argument("--tiling", default="none",
+                        help="seamless modes (none, x, y, xy) the UNet and decoder steps cycle through, one per "
+                             "full cycle of the stage's sizes, e.g. none,xy,none,xy,none,x,none,y")
     parser.add_argument("--decoder-steps", type=int, default=3000,
                         help="the VAE decoder alone, after the UNet, at --decoder-sizes (0 to skip)")
     parser.add_argument("--decoder-sizes", default="32,64,128",
@@ -40,9 +43,13 @@ def main(argv=None):
     parser.add_argument("--export-only", action="store_true",
                         help="export the last checkpoint without training (safe while a run is going on)")
     args = parser.parse_args(argv)
+    modes = args.tiling.split(",")
+    if any(m not in ("none", "x", "y", "xy") for m in modes):
+        parser.error(f"--tiling: {args.tiling!r}; each mode is one of none, x, y, xy")
     trainer = Trainer(args.work, seed=args.seed, size=args.size, batch=args.batch,
                       unet_sizes=[int(s) for s in args.unet_sizes.split(",")],
-                      decoder_sizes=[int(s) for s in args.decoder_sizes.split(",")])
+                      decoder_sizes=[int(s) for s in args.decoder_sizes.split(",")],
+                      tiling=["" if m == "none" else m for m in modes])
     if trainer.load():
         print(f"resumed at {trainer.steps}", flush=True)
     elif args.init_from:

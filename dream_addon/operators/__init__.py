@@ -1,3 +1,3 @@
-from . import backend, generate, history_ops
+from . import backend, generate, history_ops, notices
 
-classes = backend.classes + generate.classes + history_ops.classes
+classes = backend.classes + generate.classes + history_ops.classes + notices.classes

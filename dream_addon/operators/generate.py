@@ -6,11 +6,13 @@ import bpy
 import numpy as np
 
 from .. import blender_images, history
-from ..job_builder import (JobInputError, active_image_texture, image_pixels, mask_from_source, scene_params,
-                           selected_faces_uv_mask, sized_to_image, walk_params, wire_array)
-from ..uv_mask import pad_to
+from ..client import describe_error
+from ..job_builder import (JobInputError, active_image_texture, check_job, image_extension, image_pixels,
+                           mask_from_source, scene_params, selected_faces_uv_mask, sized_to_image, walk_params,
+                           wire_array)
+from ..uv_mask import dilate, pad_to
 from ..preferences import get_preferences
-from ..protocol import ProtocolError
+from ..protocol import ProtocolError, feather_reach
 from ..session import SESSION
 
 
@@ -22,10 +24,13 @@ def prepare(operator, context):
     return props, *scene_params(props)
 
 
-def send(operator, context, kind, params, arrays, image_name, **view):
+def send(operator, context, kind, params, arrays, image=None, datablocks=None, **view):
+    """Submit the job, bound to the scene, its image and ``datablocks`` (role -> ID) by identity."""
     prefix, name = type(operator).__name__.split("_OT_")  # DREAM_OT_img2img -> dream.img2img
-    SESSION.submit(get_preferences(), params, image_name, arrays, kind=kind, operator=f"{prefix.lower()}.{name}",
-                   scene_name=context.scene.name, settings=history.snapshot(context.scene.dream), **view)
+    view.setdefault("operator", f"{prefix.lower()}.{name}")  # Re-run records the entry's own operator
+    bound = {"scene": context.scene, "image": image, **(datablocks or {})}
+    SESSION.submit(get_preferences(), params, image.name if image is not None else "", arrays, datablocks=bound,
+                   kind=kind, scene_name=context.scene.name, settings=history.snapshot(context.scene.dream), **view)
     return {"FINISHED"}
 
 
@@ -35,34 +40,53 @@ def report_input_errors(execute):
     def wrapped(self, context):
         try:
             return execute(self, context)
-        except (JobInputError, ProtocolError) as exc:
+        except JobInputError as exc:
             self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        except ProtocolError as exc:
+            self.report({"ERROR"}, describe_error(exc.to_message()))
             return {"CANCELLED"}
 
     return wrapped
 
 
-def image_job(operator, context, kind, image, mask=None):
-    """img2img or inpainting of ``image``: result to a new image or into it (kept as a backup)."""
+def image_job(operator, context, kind, image, mask=None, rerun=None):
+    """img2img or inpainting of ``image``: result to a new image or into it (kept as a backup).
+
+    ``rerun`` is a history entry to run again: from its own start pixels, to where its result went."""
     props, params, arrays = prepare(operator, context)
     width, height = sized_to_image(params, image)
-    pixels = image_pixels(image)
+    start = rerun.original if rerun is not None and rerun.original is not None else None
+    pixels = image_pixels(start if start is not None else image)
     arrays["init_image"] = pad_to(wire_array(image, pixels), params["height"], params["width"])
     params["strength"] = props.strength
     params["linear"] = image.is_float  # results come back in the image's own encoding
+    keep_new = None
     if mask is not None:
         if not mask.any():
             raise JobInputError("The mask is empty: nothing to repaint")
         arrays["mask"] = pad_to(mask.astype(np.uint8) * 255, params["height"], params["width"])
         params["feather"] = props.feather
-    backup_name = ""
-    if props.result_target == "REPLACE" or kind == "faces":
-        target = image
-        backup_name = blender_images.new_image_like(image, f"{image.name} (before Dream)", pixels).name
+        # The backend owns the feathered blend; the add-on restores only the pixels it leaves
+        # untouched (beyond the feather's reach) from its exact copy of the original.
+        keep_new = dilate(mask, feather_reach(props.feather))
+    check_job("inpaint" if mask is not None else "img2img", params, arrays, SESSION.welcome)
+    backup, backup_name, restore = None, "", None
+    replace = start is not None or kind == "faces" or (rerun is None and props.result_target == "REPLACE")
+    if replace:
+        target, created = image, ("backup",)
+        current = image_pixels(image) if start is not None else pixels
+        backup = blender_images.new_image_like(image, f"{image.name} (before Dream)", current)
+        history.keep_pixels(image, backup)  # earlier entries showing this image keep their pixels
+        backup_name = start.name if start is not None else backup.name
+        restore = current  # a job that gives no result puts these back, also for a Re-run
     else:
-        target = blender_images.new_image_like(image, f"Dream {image.name}", pixels)
-    return send(operator, context, "inpaint" if mask is not None else "img2img", params, arrays, target.name,
-                crop=(width, height), mask=mask, original=pixels, backup_name=backup_name)
+        target, created = blender_images.new_image_like(image, f"Dream {image.name}", pixels), ("image",)
+    view = {"operator": rerun.operator} if rerun is not None else {}
+    return send(operator, context, "inpaint" if mask is not None else "img2img", params, arrays, target,
+                {"backup": backup, "source": image}, created=created, crop=(width, height), mask=keep_new,
+                original=pixels, restore=restore, backup_name=backup_name, source_name=image.name,
+                repaint_mask=mask, **view)
 
 
 class DREAM_OT_generate_texture(bpy.types.Operator):
@@ -72,18 +96,57 @@ class DREAM_OT_generate_texture(bpy.types.Operator):
                       "on the active object")
     bl_options = {"REGISTER", "UNDO"}
 
+    missing_uvs: bpy.props.EnumProperty(name="Mesh Without UVs", default="SMART", items=[
+        ("SMART", "Smart UV Project", "Give a mesh that has no UV map one, by Smart UV Project"),
+        ("WARN", "Leave As Is", "Only warn: the texture does not show until the mesh has a UV map")])
+
     @report_input_errors
     def execute(self, context):
         props, params, arrays = prepare(self, context)
-        image = blender_images.new_result_image(f"Dream {props.prompt[:40]}", params["width"], params["height"])
+        params["layout"] = props.layout  # text-to-image only: the other kinds start from their image
+        params["linear"] = get_preferences().float_results  # byte images hold sRGB values
+        check_job("txt2img", params, arrays, SESSION.welcome)
+        # Made now so previews show; a job that ends without a result deletes them again.
+        image = blender_images.new_result_image(f"Dream {props.prompt[:40]}", params["width"], params["height"],
+                                                float_buffer=params["linear"])
         obj = context.active_object
         in_3d_view = context.area is None or context.area.type == "VIEW_3D"
+        where, level = f"the image {image.name!r}", "INFO"
+        if in_3d_view and obj is not None and obj.type == "MESH" and props.texture_target != "IMAGE_ONLY":
+            material, faces = blender_images.assign_material(obj, image, f"Dream {props.prompt[:40]}",
+                                                             props.texture_target)
+            where = f"the material {material.name!r} on {obj.name!r}"
+            if obj.data.uv_layers.active is None:
+                where += self.give_uvs(obj)
+            self.report({level}, f"The texture goes to {where}")
+            return send(self, context, "txt2img", params, arrays, image, {"object": obj, "material": material},
+                        created=("image", "material"), moved_faces=faces)
         if in_3d_view and obj is not None and obj.type == "MESH":
-            blender_images.assign_material(obj, image, f"Dream {props.prompt[:40]}")
+            where += " only (Result To: Image Only)"
         elif context.area is not None and context.area.type == "IMAGE_EDITOR":
             context.space_data.image = image
-        params["layout"] = props.layout  # text-to-image only: the other kinds start from their image
-        return send(self, context, "txt2img", params, arrays, image.name)
+            where += " in this Image Editor"
+        else:
+            where, level = f"{where} only: {nowhere_reason(context, obj)}", "WARNING"
+        self.report({level}, f"The texture goes to {where}")
+        return send(self, context, "txt2img", params, arrays, image, created=("image",))
+
+    def give_uvs(self, obj) -> str:
+        """Smart UV Project for a mesh without UVs (or a warning); the words for the report."""
+        if self.missing_uvs == "WARN":
+            self.report({"WARNING"}, f"{obj.name!r} has no UV map: the texture will not show on it until it has one")
+            return " (no UV map)"
+        blender_images.add_uv_map(obj)
+        return ", with a new UV map (Smart UV Project)"
+
+
+def nowhere_reason(context, obj) -> str:
+    """Why a texture went on no object, in words an artist can act on."""
+    if context.area is not None and context.area.type == "SEQUENCE_EDITOR":
+        return "the Sequencer shows no textures; open the image in an Image Editor, or generate in the 3D View"
+    if obj is None:
+        return "no object is active; select a mesh to texture it"
+    return f"{obj.name!r} is a {obj.type.lower()}, not a mesh; select a mesh to texture it"
 
 
 class DREAM_OT_texture_selected_faces(bpy.types.Operator):
@@ -105,7 +168,7 @@ class DREAM_OT_texture_selected_faces(bpy.types.Operator):
         if image is None:
             raise JobInputError(f"{obj.name!r} has no image texture in its active material: "
                                 "Generate Texture first, or add an Image Texture node")
-        mask = selected_faces_uv_mask(obj, *image.size, context.scene.dream.uv_margin)
+        mask = selected_faces_uv_mask(obj, *image.size, context.scene.dream.uv_margin, image_extension(obj, image))
         return image_job(self, context, "faces", image, mask=mask)
 
 
@@ -200,10 +263,29 @@ class DREAM_OT_walk(bpy.types.Operator):
         params, arrays = walk_params(context.scene)
         obj = context.active_object
         target = {"kind": walk.target, "channel": walk.channel, "start_frame": walk.start_frame,
-                  "object": obj.name if obj is not None else ""}
+                  "material_target": context.scene.dream.texture_target}
         if walk.target == "TEXTURE" and (obj is None or obj.type != "MESH"):
             raise JobInputError("An image-sequence texture needs an active mesh object")
-        return send(self, context, "walk", params, arrays, "", walk_target=target)
+        check_job("walk", params, arrays, SESSION.welcome)
+        return send(self, context, "walk", params, arrays, None, {"object": obj}, walk_target=target)
+
+
+class DREAM_OT_restore_material(bpy.types.Operator):
+    bl_idname = "dream.restore_material"
+    bl_label = "Restore Material"
+    bl_description = "Put back the material that a Dream texture replaced in the active slot"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        return obj is not None and blender_images.replaced_material(obj.active_material) is not None
+
+    def execute(self, context):
+        obj = context.active_object
+        old = blender_images.restore_replaced(obj.material_slots[obj.active_material_index])
+        self.report({"INFO"}, f"Restored material {old.name!r}")
+        return {"FINISHED"}
 
 
 class DREAM_OT_walk_export(bpy.types.Operator):
@@ -288,4 +370,5 @@ class DREAM_OT_list_remove(bpy.types.Operator):
 
 classes = (DREAM_OT_generate_texture, DREAM_OT_texture_selected_faces, DREAM_OT_img2img, DREAM_OT_inpaint,
            DREAM_OT_cancel, DREAM_OT_randomize_seed, DREAM_OT_rect_from_cursor, DREAM_OT_walk,
+           DREAM_OT_restore_material,
            DREAM_OT_walk_export, DREAM_OT_walk_resume, DREAM_OT_list_add, DREAM_OT_list_remove)

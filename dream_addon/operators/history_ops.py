@@ -7,6 +7,8 @@ import bpy
 from bl_operators.presets import AddPresetBase
 
 from .. import history
+from ..job_builder import JobInputError
+from .generate import image_job, report_input_errors
 
 
 class HistoryOperator:
@@ -39,13 +41,36 @@ class DREAM_OT_history_rerun(HistoryOperator, bpy.types.Operator):
     bl_description = "Recall this generation's settings, pick a new seed and run it again"
     bl_options = {"REGISTER", "UNDO"}
 
+    @report_input_errors
     def execute(self, context):
         entry = self.entry(context)
         props = context.scene.dream
         history.apply(props, json.loads(entry.settings))
         props.seed = random.randint(0, 2**31 - 1)
+        if entry.kind in ("img2img", "inpaint"):  # on the entry's own source, from any editor
+            if entry.source is None:
+                raise JobInputError("The image this generation repainted was deleted: nothing to re-run on")
+            mask = history.decode_mask(entry.mask)
+            if mask is not None and mask.shape != tuple(entry.source.size)[::-1]:
+                raise JobInputError(f"{entry.source.name!r} was resized since: its mask no longer fits")
+            kind = "faces" if entry.operator == "dream.texture_selected_faces" else entry.kind
+            return image_job(self, context, kind, entry.source, mask=mask, rerun=entry)
         category, name = entry.operator.split(".")
         return getattr(getattr(bpy.ops, category), name)("EXEC_DEFAULT")
+
+
+class DREAM_OT_history_delete(HistoryOperator, bpy.types.Operator):
+    bl_idname = "dream.history_delete"
+    bl_label = "Delete Entry"
+    bl_description = "Remove this generation from the history, and its images unless something else uses them"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        items = context.scene.dream_history
+        index = min(self.index if self.index >= 0 else context.scene.dream_history_index, len(items) - 1)
+        freed = history.delete(context.scene, index)
+        self.report({"INFO"}, f"Deleted the entry; freed {len(freed)} image(s)" if freed else "Deleted the entry")
+        return {"FINISHED"}
 
 
 PRESET_SUBDIR = "dream/texture"
@@ -68,4 +93,4 @@ class DREAM_OT_preset_add(AddPresetBase, bpy.types.Operator):
                                                    "height", "seamless_x", "seamless_y", "strength", "feather")]
 
 
-classes = (DREAM_OT_history_recall, DREAM_OT_history_rerun, DREAM_MT_presets, DREAM_OT_preset_add)
+classes = (DREAM_OT_history_recall, DREAM_OT_history_rerun, DREAM_OT_history_delete, DREAM_MT_presets, DREAM_OT_preset_add)

@@ -18,10 +18,20 @@ SCHEDULER_ITEMS = [
 assert [i[0] for i in SCHEDULER_ITEMS] == list(protocol.SCHEDULERS)
 
 
+def allowed_size(name: str, value: int) -> int:
+    """The nearest size the connected backend accepts (its welcome's max_size, multiples of 8)."""
+    from ..session import SESSION
+
+    return protocol.common_fields(protocol.max_size_of(SESSION.welcome))[name].nearest(value)
+
+
 def _size_prop(name):
     spec = _FIELDS[name]
-    return bpy.props.IntProperty(name=name.capitalize(), default=512, min=int(spec.min), soft_max=2048,
-                                 max=8192, step=64, subtype="PIXEL", description=spec.doc)
+    # get/set snap to what the backend accepts, so the panel cannot express a size it refuses.
+    return bpy.props.IntProperty(name=name.capitalize(), default=spec.default, min=int(spec.min), soft_max=2048,
+                                 max=8192, step=64, subtype="PIXEL", description=spec.doc,
+                                 get=lambda self: allowed_size(name, self.get(name, spec.default)),
+                                 set=lambda self, value: self.__setitem__(name, allowed_size(name, value)))
 
 
 def model_items(self, context):
@@ -76,6 +86,9 @@ class DreamHistoryItem(bpy.types.PropertyGroup):
     params: bpy.props.StringProperty(description="The backend parameters as JSON")
     image: bpy.props.PointerProperty(type=bpy.types.Image)
     original: bpy.props.PointerProperty(type=bpy.types.Image, description="The image as it was, when replaced")
+    source: bpy.props.PointerProperty(type=bpy.types.Image, description="The image repainted (img2img, inpaint)")
+    mask: bpy.props.StringProperty(description="The repainted pixels (inpaint), packed, for Re-run")
+    frames: bpy.props.IntProperty(description="Walks: the number of frames")
     created: bpy.props.StringProperty()
 
 
@@ -142,6 +155,13 @@ class DreamSceneProperties(bpy.types.PropertyGroup):
                                             subtype="XYZ")
     rect_max: bpy.props.FloatVectorProperty(name="Rectangle Max", size=2, default=(0.75, 0.75), min=0.0, max=1.0,
                                             subtype="XYZ")
+    texture_target: bpy.props.EnumProperty(name="Result To", default="NEW_SLOT", items=[
+        ("NEW_SLOT", "New Slot", "A new material in a new slot of the active object, made active; "
+                                 "every other slot stays as it is"),
+        ("REPLACE_SLOT", "Replace Slot", "A new material in the active slot; the old one is kept so "
+                                         "Restore Material puts it back"),
+        ("IMAGE_ONLY", "Image Only", "Only the image: no material changes")],
+        description="Where Generate Texture and walk textures go on the active object")
     result_target: bpy.props.EnumProperty(name="Result", default="NEW", items=[
         ("NEW", "New Image", "Put the result in a new image"),
         ("REPLACE", "Replace", "Write the result into the active image (undo or history keep the original)")])

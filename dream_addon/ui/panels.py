@@ -4,6 +4,7 @@ Nothing heavy here: draw code reads properties and the session's job list only."
 
 import bpy
 
+from .. import blender_images
 from ..session import SESSION
 
 
@@ -29,8 +30,9 @@ class DREAM_UL_models(bpy.types.UIList):
 class DREAM_UL_history(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
         row = layout.row(align=True)
-        row.label(text=f"{item.created[11:]} {item.kind}", icon="IMAGE_DATA")
-        row.label(text=item.image.name if item.image else "(image removed)")
+        row.label(text=f"{item.created[11:]} {item.kind}", icon="SEQUENCE" if item.kind == "walk" else "IMAGE_DATA")
+        shown = item.image.name if item.image else "(image removed)"
+        row.label(text=f"{item.frames} frames: {shown}" if item.kind == "walk" else shown)
 
 
 def draw_list(layout, props, name, list_class):
@@ -68,6 +70,12 @@ def draw_generation(layout, context):
     row.prop(props, "seamless_y", toggle=True)
     layout.prop(props, "layout")
     layout.prop(props, "preview_interval")
+    if context.space_data is None or context.space_data.type == "VIEW_3D":  # where a material is made
+        row = layout.row(align=True)
+        row.prop(props, "texture_target")
+        obj = context.active_object
+        if obj is not None and blender_images.replaced_material(obj.active_material) is not None:
+            row.operator("dream.restore_material", text="", icon="LOOP_BACK")
     draw_progress(layout)
 
 
@@ -81,6 +89,8 @@ def draw_progress(layout):
     elif SESSION.jobs:
         last = list(SESSION.jobs.values())[-1]
         layout.label(text=last.progress_text(), icon="ERROR" if last.state == "error" else "CHECKMARK")
+        if last.warning:
+            layout.label(text=last.warning, icon="INFO")
     layout.label(text=SESSION.status, icon="LINKED" if SESSION.welcome else "UNLINKED")
 
 
@@ -161,6 +171,7 @@ class DreamHistoryPanel(DreamPanel):
         row = self.layout.row(align=True)
         row.operator("dream.history_recall", icon="RECOVER_LAST")
         row.operator("dream.history_rerun", icon="FILE_REFRESH")
+        row.operator("dream.history_delete", text="", icon="TRASH")
 
 
 class VIEW3D_PT_dream(DreamMainPanel, bpy.types.Panel):
@@ -260,6 +271,8 @@ class DreamWalkPanel(DreamPanel):
         layout.prop(walk, "target", expand=True)
         if walk.target == "SEQUENCER":
             layout.prop(walk, "channel")
+        else:
+            layout.prop(context.scene.dream, "texture_target")
         layout.prop(walk, "start_frame")
         row = layout.row(align=True)
         row.operator("dream.walk", icon="SEQUENCE")

@@ -124,24 +124,24 @@ def test_tiled_repeats_and_crops():
 
 
 def test_layout_pass_starts_from_the_tiled_seamless_half_size_sample(components):
-    """The first half of the progress is the layout pass, at half size and seamless; its image,
-    tiled and encoded, is where the main pass starts (noised to the first timestep)."""
+    """The first part of the progress is the layout pass, at half size, seamless and with half the
+    steps; its image, tiled and encoded, is where the main pass starts (noised to the first timestep)."""
     from generator_backend.core import encode_image, encode_prompt, layout_request, tiled
 
     req = GenerationRequest(prompt="red bricks", negative_prompt="blurry", seed=3, steps=4, guidance=7.0, width=64,
                             height=96, scheduler="euler", layout="on")
     small = layout_request(components, req)
-    assert (small.width, small.height, small.tile_axes, small.layout) == (32, 48, "xy", "off")
+    assert (small.width, small.height, small.tile_axes, small.layout, small.steps) == (32, 48, "xy", "off", 2)
     assert small.seed != req.seed  # its own noise: not a prefix of the main pass's draws
     seen = []
     image = generate(components, req, on_step=lambda step, total, latents: seen.append((step, total, latents)))
-    assert [(step, total) for step, total, _ in seen] == [(i, 8) for i in range(1, 9)]
+    assert [(step, total) for step, total, _ in seen] == [(i, 6) for i in range(1, 7)]
     assert all(latents.shape == (1, 4, 96 // components.vae_scale_factor, 64 // components.vae_scale_factor)
                for _, _, latents in seen)  # previews keep the job's size
     half_steps = []
     half_image = generate(components, small, on_step=lambda step, total, latents: half_steps.append(latents))
-    torch.testing.assert_close(seen[3][2], tiled(half_steps[-1], *seen[3][2].shape[2:]), rtol=0, atol=0)
-    # The main pass's first step from that start, by hand: the same as the job's fifth callback.
+    torch.testing.assert_close(seen[1][2], tiled(half_steps[-1], *seen[1][2].shape[2:]), rtol=0, atol=0)
+    # The main pass's first step from that start, by hand: the same as the job's third callback.
     start = encode_image(components, tiled(half_image.permute(2, 0, 1), 96, 64).permute(1, 2, 0), None)
     scheduler = make_scheduler("euler", components.scheduler)
     scheduler.set_timesteps(4)
@@ -152,7 +152,7 @@ def test_layout_pass_starts_from_the_tiled_seamless_half_size_sample(components)
     out = components.unet(scheduler.scale_model_input(torch.cat([x] * 2), t), t, encoder_hidden_states=embeds).sample
     uncond, cond = out.chunk(2)
     first = scheduler.step(uncond + 7.0 * (cond - uncond), t, x).prev_sample
-    torch.testing.assert_close(seen[4][2], first, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(seen[2][2], first, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(image.numpy(), run(components, scheduler="euler", layout="on"))  # same seed
     assert np.abs(image.numpy() - run(components, scheduler="euler")).max() > 1e-3
 

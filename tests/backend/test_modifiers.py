@@ -167,15 +167,23 @@ def test_infusion_never_modifies_the_biasing_rows(components, image):
     """Block outputs of the biasing row equal those of the same row run without infusion."""
     x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     emb = torch.randn(3, 77, 32, generator=torch.Generator().manual_seed(1))
-    seen = {}
-    probe = components.unet.up_blocks[1].register_forward_hook(lambda m, a, out: seen.setdefault("out", out))
+    seen = []
+    probe = components.unet.up_blocks[1].register_forward_hook(lambda m, a, out: seen.append(out.clone()))
     infusion = Infusion(ALL_LAYERS, generated=2)
-    with torch.no_grad():
-        with infusion.attached(components.unet):
-            infused = components.unet(x, 10, encoder_hidden_states=emb).sample
+    try:
+        with torch.no_grad():
+            with infusion.attached(components.unet):
+                infused = components.unet(x, 10, encoder_hidden_states=emb).sample
+            plain = components.unet(x, 10, encoder_hidden_states=emb).sample
+            alone = components.unet(x[2:], 10, encoder_hidden_states=emb[2:]).sample
+    finally:
         probe.remove()
-        alone = components.unet(x[2:], 10, encoder_hidden_states=emb[2:]).sample
+    infused_blocks, plain_blocks, alone_blocks = seen
+    # The probe runs before the infusion hook of the same block: it sees what earlier blocks made.
+    assert (infused_blocks[:2] - plain_blocks[:2]).abs().max() > 1e-3  # the generated rows were infused
+    torch.testing.assert_close(infused_blocks[2:], alone_blocks, atol=BATCH_ATOL, rtol=0)
     torch.testing.assert_close(infused[2:], alone, atol=BATCH_ATOL, rtol=0)
+    assert (infused[:2] - plain[:2]).abs().max() > 1e-3
 
 
 # ----------------------------------------------------------------------------- model ensembling

@@ -32,8 +32,16 @@ def mean_rgb(image):
     return image.reshape(-1, 3).mean(0)
 
 
-def test_colours_follow_the_prompt(pocket, classifier):
-    hits = sum(classifier.colour(run(pocket, prompt=f"{c} checker", seed=s)) == c
+# Seamless on: not met by the shipped weights (6 and 10 of 16, issue 15; benchmarks/RESULTS.md). Strict,
+# so the weights that fix it turn these into failures to un-mark.
+NOT_YET = pytest.mark.xfail(strict=True, reason="issue 15: the shipped decoder and UNet read colour from the borders")
+
+
+@pytest.mark.parametrize("tile", ["", pytest.param("xy", marks=NOT_YET), pytest.param("x", marks=NOT_YET)])
+def test_colours_follow_the_prompt(pocket, classifier, tile):
+    # Seamless tiling on too (the panel's and the demo's setting): wrapped convolutions lose the
+    # borders a UNet trained with zero padding only reads colour from (green came back purple).
+    hits = sum(classifier.colour(run(pocket, prompt=f"{c} checker", seed=s, tile_axes=tile)) == c
                for c in ds.COLOURS for s in range(2))
     assert hits >= 14  # of 16
 

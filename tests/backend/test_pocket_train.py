@@ -92,3 +92,61 @@ def test_decoder_stage_trains_only_the_decoder_at_each_size(tmp_path, monkeypatc
     changed = {name for name, value in weights(trainer, "vae").items() if not torch.equal(value, vae_before[name])}
     assert changed and all(name.startswith(("decoder.", "post_quant_conv.")) for name in changed)
     assert all(torch.equal(value, unet_before[name]) for name, value in weights(trainer, "unet").items())
+
+
+def test_tiling_modes_cycle_once_per_cycle_of_the_sizes(tmp_path):
+    trainer = Trainer(tmp_path / "run", size=32, batch=2, unet_sizes=(32, 64), decoder_sizes=(32,),
+                      tiling=("", "xy", "x"))
+    assert [trainer.axes("unet", step) for step in range(8)] == ["", "", "xy", "xy", "x", "x", "", ""]
+    assert [trainer.axes("decoder", step) for step in range(4)] == ["", "xy", "x", ""]
+    with pytest.raises(ValueError, match="tiling"):
+        Trainer(tmp_path / "bad", tiling=("z",))
+
+
+def padding_seen(module):
+    """Record the padding a conv runs with (modifiers.seamless sets it to 0 and wraps instead)."""
+    seen = []
+    module.register_forward_pre_hook(lambda m, args: seen.append(tuple(m.padding)))
+    return seen
+
+
+def test_wrapped_steps_wrap_the_unet_and_decoder_never_the_encoder(tmp_path):
+    trainer = Trainer(tmp_path / "run", size=32, batch=2, tiling=("", "xy"))
+    unet, vae = trainer.c["unet"], trainer.c["vae"]
+    seen = {"unet": padding_seen(unet.conv_in), "decoder": padding_seen(vae.decoder.conv_in),
+            "encoder": padding_seen(vae.encoder.conv_in)}
+    trainer.train(vae_steps=0, unet_steps=2, decoder_steps=2, checkpoint_every=10, report=lambda _: None)
+    assert seen["unet"] == [(1, 1), (0, 0)]  # plain, wrapped
+    assert seen["decoder"] == [(1, 1), (0, 0)]
+    assert set(seen["encoder"]) == {(1, 1)}
+    assert unet.conv_in.padding == (1, 1) and len(unet.conv_in._forward_pre_hooks) == 1  # ours only: restored
+
+
+def test_tileable_latents_follow_a_shift_of_the_texture(tmp_path):
+    from generator_backend import pocket_dataset as ds
+    from generator_backend.pocket_train import tileable_latents
+
+    vae = Trainer(tmp_path / "run", size=32, batch=2).c["vae"].eval()
+    image = torch.from_numpy(ds.render("green", "bricks", 64, seed=2)).permute(2, 0, 1)[None] * 2 - 1
+    with torch.no_grad():
+        latents = tileable_latents(vae, image)
+        shifted = tileable_latents(vae, image.roll(8, dims=-1))  # 8 px = 2 latent pixels (f = 4)
+    assert latents.shape == (1, 4, 16, 16)
+    # Away from the borders the encoder is shift-equivariant; what is left is the far border's reach.
+    assert (shifted - latents.roll(2, dims=-1)).abs().max() < 0.05 * latents.std()
+
+
+def test_resume_with_tiling_is_exact_and_refuses_another_schedule(tmp_path):
+    kw = dict(size=32, batch=2, unet_sizes=(32,), decoder_sizes=(32,), tiling=("", "xy", "y"))
+    straight = Trainer(tmp_path / "a", **kw)
+    straight.train(vae_steps=1, unet_steps=4, decoder_steps=3, checkpoint_every=1, report=lambda _: None)
+    first = Trainer(tmp_path / "b", **kw)
+    first.train(vae_steps=1, unet_steps=2, decoder_steps=0, checkpoint_every=1, report=lambda _: None)
+    resumed = Trainer(tmp_path / "b", **kw)
+    assert resumed.load()
+    resumed.train(vae_steps=1, unet_steps=4, decoder_steps=3, checkpoint_every=1, report=lambda _: None)
+    for component in ("unet", "vae"):
+        for name, value in weights(straight, component).items():
+            torch.testing.assert_close(weights(resumed, component)[name], value, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="tiling"):
+        Trainer(tmp_path / "b", **{**kw, "tiling": ("xy",)}).load()

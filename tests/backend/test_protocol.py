@@ -194,10 +194,19 @@ def test_prompt_ensemble_validation_and_default_weights():
     with pytest.raises(ProtocolError) as info:
         protocol.validate_job("txt2img", {"prompts": [{"text": "a"}] * 9}, {})
     assert info.value.field == "params.prompts"
-    for both_or_neither in ({"prompt": "a", "prompts": [{"text": "b"}]}, {}):
-        with pytest.raises(ProtocolError) as info:
-            protocol.validate_job("txt2img", both_or_neither, {})
-        assert info.value.field == "params.prompt"
+    with pytest.raises(ProtocolError, match="not both") as info:
+        protocol.validate_job("txt2img", {"prompt": "a", "prompts": [{"text": "b"}]}, {})
+    assert info.value.field == "params.prompt"
+
+
+@pytest.mark.parametrize("kind", ["txt2img", "walk"])
+@pytest.mark.parametrize("params", [{}, {"prompt": ""}, {"prompt": "   "}, {"prompts": [{"text": " \t"}]}])
+def test_a_missing_or_blank_prompt_is_named_as_such(kind, params):
+    params = dict(params, walk="circular") if kind == "walk" else params
+    with pytest.raises(ProtocolError) as info:
+        protocol.validate_job(kind, params, {})
+    assert info.value.field.startswith("params.prompt")
+    assert "empty" in info.value.message and "not both" not in info.value.message
 
 
 def test_img2img_needs_an_init_image_of_the_job_size():

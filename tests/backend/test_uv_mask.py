@@ -22,10 +22,10 @@ def reference(polygons, width, height):
     return mask
 
 
-def rasterize(polygons, width, height):
+def rasterize(polygons, width, height, extension="CLIP"):
     uvs = np.concatenate([np.asarray(p, float) for p in polygons])
     totals = np.array([len(p) for p in polygons])
-    return uv_mask.rasterize_polygons(uvs, np.cumsum(totals) - totals, totals, width, height)
+    return uv_mask.rasterize_polygons(uvs, np.cumsum(totals) - totals, totals, width, height, extension)
 
 
 def test_one_square_face():
@@ -44,7 +44,7 @@ def test_bottom_rows_come_first():
     [[(0.1, 0.1), (0.9, 0.1), (0.9, 0.9), (0.5, 0.3), (0.1, 0.9)]],  # concave n-gon
     [[(0.1, 0.2), (0.8, 0.1), (0.6, 0.95)], [(0.5, 0.5), (0.95, 0.6), (0.7, 0.9), (0.55, 0.8)]],  # overlapping
     [[(0.2, 0.2), (0.8, 0.2), (0.8, 0.8), (0.6, 0.8), (0.6, 0.4), (0.4, 0.4), (0.4, 0.8), (0.2, 0.8)]],  # U
-    [[(-0.2, -0.1), (1.3, 0.4), (0.3, 1.2)]],  # partly outside the 0..1 square
+    [[(-0.2, -0.1), (1.3, 0.4), (0.3, 1.2)]],  # partly outside the 0..1 square (CLIP: cut off)
 ])
 def test_matches_point_in_polygon(polygons):
     np.testing.assert_array_equal(rasterize(polygons, 37, 29), reference(polygons, 37, 29))
@@ -72,3 +72,27 @@ def test_rectangle_and_padding():
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     padded = uv_mask.pad_to(a, 4, 5)
     assert padded.shape == (4, 5) and (padded[:2, :3] == a).all() and padded[3, 4] == a[1, 2]
+
+
+def wrapped_reference(polygons, width, height):
+    """What REPEAT shows: every whole-tile shift of each polygon, rasterised into 0..1."""
+    shifted = [np.asarray(p, float) - (a, b) for p in polygons for a in range(-3, 4) for b in range(-3, 4)]
+    return reference(shifted, width, height)
+
+
+@pytest.mark.parametrize("polygons", [
+    [[(1.25, 0.25), (1.75, 0.25), (1.75, 0.75), (1.25, 0.75)]],  # shifted by +1 in u
+    [[(0.8, 0.3), (1.2, 0.3), (1.2, 0.6), (0.8, 0.6)]],  # across the right edge
+    [[(-0.2, -0.1), (0.3, -0.1), (0.3, 0.2), (-0.2, 0.2)]],  # across the bottom-left corner
+    [[(2.1, -1.9), (2.6, -1.7), (2.3, -1.2)], [(0.1, 0.1), (0.3, 0.1), (0.2, 0.3)]],  # far tiles, and in 0..1
+])
+def test_uvs_outside_0_1_wrap_as_repeat_shows_them(polygons):
+    expected = wrapped_reference(polygons, 20, 16)
+    assert expected.any()
+    np.testing.assert_array_equal(rasterize(polygons, 20, 16, "REPEAT"), expected)
+
+
+def test_mirror_extension_reflects_odd_tiles():
+    square = [(1.25, 0.25), (1.5, 0.25), (1.5, 0.5), (1.25, 0.5)]  # tile u = 1: mirrored to 0.5..0.75
+    np.testing.assert_array_equal(rasterize([square], 16, 16, "MIRROR"),
+                                  reference([[(0.5, 0.25), (0.75, 0.25), (0.75, 0.5), (0.5, 0.5)]], 16, 16))

@@ -1,6 +1,6 @@
 """Latent walks: the maths of the frame plans, batching, and the walk job over the socket."""
 
-import math
+import json
 import os
 
 import numpy as np
@@ -9,6 +9,8 @@ import torch
 
 from dream_addon import protocol
 from generator_backend.core import GenerationRequest, generate
+from generator_backend.jobs import JobStore
+from generator_backend.techniques import request_from_params
 from generator_backend.walks import WalkPlan, lerp, noise_for_seed, slerp
 from tests.backend.test_server import connect, events_until_terminal
 
@@ -30,9 +32,8 @@ def walk_params(**kw):
 
 
 def frames(components, params, ks, batch=True):
-    plan = WalkPlan(components, params)
-    request = GenerationRequest(prompt=params["prompt"] or "", seed=params["seed"], steps=params["steps"],
-                                width=64, height=64, scheduler="euler")
+    request = request_from_params(params, {})
+    plan = WalkPlan(components, request)
     if batch:
         request.frame_noise, request.frame_embeds = plan.batch(ks)
         return generate(components, request).numpy()
@@ -46,14 +47,31 @@ def frames(components, params, ks, batch=True):
 def test_circular_walk_loops_and_keeps_unit_variance(components):
     n = 6
     params = walk_params(walk="circular", frames=n + 1, period=n)
-    plan = WalkPlan(components, params)
+    plan = WalkPlan(components, request_from_params(params, {}))
     for k in range(n + 1):
         noise, embedding = plan.frame(k)
         assert embedding is None and abs(noise.var().item() - 1) < 0.15
     images = frames(components, params, [0, n])
     np.testing.assert_allclose(images[1], images[0], atol=1e-5)  # frame N equals frame 0
-    thetas = [2 * math.pi * k / n for k in range(n)]
-    assert len(set(np.round(thetas, 6))) == n  # no duplicated end frame within a loop
+    torch.testing.assert_close(plan.frame(n)[0], plan.frame(0)[0], rtol=0, atol=1e-5)
+    loop = [plan.frame(k)[0] for k in range(n)]
+    closest = min((a - b).abs().max().item() for i, a in enumerate(loop) for b in loop[i + 1:])
+    assert closest > 0.1  # no duplicated end frame within a loop
+
+
+def test_infusion_and_the_circular_walk_draw_different_noise(components):
+    """Each purpose has a noise stream of its own, derived from the job's seed."""
+    from generator_backend.core import stream_seed
+    from generator_backend.techniques.infusion import infusion_noise
+
+    request = request_from_params(walk_params(walk="circular", frames=4), {})
+    plan = WalkPlan(components, request)
+    second, bias = plan.second[0].flatten(), infusion_noise(request.seed, plan.shape[1:]).flatten()
+    main = plan.noise[0].flatten()
+    for a, b in ((second, bias), (second, main), (bias, main)):
+        assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1]) < 0.2  # independent draws, not the same noise
+    seeds = {stream_seed(request.seed, p) for p in ("main", "layout", "infusion", "circular")}
+    assert len(seeds) == 4 and stream_seed(request.seed + 1, "main") not in seeds
 
 
 def test_batched_frames_equal_single_frames(components):
@@ -138,3 +156,32 @@ def test_walk_job_streams_cancels_resumes_and_exports(backend):
     conn.send({"type": "export", "job_id": "seed-a", "options": {}})
     assert conn.recv()[0]["code"] == "not_found"
     conn.close()
+
+
+class CountingStore(JobStore):
+    """A real store that counts its scans of the frames on disk."""
+
+    scans = 0
+
+    def frames_done(self, job_id, count):
+        self.scans += 1
+        return super().frames_done(job_id, count)
+
+
+def test_a_walk_scans_its_frames_on_disk_once(tmp_path, models_dir):
+    """Not once per frame (the todo list) nor once per save (the manifest)."""
+    from generator_backend.jobs import Job, JobQueue
+    from generator_backend.models import ModelManager
+    from generator_backend.runner import Worker
+
+    store = CountingStore(tmp_path)
+    params, arrays = protocol.validate_job("walk", {"walk": "circular", "prompt": "red", "width": 64, "height": 64,
+                                                    "steps": 1, "frames": 6, "batch_size": 3,
+                                                    "preview_interval": 0.0}, {})
+    store.save_frame(Job("w", "walk", params), 2, np.zeros((64, 64, 3), np.float32))  # one frame from before
+    store.scans = 0
+    job = Job("w", "walk", params)
+    Worker(JobQueue(), ModelManager(["tiny"], device="cpu", models_dir=models_dir), store).execute(job)
+    assert job.state == "done" and store.scans == 1
+    manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    assert manifest["done"] == 6 and manifest["files"] == [f"frame_{k:06d}.png" for k in range(1, 7)]

@@ -26,7 +26,7 @@ def backend(session, prefs, tmp_path_factory):
     prefs.python_path = os.environ.get("DREAM_BACKEND_PYTHON", sys.executable)
     prefs.port = 0
     prefs.device = "cpu"
-    prefs.model = "tiny, tiny-b, tiny-inpaint"
+    prefs.model = "tiny, tiny-b, tiny-inpaint, pocket"
     prefs.output_dir = str(tmp_path_factory.mktemp("outputs"))
     assert bpy.ops.dream.backend_start() == {"FINISHED"}
     assert session.backend.wait_ready(120), "\n".join(session.backend.tail)

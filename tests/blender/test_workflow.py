@@ -139,7 +139,7 @@ def test_img2img_replace_keeps_a_backup_and_history(scene, session):
     with image_editor(image):
         assert bpy.ops.dream.img2img() == {"FINISHED"}
     job = session.wait_for(list(session.jobs)[-1])
-    assert job.state == "done", job.message and job.image_name == image.name
+    assert job.state == "done" and job.image_name == image.name, job.message
     assert np.abs(pixels(image) - before).max() > 1e-3
     entry = scene.dream_history[-1]
     assert entry.kind == "img2img" and entry.operator == "dream.img2img"

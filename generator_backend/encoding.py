@@ -1,0 +1,96 @@
+"""Image encodings at the edges of the core: arrays as Blender sends them in, RGBA arrays out.
+
+The denoising core works in sRGB float (H, W, 3) in [0, 1], rows top to bottom. What an array
+holds is its ``Encoding``: linear light or sRGB, rows bottom to top or not, and its dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How an image array holds its pixels."""
+
+    linear: bool = False
+    flip_y: bool = False
+    dtype: str = "float32"  # "uint8" is always sRGB: uint8 arrays are never linear
+
+
+def output_encoding(output: dict) -> Encoding:
+    """The Encoding a job's output options ask for."""
+    return Encoding(output["linear"], output["flip_y"], output["output_dtype"])
+
+
+def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    """The sRGB decoding curve (IEC 61966-2-1)."""
+    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
+    """The sRGB encoding curve (IEC 61966-2-1), inverse of srgb_to_linear."""
+    x = x.clamp(0, 1)
+    return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055)
+
+
+def as_sent(params: dict) -> dict:
+    """``image_tensor``'s arguments for a job's input arrays, from its validated parameters."""
+    return {"linear": params["input_linear"], "flip_y": params["input_flip_y"]}
+
+
+def image_tensor(array, channels=3, linear=False, flip_y=False) -> torch.Tensor:
+    """An (H, W, C) uint8 or float array as (H, W, channels) float32 sRGB in [0, 1], rows top
+    to bottom (alpha dropped). ``linear``/``flip_y`` describe the array as Blender holds it."""
+    image = torch.from_numpy(np.ascontiguousarray(array[..., :channels]))
+    is_bytes = image.dtype == torch.uint8
+    image = image.float() / 255.0 if is_bytes else image.float().clamp(0, 1)
+    if flip_y:
+        image = image.flip(0)
+    return linear_to_srgb(image) if linear and not is_bytes else image  # uint8 arrays are always sRGB
+
+
+def to_rgba(image: torch.Tensor, dtype: str, flip_y: bool, linear: bool = False):
+    """Convert (H, W, 3) sRGB float in [0, 1] to a numpy RGBA array of ``dtype``, on the device."""
+    if flip_y:
+        image = image.flip(0)
+    if linear:
+        image = srgb_to_linear(image.float())
+    rgba = torch.cat([image, torch.ones_like(image[..., :1])], dim=-1)
+    if dtype == "uint8":
+        rgba = (rgba * 255).round().to(torch.uint8)
+    elif dtype == "float16":
+        rgba = rgba.half()
+    else:
+        rgba = rgba.float()
+    return rgba.contiguous().cpu().numpy()
+
+
+def recoded(array: np.ndarray, source: Encoding, target: Encoding) -> np.ndarray:
+    """An input array's RGB in ``target``'s encoding, through sRGB float only where the two differ:
+    the same encoding gives the same values, bit for bit."""
+    rgb = np.asarray(array)[..., :3]
+    if source.flip_y != target.flip_y:
+        rgb = rgb[::-1]
+    source_linear = source.linear and rgb.dtype != np.uint8
+    both_bytes = target.dtype == "uint8" and rgb.dtype == np.uint8 and not target.linear
+    both_float = target.dtype != "uint8" and rgb.dtype != np.uint8 and source_linear == target.linear
+    if both_bytes or both_float:
+        return rgb.astype(target.dtype)
+    srgb = image_tensor(rgb, linear=source_linear)
+    return to_rgba(srgb, target.dtype, False, target.linear)[..., :3]
+
+
+def pasted_back(rgba: np.ndarray, original: np.ndarray, source: Encoding, target: Encoding,
+                untouched: torch.Tensor) -> np.ndarray:
+    """``rgba`` (in ``target``) with the ``untouched`` pixels (an (H, W) bool mask, rows top to bottom)
+    replaced by the original's, recoded once from the input's own encoding."""
+    keep = untouched.cpu().numpy()
+    if target.flip_y:
+        keep = keep[::-1]
+    rgba = rgba.copy()
+    rgba[..., :3][keep] = recoded(original, source, target)[keep]
+    return rgba

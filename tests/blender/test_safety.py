@@ -1,0 +1,345 @@
+"""No lost work, no silent hang (issue 12, items 1-6): what an artist does while a job runs --
+open another file, press Stop, Reconnect, rename the scene -- and jobs that are refused."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import bpy
+import numpy as np
+import pytest
+
+from tests.blender.helpers import addon, generate
+from tests.blender.test_workflow import image_editor, photo, pixels
+
+strips_of = addon("walk_frames").strips_of
+
+
+def wait_until(session, condition, timeout=60.0, what="condition"):
+    """Drain until ``condition()`` holds; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        session.drain(timeout=0.2)
+
+
+def new_job(session, operator, *args, **kwargs):
+    before = set(session.jobs)
+    assert operator(*args, **kwargs) == {"FINISHED"}
+    (job_id,) = set(session.jobs) - before
+    return session.jobs[job_id]
+
+
+def running_replace_job(scene, session, name="albedo.png", steps=25):
+    """A Replace img2img on a fresh image, drained until its first preview has been written."""
+    image, before = photo(name, 64, 64)
+    image.use_fake_user = True
+    scene.dream.result_target, scene.dream.strength = "REPLACE", 1.0
+    scene.dream.steps, scene.dream.preview_interval = steps, 0.001
+    with image_editor(image):
+        job = new_job(session, bpy.ops.dream.img2img)
+    wait_until(session, lambda: job.previews >= 1 or not job.active, what="a preview")
+    assert job.active, job.message
+    assert np.abs(pixels(image) - before).max() > 1e-3  # the preview is in the image
+    return job, image, before
+
+
+def backend_meta(prefs, job_id):
+    path = Path(prefs.output_dir) / job_id / "result.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@pytest.fixture
+def backend_back(session, backend, prefs):
+    """For tests that stop or kill the backend: the shared backend runs again afterwards."""
+    yield backend
+    if session.backend is not backend:
+        session.backend.stop()
+        session.backend = backend
+    if backend.state != backend.RUNNING:
+        if backend.state != backend.STARTING:
+            backend.start()
+        assert backend.wait_ready(120), "\n".join(backend.tail)
+    backend.restarts = 0  # as it was: a kill here does not count against later tests
+    session.connect(prefs)
+    wait_until(session, lambda: session.welcome is not None, what="the connection")
+
+
+# ---------------------------------------------------------------- 1. opening another file
+
+def test_opening_another_file_never_gets_the_running_jobs_result(scene, session, prefs, tmp_path):
+    bpy.ops.wm.read_homefile(use_empty=True)
+    other, other_before = photo("albedo.png", 64, 64)
+    other.pixels.foreach_set((other_before * 0.5).reshape(-1))
+    other.pack()  # saved with B, as a real texture would be
+    other_before = pixels(other).copy()
+    other.use_fake_user = True
+    file_b = str(tmp_path / "shot_b.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=file_b)
+
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = bpy.context.scene
+    scene.dream.width = scene.dream.height = 64
+    file_a = str(tmp_path / "shot_a.blend")
+    job, image, before = running_replace_job(scene, session)
+    bpy.ops.wm.save_as_mainfile(filepath=file_a)
+
+    bpy.ops.wm.open_mainfile(filepath=file_b)
+    wait_until(session, lambda: backend_meta(prefs, job.job_id).get("state") == "done", 120, what="the backend")
+    wait_until(session, lambda: job.last_event == "result", what="the result event")
+    image_b = bpy.data.images["albedo.png"]
+    np.testing.assert_array_equal(pixels(image_b), other_before)
+    assert len(bpy.context.scene.dream_history) == 0
+    assert job.state == "detached", job.message  # waits for its own file
+
+    bpy.ops.wm.open_mainfile(filepath=file_a)  # back to shot A: the result is fetched and applied there
+    assert job.active, job.message
+    session.wait_for(job.job_id, 120)
+    assert job.state == "done", job.message
+    image_a = bpy.data.images["albedo.png"]
+    assert np.abs(pixels(image_a) - before).max() > 1e-3 and image_a.packed_file is not None
+    entry = bpy.context.scene.dream_history[-1]
+    assert entry.job_id == job.job_id and entry.image == image_a
+
+
+def test_a_result_whose_image_was_never_saved_arrives_as_a_new_image(scene, session, tmp_path):
+    file_a = str(tmp_path / "saved_before.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=file_a)
+    job = new_job(session, bpy.ops.dream.generate_texture)  # its image and material exist in memory only
+    bpy.ops.wm.read_homefile(use_empty=False)  # File > New, without saving
+    assert job.state == "detached", job.message
+    bpy.ops.wm.open_mainfile(filepath=file_a)
+    session.wait_for(job.job_id, 120)
+    assert job.state == "done" and "new image" in job.message, job.message
+    image = bpy.data.images[job.image_name]
+    assert image.packed_file is not None and image.use_fake_user and np.abs(pixels(image)).max() > 0
+    assert bpy.context.scene.dream_history[-1].image == image
+    assert not bpy.data.objects["Cube"].active_material.name.startswith("Dream")  # not saved: not there
+
+
+# ---------------------------------------------------------------- 2. materials are never orphaned
+
+def three_material_cube():
+    cube = bpy.data.objects["Cube"]
+    cube.data.materials.clear()
+    for name in ("Wood", "Metal", "Paint"):
+        cube.data.materials.append(bpy.data.materials.new(name))
+    cube.data.polygons.foreach_set("material_index", FACES_BEFORE)
+    cube.active_material_index = 1
+    return cube
+
+
+FACES_BEFORE = [0, 0, 1, 1, 2, 2]  # two faces of wood, metal and paint each
+
+
+def face_slots(obj):
+    return [poly.material_index for poly in obj.data.polygons]
+
+
+def slot_names(obj):
+    return [slot.material.name if slot.material else "" for slot in obj.material_slots]
+
+
+def test_generate_texture_adds_a_slot_and_keeps_the_users_material(scene, session, tmp_path):
+    cube = three_material_cube()
+    job = generate(session)
+    assert job.state == "done", job.message
+    names = slot_names(cube)
+    assert names[:3] == ["Wood", "Metal", "Paint"] and names[3].startswith("Dream")
+    assert cube.active_material_index == 3 and bpy.data.materials["Metal"].users >= 1
+    assert face_slots(cube) == [0, 0, 3, 3, 2, 2]  # the metal faces show the result; Metal keeps its slot
+    blend = tmp_path / "cube.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    script = (f"import bpy\nbpy.ops.wm.open_mainfile(filepath={str(blend)!r})\n"
+              "print('SLOTS', [s.material.name for s in bpy.data.objects['Cube'].material_slots])\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"SLOTS {names}" in run.stdout
+
+
+def test_replace_active_slot_keeps_the_old_material_to_restore(scene, session):
+    cube = three_material_cube()
+    scene.dream.texture_target = "REPLACE_SLOT"
+    job = generate(session)
+    assert job.state == "done", job.message
+    assert slot_names(cube)[1].startswith("Dream") and len(cube.material_slots) == 3
+    assert face_slots(cube) == FACES_BEFORE
+    metal = bpy.data.materials["Metal"]
+    assert metal.use_fake_user  # kept in the file although no slot uses it
+    assert bpy.ops.dream.restore_material() == {"FINISHED"}
+    assert slot_names(cube)[1] == "Metal" and not metal.use_fake_user
+
+
+def test_image_only_leaves_the_materials_alone(scene, session):
+    cube = three_material_cube()
+    materials = set(bpy.data.materials.keys())
+    scene.dream.texture_target = "IMAGE_ONLY"
+    job = generate(session)
+    assert job.state == "done", job.message
+    assert slot_names(cube) == ["Wood", "Metal", "Paint"] and set(bpy.data.materials.keys()) == materials
+    assert face_slots(cube) == FACES_BEFORE
+    assert bpy.data.images[job.image_name].packed_file is not None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("refusal", ["backend_down", "width_100", "empty_prompt", "cancel"])
+def test_a_refused_or_cancelled_generate_leaves_no_new_material_or_image(scene, session, prefs, refusal):
+    cube = three_material_cube()
+    materials, images = set(bpy.data.materials.keys()), set(bpy.data.images.keys())
+    saved = session.backend, prefs.host, prefs.port, prefs.token
+    try:
+        if refusal == "backend_down":
+            session.backend = None
+            prefs.port = free_port()
+            session.connect(prefs)
+        elif refusal == "width_100":
+            scene.dream.width = 100
+        elif refusal == "empty_prompt":
+            scene.dream.prompt = ""
+        if refusal == "cancel":
+            scene.dream.steps = 200
+            job = new_job(session, bpy.ops.dream.generate_texture)
+            assert bpy.ops.dream.cancel() == {"FINISHED"}
+            assert session.wait_for(job.job_id, 60).state == "cancelled", job.message
+        else:
+            try:
+                job = generate(session, timeout=60)
+                assert job.state == "error", job.message
+            except RuntimeError:  # refused by the panel before a job was made: as good
+                pass
+    finally:
+        session.backend, prefs.host, prefs.port, prefs.token = saved
+        if refusal == "backend_down":
+            session.connect(prefs)
+    assert set(bpy.data.materials.keys()) == materials and set(bpy.data.images.keys()) == images
+    assert slot_names(cube) == ["Wood", "Metal", "Paint"] and cube.active_material_index == 1
+    assert face_slots(cube) == FACES_BEFORE
+
+
+def test_walk_to_texture_keeps_the_users_material(scene, session):
+    cube = three_material_cube()
+    walk = scene.dream_walk
+    walk.kind, walk.frames, walk.batch_size, walk.target = "circular", 2, 2, "TEXTURE"
+    scene.dream.steps = 2
+    job = session.wait_for(new_job(session, bpy.ops.dream.walk).job_id, 120)
+    assert job.state == "done", job.message
+    names = slot_names(cube)
+    assert names[:3] == ["Wood", "Metal", "Paint"] and names[3] == job.walk_target["image"]
+
+
+# ---------------------------------------------------------------- 3. every other ending restores
+
+@pytest.mark.parametrize("ending", ["stop", "kill"])
+def test_stop_or_backend_death_during_replace_restores_the_image(scene, session, backend_back, ending):
+    job, image, before = running_replace_job(scene, session)
+    if ending == "stop":
+        bpy.ops.dream.backend_stop()
+    else:
+        os.kill(backend_back.pid, signal.SIGKILL)
+        wait_until(session, lambda: not job.active, what="the lost connection")
+    assert not job.active, job.message
+    np.testing.assert_array_equal(pixels(image), before)
+
+
+# ---------------------------------------------------------------- 4. reconnect, start
+
+def test_reconnect_during_a_job_still_delivers_its_result(scene, session):
+    scene.dream.steps, scene.dream.preview_interval = 30, 0.0
+    job = new_job(session, bpy.ops.dream.generate_texture)
+    wait_until(session, lambda: job.step >= 1 or not job.active, what="the first step")
+    assert job.active and job.step < 30
+    assert bpy.ops.dream.backend_reconnect() == {"FINISHED"}
+    session.wait_for(job.job_id, 120)
+    assert job.state == "done", job.message
+    assert np.abs(pixels(bpy.data.images[job.image_name])).max() > 0
+
+
+def test_generate_while_the_backend_starts_waits_for_it(scene, session, backend_back):
+    assert bpy.ops.dream.backend_stop() == {"FINISHED"}
+    assert bpy.ops.dream.backend_start() == {"FINISHED"}
+    session.drain()
+    assert "not running" not in session.status, session.status
+    job = new_job(session, bpy.ops.dream.generate_texture)
+    assert job.active and job.progress_text() == "Starting backend…"
+    session.drain()
+    assert "not running" not in session.status, session.status
+    session.wait_for(job.job_id, 120)
+    assert job.state == "done", job.message
+
+
+# ---------------------------------------------------------------- 5. nothing stays "Submitting"
+
+def test_an_image_over_the_backend_maximum_is_refused_clearly(scene, session):
+    image = bpy.data.images.new("wide", 2100, 16)
+    images = set(bpy.data.images.keys())
+    with image_editor(image), pytest.raises(RuntimeError, match="at most 2048"):
+        bpy.ops.dream.img2img()
+    assert set(bpy.data.images.keys()) == images
+
+
+def test_an_error_without_job_id_reaches_the_job_being_submitted(scene, session, prefs):
+    """A frame the backend rejects before reading its JSON (array over the size limit)."""
+    params, arrays = addon("job_builder").scene_params(scene.dream)
+    params.update(width=64, height=64, strength=0.5)
+    arrays["init_image"] = np.zeros((2104, 16, 3), np.uint8)
+    job = session.submit(prefs, params, "", arrays, kind="img2img")
+    session.wait_for(job.job_id, 30)
+    assert job.state == "error" and "arrays[0].shape" in job.message, job.message
+
+
+def test_a_job_never_stays_active_without_a_live_connection(scene, session, prefs):
+    scene.dream.steps = 30
+    job = new_job(session, bpy.ops.dream.generate_texture)
+    wait_until(session, lambda: job.state == "running", what="the job to start")
+    worker = session.worker
+    worker.stop()  # the worker ends without a word (as if its thread had died)
+    worker.thread.join(10)
+    wait_until(session, lambda: not job.active, 30, what="the job to notice")
+    assert job.state == "lost", job.message
+    session.connect(prefs)  # fetched again by id on the next connection
+    session.wait_for(job.job_id, 120)
+    assert job.state == "done", job.message
+
+
+def test_walk_frames_made_while_disconnected_reach_the_strip_in_order(scene, session, prefs):
+    walk = scene.dream_walk
+    walk.kind, walk.frames, walk.batch_size, walk.target = "circular", 6, 2, "SEQUENCER"
+    scene.dream.steps = 8
+    job = new_job(session, bpy.ops.dream.walk)
+    wait_until(session, lambda: job.walk_target.get("placed") or not job.active, what="the first frames")
+    worker = session.worker
+    worker.stop()  # the add-on hears nothing while the backend goes on
+    worker.thread.join(10)
+    folder = Path(prefs.output_dir) / job.job_id
+    wait_until(session, lambda: (folder / "frame_000004.png").is_file(), 120, what="frames made meanwhile")
+    session.connect(prefs)
+    session.wait_for(job.job_id, 120)
+    assert job.state == "done", job.message
+    strip = strips_of(scene.sequence_editor)[job.walk_target["strip"]]
+    assert [e.filename for e in strip.elements] == [f"frame_{i:06d}.png" for i in range(1, 7)]
+
+
+# ---------------------------------------------------------------- 6. renaming the scene
+
+def test_renaming_the_scene_during_a_walk_keeps_frames_arriving(scene, session):
+    walk = scene.dream_walk
+    walk.kind, walk.frames, walk.batch_size, walk.target = "circular", 6, 2, "SEQUENCER"
+    scene.dream.steps = 25
+    job = new_job(session, bpy.ops.dream.walk)
+    wait_until(session, lambda: job.walk_target.get("placed") or not job.active, what="the first frames")
+    assert job.active and len(job.walk_target["placed"]) < 6
+    scene.name = "Renamed while walking"
+    session.wait_for(job.job_id, 120)
+    assert job.state == "done", job.message
+    strip = strips_of(scene.sequence_editor)[job.walk_target["strip"]]
+    assert len(strip.elements) == 6 and len(scene.dream_history) == 1
