@@ -30,6 +30,65 @@ def write_private(path: Path, text: str):
     os.chmod(path, 0o600)
 
 
+def add_codec_commands(sub):
+    """`compress IMAGE -o FILE` and `decompress FILE -o IMAGE`: the latent image codec."""
+    from .latent_codec import BITS_RANGE, PALETTE_RANGE
+
+    for name, help_text in (("compress", "store an image as a palettised latent (.dlat)"),
+                            ("decompress", "decode a latent file (.dlat) to an image")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("input", type=Path)
+        cmd.add_argument("-o", "--output", type=Path, required=True)
+        cmd.add_argument("--model", default="",
+                         help="model whose VAE codes the latent (compress: default pocket; decompress: the one "
+                              "the file names)")
+        cmd.add_argument("--models-dir", type=Path, default=None, help="where built-in models are built and cached")
+        cmd.add_argument("--device", default="auto")
+    compress, decompress = sub.choices["compress"], sub.choices["decompress"]
+    compress.add_argument("--bits", type=int, default=8, help=f"bits per latent channel ({BITS_RANGE[0]}..{BITS_RANGE[1]})")
+    compress.add_argument("--palette", type=int, default=256,
+                          help=f"palette colours ({PALETTE_RANGE[0]}..{PALETTE_RANGE[1]}, or 0 for none)")
+    compress.add_argument("--no-dither", action="store_true", help="nearest palette colour, no error diffusion")
+    compress.add_argument("--seamless", default="", choices=["", "x", "y", "xy"],
+                          help="axes along which the image tiles (kept tileable)")
+    decompress.add_argument("--denoise-steps", type=int, default=0,
+                            help="UNet steps that remove the quantisation noise (0: plain VAE decode)")
+
+
+def run_codec(args) -> int:
+    """Run `compress` or `decompress`; a bad file or setting is one line on stderr and exit 2."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import numpy as np
+    from PIL import Image
+
+    from . import latent_codec as lc
+    from .models import ModelLoadError, ModelManager
+
+    try:
+        if args.command == "compress":
+            image = np.asarray(Image.open(args.input).convert("RGB"), np.float32) / 255
+            settings = lc.CodecSettings(args.bits, args.palette, not args.no_dither, args.seamless)
+            settings.check()
+            model = args.model or protocol.DEFAULT_MODEL
+            components = ModelManager([model], device=args.device, models_dir=args.models_dir).get()
+            data = lc.compress(components, image, settings, model=model)
+            args.output.write_bytes(data)
+            print(f"{args.output}: {len(data)} bytes ({image.shape[1]}x{image.shape[0]}, "
+                  f"{8 * len(data) / (image.shape[0] * image.shape[1]):.3f} bits per pixel)")
+        else:
+            data = args.input.read_bytes()
+            header, _ = lc.read_header(data)
+            model = args.model or header["model"] or protocol.DEFAULT_MODEL
+            components = ModelManager([model], device=args.device, models_dir=args.models_dir).get()
+            image = lc.decompress(components, data, args.denoise_steps, model_name=model)
+            Image.fromarray(np.rint(image * 255).astype(np.uint8)).save(args.output)
+            print(f"{args.output}: {image.shape[1]}x{image.shape[0]}")
+    except (lc.CodecError, ModelLoadError, OSError) as exc:
+        print(f"generator-backend {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="generator-backend", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +115,7 @@ def build_parser():
     serve.add_argument("--exit-with-parent", action="store_true",
                        help="stop when standard input closes: the add-on passes a pipe, so a backend it launched "
                             "never outlives it (even when it crashes)")
+    add_codec_commands(sub)
     tiny = sub.add_parser("build-tiny-model", help="build the offline tiny model into a folder")
     tiny.add_argument("--out", type=Path, required=True)
     return parser
@@ -146,6 +206,8 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return serve(args)
+    if args.command in ("compress", "decompress"):
+        return run_codec(args)
     from .tiny_model import build_tiny_model
 
     print(build_tiny_model(args.out))
