@@ -19,7 +19,8 @@ from dream_addon.client import BackendConnection
 from dream_addon.supervisor import PACKAGE_ROOT, BackendProcess
 
 SMALL = {"prompt": "red bricks", "width": 64, "height": 64, "steps": 2, "preview_interval": 0.0}
-LONG = dict(SMALL, steps=30)  # long enough to be stopped mid-way, short enough to resume
+LONG = dict(SMALL, width=256, height=256, steps=200)  # ~5 s on an idle 2-core machine: still running when
+# the signal or the kill comes (64 px and 30 steps finished first once the machine was idle)
 
 
 class Served:
