@@ -25,3 +25,29 @@ def generate(session, timeout=120):
     assert bpy.ops.dream.generate_texture() == {"FINISHED"}
     (job_id,) = set(session.jobs) - before
     return session.wait_for(job_id, timeout)
+
+
+def select_only_face(obj, index):
+    """Select one face (its vertices and edges too, so Edit mode's selection flush agrees)."""
+    mesh = obj.data
+    chosen = set(mesh.polygons[index].vertices) if index >= 0 else set()
+    for vertex in mesh.vertices:
+        vertex.select = vertex.index in chosen
+    for edge in mesh.edges:
+        edge.select = set(edge.vertices) <= chosen
+    for poly in mesh.polygons:
+        poly.select = poly.index == index
+
+
+def run_walk(scene, session, **settings):
+    """A short circular walk with ``settings`` on the Walk panel, run to its end."""
+    walk = scene.dream_walk
+    scene.dream.steps = 2
+    for name, value in {**dict(kind="circular", frames=6, batch_size=2, fps=8, start_frame=1), **settings}.items():
+        setattr(walk, name, value)
+    before = set(session.jobs)
+    assert bpy.ops.dream.walk() == {"FINISHED"}
+    (job_id,) = set(session.jobs) - before
+    job = session.wait_for(job_id, 300)
+    assert job.state == "done", job.message
+    return job

@@ -12,7 +12,7 @@ import bpy
 import numpy as np
 import pytest
 
-from tests.blender.helpers import REPO, addon, generate
+from tests.blender.helpers import REPO, addon, generate, run_walk, select_only_face
 from tests.blender.test_panels import RecordingLayout
 
 job_builder = addon("job_builder")
@@ -89,17 +89,6 @@ def test_feather_blends_near_the_mask_and_leaves_farther_pixels_bit_identical(sc
 
 
 # ----------------------------------------------------------------------------- 9. UV wrap
-def select_only_face(obj, index):
-    mesh = obj.data
-    chosen = set(mesh.polygons[index].vertices)
-    for vertex in mesh.vertices:
-        vertex.select = vertex.index in chosen
-    for edge in mesh.edges:
-        edge.select = set(edge.vertices) <= chosen
-    for poly in mesh.polygons:
-        poly.select = poly.index == index
-
-
 def textured_cube(scene, session):
     job = generate(session)
     assert job.state == "done", job.message
@@ -287,18 +276,6 @@ def test_a_mesh_without_uvs_gets_a_smart_uv_projection_or_a_warning(scene, sessi
 
 
 # ----------------------------------------------------------------------------- 13, 14. walk frames
-def run_walk(scene, session, target):
-    walk = scene.dream_walk
-    walk.kind, walk.frames, walk.batch_size, walk.target, walk.start_frame = "circular", 3, 3, target, 1
-    scene.dream.steps = 2
-    before = set(session.jobs)
-    assert bpy.ops.dream.walk() == {"FINISHED"}
-    (job_id,) = set(session.jobs) - before
-    job = session.wait_for(job_id, 300)
-    assert job.state == "done", job.message
-    return job
-
-
 REOPEN = f"""
 import os, sys, json
 sys.path.insert(0, {str(REPO / "scripts")!r})
@@ -323,7 +300,7 @@ print("FOUND", json.dumps(found))
 
 def test_walk_frames_move_with_the_project_folder(scene, session, tmp_path, prefs):
     bpy.ops.mesh.primitive_plane_add(size=2)
-    jobs = [run_walk(scene, session, "SEQUENCER"), run_walk(scene, session, "TEXTURE")]
+    jobs = [run_walk(scene, session, target=t, frames=3, batch_size=3) for t in ("SEQUENCER", "TEXTURE")]
     assert [item.frames for item in scene.dream_history] == [3, 3]  # walk entries show their frames
     assert all(item.image is not None and item.image.source == "SEQUENCE" for item in scene.dream_history)
     project = tmp_path / "project"

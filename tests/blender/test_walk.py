@@ -7,22 +7,9 @@ import bpy
 import numpy as np
 import pytest
 
-from tests.blender.helpers import addon
+from tests.blender.helpers import addon, run_walk
 
 strips_of, strip_span = addon("walk_frames").strips_of, addon("walk_frames").strip_span
-
-
-def run_walk(scene, session, **settings):
-    walk = scene.dream_walk
-    scene.dream.steps = 2
-    for name, value in {**dict(kind="circular", frames=6, batch_size=2, fps=8, start_frame=1), **settings}.items():
-        setattr(walk, name, value)
-    before = set(session.jobs)
-    assert bpy.ops.dream.walk() == {"FINISHED"}
-    (job_id,) = set(session.jobs) - before
-    job = session.wait_for(job_id, 300)
-    assert job.state == "done", job.message
-    return job
 
 
 def test_frames_become_a_sequencer_strip(scene, session):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.backend.test_uv_mask import reference
-from tests.blender.helpers import addon, generate
+from tests.blender.helpers import addon, generate, select_only_face
 
 job_builder = addon("job_builder")
 
@@ -19,18 +19,6 @@ def pixels(image):
     out = np.empty(image.size[0] * image.size[1] * 4, np.float32)
     image.pixels.foreach_get(out)
     return out.reshape(image.size[1], image.size[0], 4)
-
-
-def select_only_face(obj, index):
-    """Select one face (its vertices and edges too, so Edit mode's selection flush agrees)."""
-    mesh = obj.data
-    chosen = set(mesh.polygons[index].vertices) if index >= 0 else set()
-    for vertex in mesh.vertices:
-        vertex.select = vertex.index in chosen
-    for edge in mesh.edges:
-        edge.select = set(edge.vertices) <= chosen
-    for poly in mesh.polygons:
-        poly.select = poly.index == index
 
 
 def face_uv_box(obj, index):
