@@ -18,7 +18,9 @@ SMALL = {"prompt": "red bricks", "width": 64, "height": 64, "steps": 3, "preview
 
 
 def connect(backend, token=None):
-    return BackendConnection("127.0.0.1", backend.ready_info["port"], token or backend.token, client="pytest")
+    conn = BackendConnection("127.0.0.1", backend.ready_info["port"], token or backend.token, client="pytest")
+    conn.sock.settimeout(120)  # an event that never comes fails the test instead of hanging the suite
+    return conn
 
 
 def events_until_terminal(conn, job_id):
@@ -157,7 +159,13 @@ def test_cancel_mid_job_within_a_step(backend):
 
 def test_cancel_queued_job(backend):
     conn = connect(backend)
-    conn.send({"type": "submit", "job_id": "q-run", "params": dict(SMALL, steps=60)})
+    conn.send({"type": "submit", "job_id": "q-run", "params": dict(SMALL, steps=200)})
+    # q-wait is queued behind a running q-run (submitted together, q-wait's first position could
+    # be 2, counted while q-run still waited for the worker)
+    message, _ = conn.recv()
+    while message.get("job_id") != "q-run" or message["type"] not in ("started", *protocol.TERMINAL_EVENTS):
+        message, _ = conn.recv()  # the connection's own timeout bounds each wait
+    assert message["type"] == "started"
     conn.send({"type": "submit", "job_id": "q-wait", "params": SMALL})
     positions = {}
     while "q-wait" not in positions:
