@@ -130,9 +130,9 @@ class DreamSceneProperties(bpy.types.PropertyGroup):
     # Infusion
     infusion_images: bpy.props.CollectionProperty(type=DreamBiasImage)
     infusion_images_index: bpy.props.IntProperty()
-    infusion_down: bpy.props.FloatProperty(name="Down Blocks", default=0.3, min=-5.0, max=5.0)
-    infusion_mid: bpy.props.FloatProperty(name="Mid Block", default=0.5, min=-5.0, max=5.0)
-    infusion_up: bpy.props.FloatProperty(name="Up Blocks", default=0.3, min=-5.0, max=5.0)
+    infusion_down: bpy.props.FloatProperty(name="Down Blocks", **number_args(protocol.LAYER_WEIGHT, default=0.3))
+    infusion_mid: bpy.props.FloatProperty(name="Mid Block", **number_args(protocol.LAYER_WEIGHT, default=0.5))
+    infusion_up: bpy.props.FloatProperty(name="Up Blocks", **number_args(protocol.LAYER_WEIGHT, default=0.3))
     infusion_decay: bpy.props.FloatProperty(name="Decay", **number_args(_FIELDS["infusion_decay"]))
     infusion_cond_only: bpy.props.BoolProperty(name="Conditional Only",
                                                description=_FIELDS["infusion_cond_only"].doc)

@@ -145,6 +145,8 @@ def _mirrors():
         (scene, "feather", image["feather"], {}),
         (scene, "width", common["width"], {"max": 8192}), (scene, "height", common["height"], {"max": 8192}),
         (scene, "prompt_weight", p.PROMPT_TERM_FIELDS["weight"], {"default": 1.0}),  # the protocol's: required
+        *[(scene, f"infusion_{group}", p.LAYER_WEIGHT, {"default": default})  # the protocol's: required
+          for group, default in (("down", 0.3), ("mid", 0.5), ("up", 0.3))],
         (props.DreamPrompt, "weight", p.PROMPT_TERM_FIELDS["weight"], {"default": 1.0}),
         (props.DreamEnsembleModel, "weight", p.MODEL_TERM_FIELDS["weight"], {"default": 0.5}),
         (walk_group, "kind", walk["walk"], {"default": "circular"}),  # the one walk that needs no more input
