@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import protocol, uv_mask
-from .properties import DEFAULT_MODEL
+from .properties import BACKEND_DEFAULT_MODEL
 from .session import BLENDER_OUTPUT
 
 
@@ -51,7 +51,7 @@ def scene_params(props) -> tuple[dict, dict]:
         "negative_prompt": props.negative_prompt, "seed": props.seed, "steps": props.steps,
         "guidance": round(props.guidance, 4), "width": props.width, "height": props.height,
         "scheduler": props.scheduler, "preview_interval": props.preview_interval,
-        "model": "" if props.model == DEFAULT_MODEL else props.model,
+        "model": "" if props.model == BACKEND_DEFAULT_MODEL else props.model,
         "seamless": ("x" if props.seamless_x else "") + ("y" if props.seamless_y else ""),
         **BLENDER_OUTPUT, "input_linear": True, "input_flip_y": True,
     }

@@ -481,16 +481,20 @@ def validate_prompt_terms(value, where="params.prompts") -> list:
     return _validate_terms(value, where, PROMPT_TERM_FIELDS)
 
 
+LAYER_WEIGHT = Field("float", None, min=-5.0, max=5.0, doc="Infusion weight of one UNet layer group")
+
+
 def validate_layer_weights(value, where) -> dict:
     """{layer name: weight}; which names a model has is checked where the model is known."""
+    low, high = LAYER_WEIGHT.min, LAYER_WEIGHT.max
     if not isinstance(value, dict) or not 1 <= len(value) <= 32 or not all(
             isinstance(k, str) and 0 < len(k) <= LAYER_NAME_MAX for k in value):
         raise ProtocolError("invalid_param", f"{where} must map 1..32 layer names (down0.., mid, up0..) to weights",
-                            field=where, allowed={"keys": "down<i>, mid, up<i>", "min": -5.0, "max": 5.0})
+                            field=where, allowed={"keys": "down<i>, mid, up<i>", "min": low, "max": high})
     for name, weight in value.items():
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not -5.0 <= weight <= 5.0:
-            raise ProtocolError("invalid_param", f"{where}.{name} must be a number between -5 and 5",
-                                field=f"{where}.{name}", allowed={"min": -5.0, "max": 5.0})
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not low <= weight <= high:
+            raise ProtocolError("invalid_param", f"{where}.{name} must be a number between {low:g} and {high:g}",
+                                field=f"{where}.{name}", allowed={"min": low, "max": high})
     return {k: float(v) for k, v in value.items()}
 
 

@@ -53,8 +53,9 @@ def image_tensor(array, channels=3, linear=False, flip_y=False) -> torch.Tensor:
     return linear_to_srgb(image) if linear and not is_bytes else image  # uint8 arrays are always sRGB
 
 
-def to_rgba(image: torch.Tensor, dtype: str, flip_y: bool, linear: bool = False):
-    """Convert (H, W, 3) sRGB float in [0, 1] to a numpy RGBA array of ``dtype``, on the device."""
+def to_rgba(image, dtype: str, flip_y: bool, linear: bool = False):
+    """Convert (H, W, 3) sRGB float in [0, 1] (tensor or array) to a numpy RGBA array of ``dtype``, on the device."""
+    image = torch.as_tensor(image)
     if flip_y:
         image = image.flip(0)
     if linear:

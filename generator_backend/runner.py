@@ -250,6 +250,10 @@ class Worker(threading.Thread):
                            "step": job.step})
         job.emit({"type": "cancelled", "step": job.step})
 
+    def cancel_unstarted(self, job: Job):
+        """End a job taken off the queue before it ran (a cancel, a shutdown): saved and sent as cancelled."""
+        self._cancelled(job)
+
     def _failed(self, job: Job, code: str, message: str, **details):
         job.state = FAILED
         job.error = {"type": "error", "code": code, "message": message,

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 from dream_addon import protocol
 from dream_addon.protocol import ProtocolError
@@ -171,12 +172,19 @@ class Connection:
         self.send(self.server.welcome())
 
     def _dispatch_safely(self, message, arrays):
+        self._answering_errors(message, self._dispatch, message, arrays)
+
+    def _dispatch(self, message, arrays):
+        handler = getattr(self, "on_" + message["type"], None)
+        if handler is None or message["type"] not in protocol.CLIENT_MESSAGES or message["type"] == "hello":
+            raise ProtocolError("unknown_type", f"unknown message type {message['type'][:40]!r}", field="type",
+                                allowed=[t for t in protocol.CLIENT_MESSAGES if t != "hello"])
+        handler(message, arrays)
+
+    def _answering_errors(self, message, run, *args):
+        """Run ``run(*args)`` for ``message``; every failure is sent as an error event, never a traceback."""
         try:
-            handler = getattr(self, "on_" + message["type"], None)
-            if handler is None or message["type"] not in protocol.CLIENT_MESSAGES or message["type"] == "hello":
-                raise ProtocolError("unknown_type", f"unknown message type {message['type'][:40]!r}", field="type",
-                                    allowed=[t for t in protocol.CLIENT_MESSAGES if t != "hello"])
-            handler(message, arrays)
+            run(*args)
         except ProtocolError as exc:
             if exc.job_id is None and isinstance(message.get("job_id"), str):
                 exc.job_id = message["job_id"][:protocol.JOB_ID_MAX]
@@ -236,9 +244,14 @@ class Connection:
         meta = self.server.store.load_meta(job_id)
         if meta is None or meta.get("kind") != "walk" or meta.get("state") != DONE:
             raise ProtocolError("not_found", f"no finished walk {job_id!r} to export", field="job_id", job_id=job_id)
-        path, count = export_frames(self.server.store.job_dir(job_id), options["format"],
-                                    options["fps"] or meta["params"]["fps"], options["rubber_band"])
-        self.send({"type": "exported", "job_id": job_id, "path": str(path), "frames": count, **options})
+        folder, fps = self.server.store.job_dir(job_id), options["fps"] or meta["params"]["fps"]
+
+        def export():
+            path, count = export_frames(folder, options["format"], fps, options["rubber_band"])
+            self.send({"type": "exported", "job_id": job_id, "path": str(path), "frames": count, **options})
+
+        # Off the reader thread: encoding a long walk takes seconds, and a cancel must not wait for it.
+        self.server.exporter.submit(self._answering_errors, message, export)
 
     def on_shutdown(self, message, arrays):
         self.send({"type": "bye"})
@@ -265,6 +278,7 @@ class Server:
         self.jobs = {}
         self.queue = JobQueue()
         self.worker = Worker(self.queue, models, self.store)
+        self.exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dream-export")  # one at a time
         self.connections = set()  # authenticated
         self.pending = set()  # accepted, not yet authenticated
         self._lock = threading.Lock()
@@ -346,11 +360,12 @@ class Server:
         for job in queued:  # saved as cancelled, so a restarted backend resumes them on request
             job.cancel_requested.set()
             if self.queue.remove(job):
-                self.worker._cancelled(job)
+                self.worker.cancel_unstarted(job)
         if running:
             running.cancel_requested.set()
         self.queue.close()
         self.worker.join(timeout=60)
+        self.exporter.shutdown(wait=False, cancel_futures=True)
         for connection in connections:
             connection.evict()
         for connection in connections:
@@ -420,7 +435,7 @@ class Server:
                                 field="job_id", job_id=job_id)
         job.cancel_requested.set()
         if self.queue.remove(job):  # still queued: cancel at once; a running job stops at its next step
-            self.worker._cancelled(job)
+            self.worker.cancel_unstarted(job)
 
     def fetch(self, connection, job_id, output):
         """Send the finished result of ``job_id``, or its state and later events if it is still going."""
@@ -438,10 +453,8 @@ class Server:
         if meta is None:
             raise ProtocolError("not_found", f"no job {job_id!r} on this backend", field="job_id", job_id=job_id)
         if meta["state"] == DONE:
-            import torch
-
             try:
-                image = torch.from_numpy(self.store.load_image(job_id))
+                image = self.store.load_image(job_id)
             except (OSError, ValueError):
                 raise ProtocolError("job_lost", f"the result files of job {job_id!r} are gone from "
                                     f"{self.store.job_dir(job_id)}; submit it again", job_id=job_id) from None

@@ -1,11 +1,11 @@
 """Generate, texture selected faces, img2img and inpaint in the image editor, cancel, seed."""
 
-import random
 
 import bpy
 import numpy as np
 
 from .. import blender_images, history
+from ..field_props import random_seed
 from ..client import describe_error
 from ..job_builder import (JobInputError, active_image_texture, check_job, image_extension, image_pixels,
                            mask_from_source, scene_params, selected_faces_uv_mask, sized_to_image, walk_params,
@@ -20,7 +20,7 @@ def prepare(operator, context):
     """Common start of every generating operator: seed, parameters, arrays."""
     props = context.scene.dream
     if props.randomize_seed:
-        props.seed = random.randint(0, 2**31 - 1)
+        props.seed = random_seed()
     return props, *scene_params(props)
 
 
@@ -232,7 +232,7 @@ class DREAM_OT_randomize_seed(bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     def execute(self, context):
-        context.scene.dream.seed = random.randint(0, 2**31 - 1)
+        context.scene.dream.seed = random_seed()
         return {"FINISHED"}
 
 

@@ -1,12 +1,12 @@
 """History (Recall, Re-run with a new seed) and presets of texture settings."""
 
 import json
-import random
 
 import bpy
 from bl_operators.presets import AddPresetBase
 
 from .. import history
+from ..field_props import random_seed
 from ..job_builder import JobInputError
 from .generate import image_job, report_input_errors
 
@@ -46,7 +46,7 @@ class DREAM_OT_history_rerun(HistoryOperator, bpy.types.Operator):
         entry = self.entry(context)
         props = context.scene.dream
         history.apply(props, json.loads(entry.settings))
-        props.seed = random.randint(0, 2**31 - 1)
+        props.seed = random_seed()
         if entry.kind in ("img2img", "inpaint"):  # on the entry's own source, from any editor
             if entry.source is None:
                 raise JobInputError("The image this generation repainted was deleted: nothing to re-run on")

@@ -3,19 +3,23 @@
 import bpy
 
 from .. import protocol
+from ..field_props import enum_args, enum_items, number_args
 
 _FIELDS = protocol.txt2img_fields()
-SCHEDULER_ITEMS = [
-    ("default", "Model Default", "The scheduler the model ships with"),
-    ("ddim", "DDIM", "Denoising Diffusion Implicit Models"),
-    ("euler", "Euler", "Euler, Karras et al. 2022"),
-    ("euler_a", "Euler Ancestral", "Euler with fresh noise each step"),
-    ("dpmpp_2m", "DPM++ 2M", "DPM-Solver++ multistep"),
-    ("dpmpp_2m_karras", "DPM++ 2M Karras", "DPM-Solver++ multistep with Karras sigmas"),
-    ("unipc", "UniPC", "Unified predictor-corrector"),
-    ("pndm", "PNDM", "Pseudo numerical methods"),
-]
-assert [i[0] for i in SCHEDULER_ITEMS] == list(protocol.SCHEDULERS)
+_IMAGE_FIELDS = protocol.inpaint_fields()  # img2img's fields plus feather
+_IMAGE_FIELDS["strength"] = protocol.img2img_fields()["strength"]  # one Strength for both: img2img's default
+_WALK_FIELDS = protocol.walk_fields()
+SCHEDULER_LABELS = {
+    "default": ("Model Default", "The scheduler the model ships with"),
+    "ddim": ("DDIM", "Denoising Diffusion Implicit Models"),
+    "euler": ("Euler", "Euler, Karras et al. 2022"),
+    "euler_a": ("Euler Ancestral", "Euler with fresh noise each step"),
+    "dpmpp_2m": ("DPM++ 2M", "DPM-Solver++ multistep"),
+    "dpmpp_2m_karras": ("DPM++ 2M Karras", "DPM-Solver++ multistep with Karras sigmas"),
+    "unipc": ("UniPC", "Unified predictor-corrector"),
+    "pndm": ("PNDM", "Pseudo numerical methods"),
+}
+SCHEDULER_ITEMS = enum_items(protocol.SCHEDULERS, SCHEDULER_LABELS)
 
 
 def allowed_size(name: str, value: int) -> int:
@@ -39,19 +43,21 @@ def model_items(self, context):
     from ..session import SESSION
 
     names = [m["name"] for m in (SESSION.welcome or {}).get("models", [])]
-    _MODEL_ITEMS[:] = [(DEFAULT_MODEL, "Backend Default", "The backend's default model")] + [
-        (n, n, "") for n in names if n != DEFAULT_MODEL]
+    _MODEL_ITEMS[:] = [(BACKEND_DEFAULT_MODEL, "Backend Default", "The backend's default model")] + [
+        (n, n, "") for n in names if n != BACKEND_DEFAULT_MODEL]
     return _MODEL_ITEMS
 
 
 _MODEL_ITEMS = []
-DEFAULT_MODEL = "DEFAULT"  # enum identifiers cannot be empty; sent as "" (the backend's default)
+# The Model menu's "whatever the backend defaults to" entry (not protocol.DEFAULT_MODEL, the shipped model's
+# name): enum identifiers cannot be empty, so it is sent as "".
+BACKEND_DEFAULT_MODEL = "DEFAULT"
 
 
 class DreamPrompt(bpy.types.PropertyGroup):
     text: bpy.props.StringProperty(name="Prompt", default="")
-    weight: bpy.props.FloatProperty(name="Weight", default=1.0, min=-10.0, max=10.0,
-                                    description="Weight in the ensemble; negative steers away")
+    weight: bpy.props.FloatProperty(name="Weight", **number_args(protocol.PROMPT_TERM_FIELDS["weight"], default=1.0,
+                                    description="Weight in the ensemble; negative steers away"))
 
 
 class DreamBiasImage(bpy.types.PropertyGroup):
@@ -64,7 +70,7 @@ def compatible_models(self, context, edit_text):
 
     models = (SESSION.welcome or {}).get("models", [])
     chosen = context.scene.dream.model
-    if chosen == DEFAULT_MODEL:
+    if chosen == BACKEND_DEFAULT_MODEL:
         chosen = next((m["name"] for m in models if m["default"]), "")
     family = next((m.get("family") for m in models if m["name"] == chosen), None)
     return [m["name"] for m in models if family is None or m.get("family") in (family, None)]
@@ -73,7 +79,7 @@ def compatible_models(self, context, edit_text):
 class DreamEnsembleModel(bpy.types.PropertyGroup):
     name: bpy.props.StringProperty(name="Model", default="", search=compatible_models,
                                    description="A model that shares the panel model's latent space")
-    weight: bpy.props.FloatProperty(name="Weight", default=0.5, min=-5.0, max=5.0)
+    weight: bpy.props.FloatProperty(name="Weight", **number_args(protocol.MODEL_TERM_FIELDS["weight"], default=0.5))
 
 
 class DreamHistoryItem(bpy.types.PropertyGroup):
@@ -96,41 +102,38 @@ class DreamSceneProperties(bpy.types.PropertyGroup):
     prompt: bpy.props.StringProperty(name="Prompt", default="seamless red bricks texture",
                                      description=_FIELDS["prompt"].doc)
     negative_prompt: bpy.props.StringProperty(name="Negative", default="", description=_FIELDS["negative_prompt"].doc)
-    seed: bpy.props.IntProperty(name="Seed", default=0, min=0, max=2**31 - 1, description=_FIELDS["seed"].doc)
+    seed: bpy.props.IntProperty(name="Seed", **number_args(_FIELDS["seed"]))
     randomize_seed: bpy.props.BoolProperty(name="Random Seed", default=False,
                                            description="Pick a new seed for every generation")
-    steps: bpy.props.IntProperty(name="Steps", default=20, min=1, max=int(_FIELDS["steps"].max),
-                                 description=_FIELDS["steps"].doc)
-    guidance: bpy.props.FloatProperty(name="Guidance", default=7.5, min=0.0, max=_FIELDS["guidance"].max,
-                                      soft_max=20.0, description=_FIELDS["guidance"].doc)
+    steps: bpy.props.IntProperty(name="Steps", **number_args(_FIELDS["steps"]))
+    guidance: bpy.props.FloatProperty(name="Guidance", soft_max=20.0, **number_args(_FIELDS["guidance"]))
     width: _size_prop("width")
     height: _size_prop("height")
-    scheduler: bpy.props.EnumProperty(name="Sampler", items=SCHEDULER_ITEMS, default="default")
-    preview_interval: bpy.props.FloatProperty(name="Preview Every", default=0.5, min=0.0, max=60.0, unit="TIME_ABSOLUTE",
-                                              description=_FIELDS["preview_interval"].doc)
+    scheduler: bpy.props.EnumProperty(name="Sampler", **enum_args(_FIELDS["scheduler"], SCHEDULER_LABELS))
+    preview_interval: bpy.props.FloatProperty(name="Preview Every", unit="TIME_ABSOLUTE",
+                                              **number_args(_FIELDS["preview_interval"]))
     model: bpy.props.EnumProperty(name="Model", items=model_items, description="Model served by the backend")
     # Prompt ensembling: the prompt above plus these, each with a weight.
-    prompt_weight: bpy.props.FloatProperty(name="Weight", default=1.0, min=-10.0, max=10.0,
-                                           description="Weight of the main prompt in the ensemble")
+    prompt_weight: bpy.props.FloatProperty(name="Weight", **number_args(
+        protocol.PROMPT_TERM_FIELDS["weight"], default=1.0, description="Weight of the main prompt in the ensemble"))
     extra_prompts: bpy.props.CollectionProperty(type=DreamPrompt)
     extra_prompts_index: bpy.props.IntProperty()
-    ensemble_mode: bpy.props.EnumProperty(name="Combine", default="noise", items=[
-        ("noise", "Predictions", "Combine the noise predictions every step"),
-        ("embedding", "Embeddings", "Average the text embeddings")])
+    ensemble_mode: bpy.props.EnumProperty(name="Combine", **enum_args(_FIELDS["ensemble_mode"], {
+        "noise": ("Predictions", "Combine the noise predictions every step"),
+        "embedding": ("Embeddings", "Average the text embeddings")}))
     seamless_x: bpy.props.BoolProperty(name="Seamless X", description="Tile seamlessly left to right")
     seamless_y: bpy.props.BoolProperty(name="Seamless Y", description="Tile seamlessly bottom to top")
-    layout: bpy.props.EnumProperty(name="Layout Pass", default="auto", description=_FIELDS["layout"].doc, items=[
-        ("auto", "Auto", "On where the canvas is at least twice the model's native size both ways"),
-        ("on", "On", "Always start from a seamless half-size sample (Generate Texture only)"),
-        ("off", "Off", "Start from pure noise")])
+    layout: bpy.props.EnumProperty(name="Layout Pass", **enum_args(_FIELDS["layout"], {
+        "auto": ("Auto", "On where the canvas is at least twice the model's native size both ways"),
+        "on": ("On", "Always start from a seamless half-size sample (Generate Texture only)"),
+        "off": ("Off", "Start from pure noise")}))
     # Infusion
     infusion_images: bpy.props.CollectionProperty(type=DreamBiasImage)
     infusion_images_index: bpy.props.IntProperty()
-    infusion_down: bpy.props.FloatProperty(name="Down Blocks", default=0.3, min=-5.0, max=5.0)
-    infusion_mid: bpy.props.FloatProperty(name="Mid Block", default=0.5, min=-5.0, max=5.0)
-    infusion_up: bpy.props.FloatProperty(name="Up Blocks", default=0.3, min=-5.0, max=5.0)
-    infusion_decay: bpy.props.FloatProperty(name="Decay", default=1.0, min=0.0, max=1.0,
-                                            description=_FIELDS["infusion_decay"].doc)
+    infusion_down: bpy.props.FloatProperty(name="Down Blocks", **number_args(protocol.LAYER_WEIGHT, default=0.3))
+    infusion_mid: bpy.props.FloatProperty(name="Mid Block", **number_args(protocol.LAYER_WEIGHT, default=0.5))
+    infusion_up: bpy.props.FloatProperty(name="Up Blocks", **number_args(protocol.LAYER_WEIGHT, default=0.3))
+    infusion_decay: bpy.props.FloatProperty(name="Decay", **number_args(_FIELDS["infusion_decay"]))
     infusion_cond_only: bpy.props.BoolProperty(name="Conditional Only",
                                                description=_FIELDS["infusion_cond_only"].doc)
     # Model ensembling
@@ -139,10 +142,10 @@ class DreamSceneProperties(bpy.types.PropertyGroup):
     ensemble_models: bpy.props.CollectionProperty(type=DreamEnsembleModel)
     ensemble_models_index: bpy.props.IntProperty()
     # Image tools
-    strength: bpy.props.FloatProperty(name="Strength", default=0.6, min=0.0, max=1.0,
-                                      description="How much of the image is repainted (img2img, inpainting)")
-    feather: bpy.props.FloatProperty(name="Feather", default=0.0, min=0.0, max=64.0, subtype="PIXEL",
-                                     description="Soft edge when the original is pasted back")
+    strength: bpy.props.FloatProperty(name="Strength", **number_args(
+        _IMAGE_FIELDS["strength"], description="How much of the image is repainted (img2img, inpainting)"))
+    feather: bpy.props.FloatProperty(name="Feather", subtype="PIXEL", **number_args(
+        _IMAGE_FIELDS["feather"], description="Soft edge when the original is pasted back"))
     uv_margin: bpy.props.IntProperty(name="Seam Margin", default=2, min=0, max=32, subtype="PIXEL",
                                      description="Grow the UV mask by this much against seams")
     mask_source: bpy.props.EnumProperty(name="Mask", default="ALPHA", items=[
@@ -174,22 +177,23 @@ class DreamWalkPrompt(bpy.types.PropertyGroup):
 class DreamWalkProperties(bpy.types.PropertyGroup):
     """Settings of a latent walk (Scene.dream_walk); the generation settings come from Scene.dream."""
 
-    kind: bpy.props.EnumProperty(name="Walk", default="circular", items=[
-        ("prompts", "Prompts", "Move from the panel prompt through the prompts below"),
-        ("seeds", "Seeds", "Move the starting noise from seed to seed"),
-        ("random", "Random", "A random walk of the text embedding"),
-        ("direction", "Direction", "Move the text embedding along one random direction"),
-        ("circular", "Circular", "A seamless loop of the starting noise")])
+    # The panel opens on the circular walk (the protocol's default is "prompts"): it needs no further input.
+    kind: bpy.props.EnumProperty(name="Walk", **enum_args(_WALK_FIELDS["walk"], {
+        "prompts": ("Prompts", "Move from the panel prompt through the prompts below"),
+        "seeds": ("Seeds", "Move the starting noise from seed to seed"),
+        "random": ("Random", "A random walk of the text embedding"),
+        "direction": ("Direction", "Move the text embedding along one random direction"),
+        "circular": ("Circular", "A seamless loop of the starting noise")}, default="circular"))
     prompts: bpy.props.CollectionProperty(type=DreamWalkPrompt)
     prompts_index: bpy.props.IntProperty()
-    interpolation: bpy.props.EnumProperty(name="Interpolation", default="slerp", items=[
-        ("slerp", "Slerp", "Spherical: keeps the embedding's length"), ("lerp", "Lerp", "Straight line")])
+    interpolation: bpy.props.EnumProperty(name="Interpolation", **enum_args(_WALK_FIELDS["interpolation"], {
+        "slerp": ("Slerp", "Spherical: keeps the embedding's length"), "lerp": ("Lerp", "Straight line")}))
     seeds: bpy.props.StringProperty(name="Seeds", default="1, 2, 3", description="Seeds, separated by commas")
-    step_size: bpy.props.FloatProperty(name="Step", default=0.05, min=0.0, max=2.0)
-    walk_seed: bpy.props.IntProperty(name="Walk Seed", default=0, min=0, max=2**31 - 1)
-    frames: bpy.props.IntProperty(name="Frames", default=24, min=2, max=2000)
-    fps: bpy.props.IntProperty(name="FPS", default=12, min=1, max=120)
-    batch_size: bpy.props.IntProperty(name="Batch", default=4, min=1, max=32, description="Frames per UNet batch")
+    step_size: bpy.props.FloatProperty(name="Step", **number_args(_WALK_FIELDS["step_size"]))
+    walk_seed: bpy.props.IntProperty(name="Walk Seed", **number_args(_WALK_FIELDS["walk_seed"]))
+    frames: bpy.props.IntProperty(name="Frames", **number_args(_WALK_FIELDS["frames"]))
+    fps: bpy.props.IntProperty(name="FPS", **number_args(_WALK_FIELDS["fps"]))
+    batch_size: bpy.props.IntProperty(name="Batch", **number_args(_WALK_FIELDS["batch_size"]))
     init_image: bpy.props.PointerProperty(name="Init Image", type=bpy.types.Image,
                                           description="Optional: every frame is img2img of this image")
     target: bpy.props.EnumProperty(name="Frames To", default="SEQUENCER", items=[
@@ -197,8 +201,8 @@ class DreamWalkProperties(bpy.types.PropertyGroup):
         ("TEXTURE", "Texture", "An image-sequence texture on the active object's material")])
     channel: bpy.props.IntProperty(name="Channel", default=1, min=1, max=128)
     start_frame: bpy.props.IntProperty(name="Start Frame", default=1)
-    export_format: bpy.props.EnumProperty(name="Export", default="gif", items=[("gif", "GIF", ""),
-                                                                                ("mp4", "MP4", "")])
+    export_format: bpy.props.EnumProperty(name="Export", **enum_args(protocol.EXPORT_FIELDS["format"], {
+        "gif": ("GIF", ""), "mp4": ("MP4", "")}))
     rubber_band: bpy.props.BoolProperty(name="Rubber Band", description="Forward, then back (2n - 2 frames)")
 
 

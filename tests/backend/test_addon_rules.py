@@ -33,3 +33,17 @@ def test_protocol_client_and_supervisor_import_without_blender():
     import dream_addon.supervisor
 
     assert "bpy" not in sys.modules
+
+
+def test_field_props_take_the_protocols_bounds_and_refuse_unknown_choices():
+    from dream_addon import field_props, protocol
+
+    seed = field_props.number_args(protocol.common_fields()["seed"])
+    assert seed == {"default": 0, "min": 0, "max": 2**31 - 1, "description": "Starting-noise seed"}
+    steps = field_props.number_args(protocol.common_fields()["steps"], default=3)
+    assert (steps["min"], steps["max"], steps["default"]) == (1, 200, 3)
+    items = field_props.enum_items(protocol.SCHEDULERS, {"ddim": ("DDIM", "d")})
+    assert [i[0] for i in items] == list(protocol.SCHEDULERS) and items[1] == ("ddim", "DDIM", "d")
+    with pytest.raises(ValueError, match="'lms'"):
+        field_props.enum_items(protocol.SCHEDULERS, {"lms": ("LMS", "")})
+    assert 0 <= field_props.random_seed() <= min(protocol.MAX_SEED, 2**31 - 1)

@@ -328,3 +328,58 @@ def test_blender_layout_inputs_and_infusion_groups(backend):
                          arrays={"infusion_0": srgb})[1]["image"]
     np.testing.assert_array_equal(grouped, named)
     conn.close()
+
+
+def test_server_module_imports_no_torch_and_no_private_worker_methods():
+    # The server speaks the protocol; tensors live in the runner and the core.
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(__file__).resolve().parents[2] / "generator_backend" / "server.py").read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | {
+        (n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+    assert "torch" not in imported
+    private = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("_")
+               and isinstance(n.value, ast.Attribute) and n.value.attr == "worker"]
+    assert private == []
+
+
+def test_a_cancel_is_answered_while_an_export_is_still_encoding(tmp_path, models_dir, monkeypatch):
+    import threading
+
+    from PIL import Image
+
+    from generator_backend import export
+    from generator_backend.models import ModelManager
+    from generator_backend.server import Server
+
+    release = threading.Event()
+    real_export = export.export_frames
+
+    def held_export(*args):  # slow by construction: it encodes only once the test has its cancel answer
+        assert release.wait(30), "the test never released the export"
+        return real_export(*args)
+
+    monkeypatch.setattr(export, "export_frames", held_export)
+    server = Server(ModelManager(["tiny"], device="cpu", models_dir=models_dir), tmp_path / "out", "token", port=0)
+    server.store.save_meta("walk-x", {"job_id": "walk-x", "kind": "walk", "state": "done", "params": {"fps": 12}})
+    for i in range(3):
+        Image.new("RGB", (8, 8), (80 * i, 0, 0)).save(server.store.frame_path("walk-x", i))
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        conn = BackendConnection("127.0.0.1", server.port, "token", client="pytest")
+        conn.sock.settimeout(20)  # a reader held by the export never answers: a timeout here, not a hang
+        conn.send({"type": "export", "job_id": "walk-x", "options": {"format": "gif"}})
+        conn.send({"type": "cancel", "job_id": "gone"})
+        answer = conn.recv()[0]
+        assert (answer["type"], answer["code"], answer["job_id"]) == ("error", "not_found", "gone")
+        release.set()
+        exported = conn.recv()[0]
+        assert exported["type"] == "exported" and exported["frames"] == 3 and exported["job_id"] == "walk-x"
+        conn.close()
+    finally:
+        release.set()
+        server.request_shutdown()
+        serving.join(60)
+    assert not serving.is_alive()

@@ -4,6 +4,8 @@ every operator they offer is registered, and each shown control is drawn under i
 import bpy
 import pytest
 
+from tests.blender.helpers import addon
+
 
 
 class RecordingLayout:
@@ -121,3 +123,55 @@ def test_every_scene_property_is_drawn_somewhere(scene):
             drawn |= shown(draw("SEQUENCER_PT_dream_walk"))
     walk_names = {n for n in type(walk).__annotations__ if not n.endswith("_index")}
     assert walk_names <= drawn, walk_names - drawn
+
+
+def _protocol():
+    return addon("protocol")
+
+
+def _mirrors():
+    """(property group, property, the protocol Field it mirrors, what the panel sets differently and why)."""
+    p, props = _protocol(), addon("properties")
+    common, image, walk = p.txt2img_fields(), p.inpaint_fields(), p.walk_fields()
+    scene, walk_group = props.DreamSceneProperties, props.DreamWalkProperties
+    blender_int = {"max": 2**31 - 1}  # Blender ints are signed 32-bit
+    return [
+        (scene, "seed", common["seed"], blender_int), (scene, "steps", common["steps"], {}),
+        (scene, "guidance", common["guidance"], {}), (scene, "scheduler", common["scheduler"], {}),
+        (scene, "preview_interval", common["preview_interval"], {}),
+        (scene, "ensemble_mode", common["ensemble_mode"], {}), (scene, "layout", common["layout"], {}),
+        (scene, "infusion_decay", common["infusion_decay"], {}),
+        (scene, "strength", p.img2img_fields()["strength"], {}),  # one Strength for both; img2img's default
+        (scene, "feather", image["feather"], {}),
+        (scene, "width", common["width"], {"max": 8192}), (scene, "height", common["height"], {"max": 8192}),
+        (scene, "prompt_weight", p.PROMPT_TERM_FIELDS["weight"], {"default": 1.0}),  # the protocol's: required
+        *[(scene, f"infusion_{group}", p.LAYER_WEIGHT, {"default": default})  # the protocol's: required
+          for group, default in (("down", 0.3), ("mid", 0.5), ("up", 0.3))],
+        (props.DreamPrompt, "weight", p.PROMPT_TERM_FIELDS["weight"], {"default": 1.0}),
+        (props.DreamEnsembleModel, "weight", p.MODEL_TERM_FIELDS["weight"], {"default": 0.5}),
+        (walk_group, "kind", walk["walk"], {"default": "circular"}),  # the one walk that needs no more input
+        (walk_group, "interpolation", walk["interpolation"], {}),
+        (walk_group, "step_size", walk["step_size"], {}), (walk_group, "walk_seed", walk["walk_seed"], blender_int),
+        (walk_group, "frames", walk["frames"], {}), (walk_group, "fps", walk["fps"], {}),
+        (walk_group, "batch_size", walk["batch_size"], {}),
+        (walk_group, "export_format", p.EXPORT_FIELDS["format"], {}),
+    ]
+
+
+def test_properties_have_the_protocols_bounds_defaults_and_choices():
+    for group, name, field, panel_own in _mirrors():
+        rna = group.bl_rna.properties[name]
+        expected = {"default": field.default, "min": field.min, "max": field.max, **panel_own}
+        if field.kind == "choice":
+            assert [i.identifier for i in rna.enum_items] == list(field.choices), name
+            assert rna.default == expected["default"], name
+            continue
+        # Float properties store float32: compare within its precision.
+        got = {"default": rna.default, "min": rna.hard_min, "max": rna.hard_max}
+        for key, want in expected.items():
+            if want is not None:
+                assert got[key] == pytest.approx(want, rel=1e-6), f"{name}.{key}: {got[key]} != {want}"
+
+
+def test_scheduler_items_are_the_protocols_samplers():
+    assert [item[0] for item in addon("properties").SCHEDULER_ITEMS] == list(_protocol().SCHEDULERS)

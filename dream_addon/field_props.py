@@ -1,0 +1,43 @@
+"""Blender property arguments derived from the protocol's Field table (no bpy: testable without Blender).
+
+The panel's bounds, choices and defaults are the protocol's; only labels are the add-on's own.
+"""
+
+import random
+
+from . import protocol
+
+BLENDER_INT_MAX = 2**31 - 1  # Blender's IntProperty is a signed 32-bit int; larger protocol bounds are cut here
+
+
+def number_args(field: protocol.Field, **overrides) -> dict:
+    """IntProperty/FloatProperty keywords (default, min, max, description) from ``field``."""
+    args = {"description": field.doc}
+    if field.default is not None:
+        args["default"] = field.default
+    if field.min is not None:
+        args["min"] = field.min if field.kind == "float" else int(field.min)
+    if field.max is not None:
+        args["max"] = field.max if field.kind == "float" else min(int(field.max), BLENDER_INT_MAX)
+    args.update(overrides)
+    return args
+
+
+def enum_items(choices, labels: dict) -> list:
+    """EnumProperty items, in the protocol's order, labelled from ``labels`` (id -> (name, description))."""
+    unknown = sorted(set(labels) - set(choices))
+    if unknown:
+        raise ValueError(f"labels for {unknown}, which are not among the protocol's choices {list(choices)}")
+    return [(c, *labels.get(c, (c.replace("_", " ").title(), ""))) for c in choices]
+
+
+def enum_args(field: protocol.Field, labels: dict, **overrides) -> dict:
+    """EnumProperty keywords (items, default, description) from a choice ``field``."""
+    args = {"items": enum_items(field.choices, labels), "default": field.default, "description": field.doc}
+    args.update(overrides)
+    return args
+
+
+def random_seed() -> int:
+    """A fresh seed the panel's seed property can hold (and the protocol accepts)."""
+    return random.randint(0, min(protocol.MAX_SEED, BLENDER_INT_MAX))
