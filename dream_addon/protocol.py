@@ -575,8 +575,73 @@ def walk_fields(max_size: int = 2048) -> dict:
             "fps": Field("int", 12, min=1, max=120, doc="Frames per second of the sequence and exports")}
 
 
-JOB_KINDS = {"txt2img": txt2img_fields, "img2img": img2img_fields, "inpaint": inpaint_fields, "walk": walk_fields}
-JOB_ARRAYS = {"txt2img": (), "img2img": ("init_image",), "inpaint": ("init_image", "mask"), "walk": ()}
+def output_fields() -> dict:
+    """How result arrays are delivered (every kind that returns an image)."""
+    return {k: v for k, v in common_fields().items() if k in ("output_dtype", "flip_y", "linear")}
+
+
+def compress_fields(max_size: int = 2048) -> dict:
+    """The latent codec's encoder (docs/techniques.md): the image travels as the array 'init_image'."""
+    from .latent_format import BITS_RANGE, PALETTE_RANGE
+
+    common = common_fields(max_size)
+    return {
+        **output_fields(), **{k: common[k] for k in ("model", "input_linear", "input_flip_y", "seamless")},
+        "width": Field("int", None, min=8, max=max_size, required=True, doc="Width of the image in pixels"),
+        "height": Field("int", None, min=8, max=max_size, required=True, doc="Height of the image in pixels"),
+        "bits": Field("int", 8, min=BITS_RANGE[0], max=BITS_RANGE[1], doc="Bits per latent channel"),
+        "palette": Field("int", 256, min=0, max=PALETTE_RANGE[1],
+                         doc=f"Palette colours ({PALETTE_RANGE[0]}..{PALETTE_RANGE[1]}); 0 stores the channels"),
+        "dither": Field("bool", True, doc="Floyd-Steinberg error diffusion when palettising"),
+    }
+
+
+def decompress_fields(max_size: int = 2048) -> dict:
+    """The latent codec's decoder: the file travels as the array 'latent_file' (latent_format.to_rows)."""
+    from .latent_format import MAX_FILE_BYTES
+
+    return {
+        **output_fields(),
+        "model": Field("str", "", max_length=1000, doc="Model to decode with; empty = the one the file names"),
+        "latent_bytes": Field("int", None, min=1, max=MAX_FILE_BYTES, required=True,
+                              doc="Length of the file in 'latent_file'"),
+        "denoise_steps": Field("int", 0, min=0, max=50,
+                               doc="UNet steps that remove the quantisation noise; 0 is the plain VAE decode"),
+    }
+
+
+def validate_latent_file(params, arrays):
+    """The decoder's one array: (blocks, 64, 64) uint8 holding params.latent_bytes bytes."""
+    from .latent_format import BLOCK, BLOCK_BYTES
+
+    array = arrays.get("latent_file")
+    shape = [-(-params["latent_bytes"] // BLOCK_BYTES), *BLOCK]
+    if array is None or list(array.shape) != shape or array.dtype != np.uint8:
+        got = "none" if array is None else f"{array.dtype} {list(array.shape)}"
+        raise ProtocolError("bad_array", f"arrays.latent_file must be uint8 of shape {shape} for "
+                            f"{params['latent_bytes']} bytes, got {got}", field="arrays.latent_file",
+                            allowed={"shape": shape, "dtype": "uint8"})
+
+
+JOB_KINDS = {"txt2img": txt2img_fields, "img2img": img2img_fields, "inpaint": inpaint_fields, "walk": walk_fields,
+             "compress": compress_fields, "decompress": decompress_fields}
+JOB_ARRAYS = {"txt2img": (), "img2img": ("init_image",), "inpaint": ("init_image", "mask"), "walk": (),
+              "compress": ("init_image",), "decompress": ()}
+PROMPTLESS_KINDS = ("walk", "compress", "decompress")  # walks have prompts of their own; the codec none
+ARRAY_CHECKS = {"decompress": validate_latent_file}  # kinds whose arrays are not images of the job's size
+
+
+def validate_palette(params):
+    """A palette of one colour says nothing: 0 (none) or 2..256."""
+    from .latent_format import PALETTE_RANGE
+
+    if params["palette"] == 1:
+        raise ProtocolError("invalid_param", f"params.palette must be 0 (no palette) or "
+                            f"{PALETTE_RANGE[0]}..{PALETTE_RANGE[1]}", field="params.palette",
+                            allowed={"choices": [0], "min": PALETTE_RANGE[0], "max": PALETTE_RANGE[1]})
+
+
+PARAM_CHECKS = {"compress": validate_palette}  # kind -> checks across its parameters
 OPTIONAL_ARRAYS = {"walk": ("init_image",)}
 INFUSION_ARRAYS = tuple(f"infusion_{i}" for i in range(MAX_INFUSION_IMAGES))
 
@@ -588,9 +653,17 @@ def validate_job(kind, params, arrays, max_size: int = 2048):
                             allowed=sorted(JOB_KINDS))
     params = validate_params(params, JOB_KINDS[kind](max_size))
     arrays = dict(arrays)
-    if kind != "walk":
+    if kind in PARAM_CHECKS:
+        PARAM_CHECKS[kind](params)
+    if kind in ARRAY_CHECKS:
+        if set(arrays) - {"latent_file"}:
+            raise ProtocolError("bad_array", f"a {kind} job takes only the array latent_file",
+                                field=f"arrays.{sorted(set(arrays) - {'latent_file'})[0]}", allowed=["latent_file"])
+        ARRAY_CHECKS[kind](params, arrays)
+        return params, arrays
+    if kind not in PROMPTLESS_KINDS:
         validate_one_prompt(params)
-    if bool(params["infusion_weights"]) != any(name in arrays for name in INFUSION_ARRAYS):
+    if bool(params.get("infusion_weights")) != any(name in arrays for name in INFUSION_ARRAYS):
         raise ProtocolError("invalid_param", "infusion needs both params.infusion_weights and at least one array "
                             f"of {list(INFUSION_ARRAYS)}", field="params.infusion_weights")
     optional = OPTIONAL_ARRAYS.get(kind, ()) + INFUSION_ARRAYS

@@ -56,6 +56,7 @@ class JobView:
     position: int = 0
     previews: int = 0
     message: str = ""
+    latent_path: str = ""  # the latent codec: where Save as Latent writes the file (or Open read it)
     warning: str = ""  # the backend's warning events (words of the prompt the model ignores)
     submitted: float = field(default_factory=time.time)
     blend_path: str = ""  # the .blend it was started in: its datablocks live there
@@ -185,8 +186,8 @@ class Session:
         While the backend starts, the job waits for it.
         """
         self.ensure_connected(prefs)
-        job = JobView(job_id=f"blender-{uuid.uuid4().hex[:16]}", params=params, image_name=image_name,
-                      total=params["steps"], **view)
+        view.setdefault("total", params.get("steps", 1))
+        job = JobView(job_id=f"blender-{uuid.uuid4().hex[:16]}", params=params, image_name=image_name, **view)
         job.blend_path = bpy.data.filepath
         job.refs = {role: bindings.ref(d) for role, d in (datablocks or {}).items() if d is not None}
         self.jobs[job.job_id] = job
@@ -397,6 +398,11 @@ class Session:
             job.state, job.step = "done", job.total
             job.message = f"{message['frames']} frames in {message['folder']}"
             history.record(job)
+        elif kind == "result" and job.kind == "compress":  # operators/latent.py: a file, not pixels
+            from .operators.latent import save_latent_result
+
+            job.state, job.message = save_latent_result(job, message, arrays)
+            job.step, self.status = job.total, job.message
         elif kind == "result":
             job.state, job.step, job.message = "done", job.total, f"Done in {sum(message['timings'].values()):.1f} s"
             self._write(job, arrays["image"], message, final=True)

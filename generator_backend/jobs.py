@@ -31,7 +31,8 @@ class Job:
         self.created = time.time()
         self.timings = {}
         self.step = 0
-        self.total = params.get("frames") or params.get("steps", 0)  # walks count frames
+        # walks count frames; the codec's decoder its denoise steps, its encoder one step
+        self.total = params.get("frames") or params.get("steps") or params.get("denoise_steps") or 1
         self.error = None  # the error message dict when state is FAILED
         self.cancel_requested = threading.Event()
         self.subscribers = {}  # connection -> how it wants the result (None: as the job's params say)
@@ -158,6 +159,13 @@ class JobStore:
                 "created": job.created, "timings": job.timings, "files": ["result.png", "result.npy"]}
         self.save_meta(job.job_id, meta)
         return meta
+
+    @_persisting
+    def save_file(self, job_id: str, name: str, data: bytes):
+        """A result file beside result.png (the latent codec's .dlat)."""
+        folder = self.job_dir(job_id)
+        _private_dir(folder)
+        _write_atomic(folder / name, lambda p: p.write_bytes(data))
 
     @_persisting
     def save_meta(self, job_id: str, meta: dict):

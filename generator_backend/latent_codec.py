@@ -22,41 +22,14 @@ import hashlib
 import io
 import json
 import math
-import struct
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-MAGIC = b"DLAT"
-FORMAT_VERSION = 1
-PREFIX = struct.Struct("!4sBI")  # magic, version, header length
-MAX_HEADER_BYTES = 1 << 16
-MAX_LATENT_DIM = 2048  # 16384 px at f=8
-BITS_RANGE = (1, 8)
-PALETTE_RANGE = (2, 256)  # or 0: no palette
-
-
-class CodecError(ValueError):
-    """A file that is not a valid latent image, or settings out of range; the message says which."""
-
-
-@dataclass(frozen=True)
-class CodecSettings:
-    bits: int = 8  # per latent channel
-    palette: int = 256  # colours of the latent "image"; 0 stores the quantised channels directly
-    dither: bool = True  # Floyd–Steinberg error diffusion when palettising
-    tile_axes: str = ""  # seamless axes: the VAE wraps around, so a tileable texture stays tileable
-
-    def check(self):
-        if not (isinstance(self.bits, int) and BITS_RANGE[0] <= self.bits <= BITS_RANGE[1]):
-            raise CodecError(f"bits must be an integer in {BITS_RANGE[0]}..{BITS_RANGE[1]}, got {self.bits!r}")
-        if not (isinstance(self.palette, int) and (self.palette == 0 or PALETTE_RANGE[0] <= self.palette
-                                                    <= PALETTE_RANGE[1])):
-            raise CodecError(f"palette must be 0 (none) or an integer in {PALETTE_RANGE[0]}..{PALETTE_RANGE[1]}, "
-                             f"got {self.palette!r}")
-        if self.tile_axes not in ("", "x", "y", "xy"):
-            raise CodecError(f"tile_axes must be one of '', 'x', 'y', 'xy', got {self.tile_axes!r}")
+from dream_addon.latent_format import (  # noqa: F401  (the file format, shared with the add-on)
+    BITS_RANGE, FORMAT_VERSION, HEADER_FIELDS, MAGIC, MAX_HEADER_BYTES, MAX_LATENT_DIM, PALETTE_RANGE, PREFIX,
+    CodecError, CodecSettings, read_header)
 
 
 @dataclass
@@ -183,63 +156,6 @@ def pack(header: dict, palette: np.ndarray | None, indices: np.ndarray) -> bytes
     header = dict(header, body_bytes=len(body), body_crc32=zlib.crc32(body))
     head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode("utf-8")
     return PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)) + head + body
-
-
-HEADER_FIELDS = {
-    "family": str, "vae_digest": str, "model": str, "width": int, "height": int, "latent_shape": list,
-    "bits": int, "palette": int, "dither": bool, "tile_axes": str, "lo": list, "hi": list, "noise_std": float,
-    "body_bytes": int, "body_crc32": int,
-}
-
-
-def _check_header(header) -> dict:
-    if not isinstance(header, dict):
-        raise CodecError("latent file: the header is not a JSON object")
-    for name, kind in HEADER_FIELDS.items():
-        value = header.get(name)
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if kind is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok:
-            raise CodecError(f"latent file: header field {name!r} is missing or not a {kind.__name__}")
-    shape = header["latent_shape"]
-    if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v for v in shape):
-        raise CodecError("latent file: latent_shape must be three positive integers [channels, height, width]")
-    c, h, w = shape
-    if c not in (1, 3, 4) or h > MAX_LATENT_DIM or w > MAX_LATENT_DIM:
-        raise CodecError(f"latent file: latent_shape {shape} is out of range (channels 1, 3 or 4; "
-                         f"at most {MAX_LATENT_DIM} per side)")
-    if not (0 < header["width"] and 0 < header["height"]):
-        raise CodecError("latent file: width and height must be positive")
-    try:
-        CodecSettings(header["bits"], header["palette"], header["dither"], header["tile_axes"]).check()
-    except CodecError as exc:
-        raise CodecError(f"latent file: {exc}") from None
-    for name in ("lo", "hi"):
-        values = header[name]
-        if len(values) != c or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                       and math.isfinite(v) for v in values):
-            raise CodecError(f"latent file: {name!r} must hold {c} finite numbers")
-    return header
-
-
-def read_header(data: bytes) -> tuple[dict, int]:
-    """Validate the prefix and header of a latent file: (header, offset of the palette)."""
-    if len(data) < PREFIX.size:
-        raise CodecError("not a latent image file: it is shorter than the file prefix")
-    magic, version, head_len = PREFIX.unpack_from(data)
-    if magic != MAGIC:
-        raise CodecError(f"not a latent image file (it starts with {magic!r}, not {MAGIC!r})")
-    if version != FORMAT_VERSION:
-        raise CodecError(f"latent file format version {version} is not supported (this backend reads "
-                         f"version {FORMAT_VERSION})")
-    if head_len > MAX_HEADER_BYTES or PREFIX.size + head_len > len(data):
-        raise CodecError("latent file: the header is truncated or too long")
-    try:
-        header = json.loads(data[PREFIX.size:PREFIX.size + head_len].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise CodecError("latent file: the header is not valid JSON") from None
-    return _check_header(header), PREFIX.size + head_len
 
 
 def unpack(data: bytes) -> LatentImage:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dream_addon.latent_format import from_rows, to_rows
 from dream_addon.protocol import ProtocolError
 
 from .core import Cancelled, GenerationRequest, IncompatibleModels, StepTimer, generate, latent_preview
@@ -64,7 +65,11 @@ def result_frame(store: JobStore, meta: dict, image, output: dict, source=None):
     if source is not None:
         original, encoding, untouched = source
         rgba = pasted_back(rgba, original, encoding, output_encoding(output), untouched)
-    return message, {"image": rgba}
+    arrays = {"image": rgba}
+    for name, file in meta.get("attachments", {}).items():  # the codec's file, as latent_format rows
+        data = (store.job_dir(meta["job_id"]) / file).read_bytes()
+        arrays[name], message[f"{name.removesuffix('_file')}_bytes"] = to_rows(data), len(data)
+    return message, arrays
 
 
 def input_source(job: Job, request: GenerationRequest):
@@ -78,7 +83,7 @@ def input_source(job: Job, request: GenerationRequest):
 
 # Job kind -> the Worker method that runs it: a new kind is registered here (and in the protocol).
 EXECUTORS = {"txt2img": "execute_image", "img2img": "execute_image", "inpaint": "execute_image",
-             "walk": "execute_walk"}
+             "walk": "execute_walk", "compress": "execute_compress", "decompress": "execute_decompress"}
 
 
 class Worker(threading.Thread):
@@ -222,6 +227,59 @@ class Worker(threading.Thread):
         job.emit_result(lambda output: result_frame(self.store, meta, image, output))
         return meta
 
+    def execute_compress(self, job: Job):
+        """The latent codec's encoder: the file, and the image it decodes to, both kept as the result."""
+        from . import latent_codec as lc
+        from .encoding import as_sent, image_tensor
+
+        p = job.params
+        job.emit({"type": "progress", "step": 0, "total": 1, "stage": "loading", "eta": None})
+        name = self.models.resolve(p["model"])
+        components = self.models.get(name)
+        image = image_tensor(job.inputs["init_image"], **as_sent(p)).numpy()
+        job.emit({"type": "progress", "step": 0, "total": 1, "stage": "encode", "eta": None})
+        settings = lc.CodecSettings(p["bits"], p["palette"], p["dither"], p["seamless"])
+        data = _codec(lc.compress, components, image, settings, model=name)
+        decoded = _codec(lc.decompress, components, data, 0, model_name=name)
+        return self._codec_result(job, decoded, name, data)
+
+    def execute_decompress(self, job: Job):
+        """The latent codec's decoder: the file's image, with the model it names unless another is asked."""
+        from . import latent_codec as lc
+
+        p = job.params
+        data = from_rows(job.inputs["latent_file"], p["latent_bytes"])
+        header, _ = _codec(lc.read_header, data)
+        name = p["model"] or header["model"] or self.models.default
+        if name not in self.models.sources:
+            raise ProtocolError("invalid_param", f"the latent file was made with model {name!r}, which is not "
+                                "served here: serve it, or name a model of the same latent family in params.model",
+                                field="params.model", allowed=self.models.names())
+        components = self.models.get(name)
+
+        def on_step(step, total):
+            job.step, job.total = step, total
+            if job.cancel_requested.is_set():
+                raise Cancelled()
+            job.emit({"type": "progress", "step": step, "total": total, "stage": "denoise", "eta": None},
+                     coalesce=True)
+
+        image = _codec(lc.decompress, components, data, p["denoise_steps"], model_name=name, on_step=on_step)
+        return self._codec_result(job, image, name)
+
+    def _codec_result(self, job: Job, image, model_name: str, data: bytes | None = None):
+        image = torch.from_numpy(np.ascontiguousarray(image, np.float32))
+        if job.cancel_requested.is_set():
+            raise Cancelled()
+        meta = self.store.save_result(job, image.numpy(), model_name)
+        if data is not None:
+            self.store.save_file(job.job_id, "result.dlat", data)
+            meta.update(attachments={"latent_file": "result.dlat"}, files=meta["files"] + ["result.dlat"])
+            self.store.save_meta(job.job_id, meta)
+        job.state = DONE
+        job.emit_result(lambda output: result_frame(self.store, meta, image, output))
+        return meta
+
     def _step_callback(self, job: Job, components):
         timer = StepTimer()
         interval = job.params["preview_interval"]
@@ -275,3 +333,14 @@ def _error_fields(exc: ProtocolError) -> dict:
     """A ProtocolError as keyword arguments of Worker._failed (no type, no job id)."""
     message = exc.to_message()
     return {k: v for k, v in message.items() if k not in ("type", "job_id")}
+
+
+def _codec(fn, *args, **kwargs):
+    """Run a latent codec call; a bad file or setting is the client's error, named as such."""
+    from .latent_codec import CodecError
+
+    try:
+        return fn(*args, **kwargs)
+    except CodecError as exc:
+        raise ProtocolError("invalid_param", str(exc), field="arrays.latent_file" if "file" in str(exc)
+                            else "params") from None

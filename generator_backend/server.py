@@ -210,7 +210,7 @@ class Connection:
             exc.job_id = job_id
             raise
         checks = ([("params.model", params["model"])] if params["model"] else []) + [
-            (f"params.models[{i}].name", m["name"]) for i, m in enumerate(params["models"] or [])]
+            (f"params.models[{i}].name", m["name"]) for i, m in enumerate(params.get("models") or [])]
         for where, name in checks:
             if name not in self.server.models.sources:
                 raise ProtocolError("invalid_param", f"{where} {name!r} is not served here", field=where,

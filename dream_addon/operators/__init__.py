@@ -1,3 +1,3 @@
-from . import backend, generate, history_ops, notices
+from . import backend, generate, history_ops, latent, notices
 
-classes = backend.classes + generate.classes + history_ops.classes + notices.classes
+classes = backend.classes + generate.classes + history_ops.classes + notices.classes + latent.classes

@@ -206,5 +206,7 @@ class DreamWalkProperties(bpy.types.PropertyGroup):
     rubber_band: bpy.props.BoolProperty(name="Rubber Band", description="Forward, then back (2n - 2 frames)")
 
 
-classes = (DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties,
+from .latent import DreamLatentProperties  # noqa: E402
+
+classes = (DreamLatentProperties, DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties,
            DreamWalkPrompt, DreamWalkProperties)

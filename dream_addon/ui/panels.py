@@ -224,6 +224,28 @@ class IMAGE_PT_dream_tools(DreamPanel, bpy.types.Panel):
         layout.operator("dream.inpaint", icon="BRUSH_DATA")
 
 
+class IMAGE_PT_dream_latent(DreamPanel, bpy.types.Panel):
+    bl_space_type = "IMAGE_EDITOR"
+    bl_label = "Latent Codec"
+    bl_parent_id = "IMAGE_PT_dream"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        latent, layout = context.scene.dream_latent, self.layout
+        row = layout.row(align=True)
+        row.prop(latent, "bits")
+        row.prop(latent, "palette")
+        layout.prop(latent, "dither")
+        layout.operator("dream.save_latent", icon="FILE_TICK")
+        space = context.space_data
+        image = space.image if space is not None and getattr(space, "type", "") == "IMAGE_EDITOR" else None
+        if image is not None and image.get("dream_latent"):
+            layout.label(text=f"Last saved: {image['dream_latent']}", icon="INFO")
+        layout.separator()
+        layout.prop(latent, "denoise_steps")
+        layout.operator("dream.open_latent", icon="FILE_FOLDER")
+
+
 def sub_panels(prefix, space, parent):
     """The ensemble, infusion, model, queue and history panels, under ``parent`` in ``space``."""
     made = []
@@ -297,6 +319,6 @@ def draw_status_bar(self, context):
 
 classes = ((DREAM_UL_prompts, DREAM_UL_images, DREAM_UL_models, DREAM_UL_history, VIEW3D_PT_dream,
             VIEW3D_PT_dream_faces) + sub_panels("VIEW3D", "VIEW_3D", "VIEW3D_PT_dream")
-           + (IMAGE_PT_dream, IMAGE_PT_dream_tools) + sub_panels("IMAGE", "IMAGE_EDITOR", "IMAGE_PT_dream")
+           + (IMAGE_PT_dream, IMAGE_PT_dream_tools, IMAGE_PT_dream_latent) + sub_panels("IMAGE", "IMAGE_EDITOR", "IMAGE_PT_dream")
            + (DREAM_UL_walk_prompts, SEQUENCER_PT_dream)
            + sub_panels("SEQUENCER", "SEQUENCE_EDITOR", "SEQUENCER_PT_dream"))

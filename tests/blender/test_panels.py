@@ -64,7 +64,8 @@ def shown(log):
     return {name for kind, name in log if kind in ("prop", "list", "operator")}
 
 
-PANELS = ["VIEW3D_PT_dream", "VIEW3D_PT_dream_faces", "IMAGE_PT_dream", "IMAGE_PT_dream_tools"] + [
+PANELS = ["VIEW3D_PT_dream", "VIEW3D_PT_dream_faces", "IMAGE_PT_dream", "IMAGE_PT_dream_tools",
+          "IMAGE_PT_dream_latent"] + [
     f"{prefix}_PT_dream_{name}" for prefix in ("VIEW3D", "IMAGE")
     for name in ("ensemble", "infusion", "modelensemble", "walk", "queue", "history")] + [
     "SEQUENCER_PT_dream", "SEQUENCER_PT_dream_walk"]
@@ -123,6 +124,7 @@ def test_every_scene_property_is_drawn_somewhere(scene):
             drawn |= shown(draw("SEQUENCER_PT_dream_walk"))
     walk_names = {n for n in type(walk).__annotations__ if not n.endswith("_index")}
     assert walk_names <= drawn, walk_names - drawn
+    assert set(type(scene.dream_latent).__annotations__) <= shown(draw("IMAGE_PT_dream_latent"))
 
 
 def _protocol():
