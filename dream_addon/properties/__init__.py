@@ -206,7 +206,7 @@ class DreamWalkProperties(bpy.types.PropertyGroup):
     rubber_band: bpy.props.BoolProperty(name="Rubber Band", description="Forward, then back (2n - 2 frames)")
 
 
-from .latent import DreamLatentProperties  # noqa: E402
+from .latent import DreamLatentProperties  # noqa: E402  (the Latent Codec panel)
 
 classes = (DreamLatentProperties, DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties,
            DreamWalkPrompt, DreamWalkProperties)
