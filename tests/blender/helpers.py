@@ -51,3 +51,12 @@ def run_walk(scene, session, **settings):
     job = session.wait_for(job_id, 300)
     assert job.state == "done", job.message
     return job
+
+
+def image_editor(image):
+    """A context override: the first area as an Image Editor showing ``image``."""
+    window = bpy.context.window_manager.windows[0]
+    area = window.screen.areas[0]
+    area.type = "IMAGE_EDITOR"
+    area.spaces.active.image = image
+    return bpy.context.temp_override(window=window, area=area, region=area.regions[-1])

@@ -9,7 +9,7 @@ import bpy
 import numpy as np
 import pytest
 
-from tests.blender.helpers import addon
+from tests.blender.helpers import image_editor
 
 
 def texture_image(name="bricks", width=60, height=44):
@@ -21,14 +21,6 @@ def texture_image(name="bricks", width=60, height=44):
     image = bpy.data.images.new(name, width, height, alpha=True)
     image.pixels.foreach_set(rgba.reshape(-1))
     return image, rgba
-
-
-def image_editor(image):
-    window = bpy.context.window_manager.windows[0]
-    area = window.screen.areas[0]
-    area.type = "IMAGE_EDITOR"
-    area.spaces.active.image = image
-    return bpy.context.temp_override(window=window, area=area, region=area.regions[-1])
 
 
 def run(session, operator, **kwargs):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.backend.test_uv_mask import reference
-from tests.blender.helpers import addon, generate, select_only_face
+from tests.blender.helpers import addon, generate, image_editor, select_only_face
 
 job_builder = addon("job_builder")
 
@@ -81,14 +81,6 @@ def test_texture_selected_faces_changes_only_their_uv_regions(scene, session):
     entry = scene.dream_history[-1]
     assert entry.kind == "inpaint" and entry.image == image
     np.testing.assert_array_equal(pixels(entry.original), before)  # the original stays recoverable
-
-
-def image_editor(image):
-    window = bpy.context.window_manager.windows[0]
-    area = window.screen.areas[0]
-    area.type = "IMAGE_EDITOR"
-    area.spaces.active.image = image
-    return bpy.context.temp_override(window=window, area=area, region=area.regions[-1])
 
 
 def photo(name="photo", width=72, height=60, is_float=False):
