@@ -32,6 +32,13 @@ from dream_addon.latent_format import (  # noqa: F401  (the file format, shared 
     CodecError, CodecSettings, read_header)
 
 
+# The job kinds this module runs (runner.execute_compress / execute_decompress) and the protocol
+# parameters it owns; the others of those kinds (model, encodings, seamless, size) are the core's,
+# the runner's and the seamless technique's, as for every kind.
+KINDS = ("compress", "decompress")
+FIELDS = ("bits", "palette", "dither", "latent_bytes", "denoise_steps")
+
+
 @dataclass
 class LatentImage:
     """A decoded file: the dequantised latent (unit-scaled, as the UNet sees it) and its header."""
