@@ -96,8 +96,9 @@ def test_cancel_keeps_placed_frames_and_resume_completes_the_strip(scene, sessio
     bpy.ops.dream.walk()
     (job_id,) = set(session.jobs) - before
     job = session.jobs[job_id]
+    deadline = time.monotonic() + 120
     while not job.walk_target.get("placed"):
-        assert job.active, job.message
+        assert job.active and time.monotonic() < deadline, job.message
         session.drain(timeout=1.0)
     bpy.ops.dream.cancel()
     session.wait_for(job_id)
