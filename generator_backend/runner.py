@@ -239,8 +239,8 @@ class Worker(threading.Thread):
         image = image_tensor(job.inputs["init_image"], **as_sent(p)).numpy()
         job.emit({"type": "progress", "step": 0, "total": 1, "stage": "encode", "eta": None})
         settings = lc.CodecSettings(p["bits"], p["palette"], p["dither"], p["seamless"])
-        data = _codec(lc.compress, components, image, settings, model=name)
-        decoded = _codec(lc.decompress, components, data, 0, model_name=name)
+        data = _codec(lc.compress, components, image, settings, model=name, field="params")
+        decoded = _codec(lc.decompress, components, data, 0, model_name=name, field="params")
         return self._codec_result(job, decoded, name, data)
 
     def execute_decompress(self, job: Job):
@@ -249,13 +249,14 @@ class Worker(threading.Thread):
 
         p = job.params
         data = from_rows(job.inputs["latent_file"], p["latent_bytes"])
-        header, _ = _codec(lc.read_header, data)
+        header, _ = _codec(lc.read_header, data, field="arrays.latent_file")
         name = p["model"] or header["model"] or self.models.default
         if name not in self.models.sources:
             raise ProtocolError("invalid_param", f"the latent file was made with model {name!r}, which is not "
                                 "served here: serve it, or name a model of the same latent family in params.model",
                                 field="params.model", allowed=self.models.names())
         components = self.models.get(name)
+        _codec(lc.check_family, components, header, name, field="params.model")
 
         def on_step(step, total):
             job.step, job.total = step, total
@@ -264,7 +265,8 @@ class Worker(threading.Thread):
             job.emit({"type": "progress", "step": step, "total": total, "stage": "denoise", "eta": None},
                      coalesce=True)
 
-        image = _codec(lc.decompress, components, data, p["denoise_steps"], model_name=name, on_step=on_step)
+        image = _codec(lc.decompress, components, data, p["denoise_steps"], model_name=name, on_step=on_step,
+                       field="arrays.latent_file")
         return self._codec_result(job, image, name)
 
     def _codec_result(self, job: Job, image, model_name: str, data: bytes | None = None):
@@ -335,12 +337,11 @@ def _error_fields(exc: ProtocolError) -> dict:
     return {k: v for k, v in message.items() if k not in ("type", "job_id")}
 
 
-def _codec(fn, *args, **kwargs):
-    """Run a latent codec call; a bad file or setting is the client's error, named as such."""
+def _codec(fn, *args, field: str, **kwargs):
+    """Run a latent codec call; a bad file or setting is the client's error, naming ``field``."""
     from .latent_codec import CodecError
 
     try:
         return fn(*args, **kwargs)
     except CodecError as exc:
-        raise ProtocolError("invalid_param", str(exc), field="arrays.latent_file" if "file" in str(exc)
-                            else "params") from None
+        raise ProtocolError("invalid_param", str(exc), field=field) from None

@@ -52,7 +52,7 @@ def test_codec_refusals_name_the_field(backend):
     garbage = b"not a latent file at all"
     refused = submit(conn, "lat-bad-2", "decompress", {"latent_bytes": len(garbage)},
                      {"latent_file": to_rows(garbage)})[0]
-    assert refused["type"] == "error" and "not a latent image file" in refused["message"], refused
+    assert refused["field"] == "arrays.latent_file" and "not a latent image file" in refused["message"], refused
     refused = submit(conn, "lat-bad-3", "decompress", {"latent_bytes": 5000},
                      {"latent_file": np.zeros((1, 64, 64), np.uint8)})[0]
     assert refused["code"] == "bad_array" and refused["field"] == "arrays.latent_file"
@@ -67,6 +67,7 @@ def test_codec_refusals_name_the_field(backend):
     refused = submit(conn, "lat-bad-5", "decompress", {"latent_bytes": len(data), "model": "tiny"},
                      {"latent_file": to_rows(data)})[0]
     assert refused["code"] == "invalid_param" and "made with model 'pocket'" in refused["message"], refused
+    assert refused["field"] == "params.model"
     assert "family" in refused["message"] and "Traceback" not in refused["message"]
     message, _ = submit(conn, "lat-after", "txt2img", {"prompt": "red", "width": 64, "height": 64, "steps": 1})
     assert message["type"] == "result"  # the worker lives on
