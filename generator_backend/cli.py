@@ -197,7 +197,13 @@ def serve(args) -> int:
     finally:
         if token_file:
             remove_token_file(token_file, token)
-    return 0
+    # Everything is saved and every thread joined or evicted: leave without the interpreter's
+    # finalisation, during which torch's native threads once aborted the process after a
+    # SIGTERM ("terminate called without an active exception", exit -6).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main(argv=None) -> int:
