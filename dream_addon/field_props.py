@@ -41,3 +41,27 @@ def enum_args(field: protocol.Field, labels: dict, **overrides) -> dict:
 def random_seed() -> int:
     """A fresh seed the panel's seed property can hold (and the protocol accepts)."""
     return random.randint(0, min(protocol.MAX_SEED, BLENDER_INT_MAX))
+
+
+# Panel properties that feed a protocol field under another name (the rest are named after their field).
+FEEDS = {"seamless_x": "seamless", "seamless_y": "seamless", "prompt_weight": "prompts", "extra_prompts": "prompts",
+         "infusion_down": "infusion_weights", "infusion_mid": "infusion_weights", "infusion_up": "infusion_weights",
+         "use_model_ensemble": "models", "ensemble_models": "models", "uv_margin": "mask"}
+# What a picture is of, not how it is made: recorded in history, left out of presets.
+CONTENT_FIELDS = ("prompt", "prompts", "seed", "model", "models")
+
+
+def job_field_names() -> set:
+    """Every parameter name any registered job kind takes."""
+    return {name for spec in protocol.JOB_KINDS.values() for name in spec.fields()}
+
+
+def panel_settings(names) -> tuple:
+    """The panel properties among ``names`` that a job reads: history records them and Recall puts them back."""
+    fields = job_field_names()
+    return tuple(name for name in names if name in fields or name in FEEDS)
+
+
+def preset_settings(names) -> tuple:
+    """The panel settings a texture preset keeps: how it is made, not what of (no prompt, seed or model)."""
+    return tuple(name for name in panel_settings(names) if FEEDS.get(name, name) not in CONTENT_FIELDS)

@@ -12,35 +12,37 @@ import zlib
 import bpy
 import numpy as np
 
-SETTINGS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height", "scheduler",
-            "preview_interval", "model", "prompt_weight", "ensemble_mode", "seamless_x", "seamless_y", "layout",
-            "strength", "feather", "uv_margin", "infusion_down", "infusion_mid", "infusion_up", "infusion_decay",
-            "infusion_cond_only", "use_model_ensemble")
+from .properties import SCENE_SETTINGS
 
 
 def snapshot(props) -> dict:
-    """The panel's settings as plain JSON values."""
-    settings = {name: getattr(props, name) for name in SETTINGS}
-    settings["extra_prompts"] = [{"text": p.text, "weight": p.weight} for p in props.extra_prompts]
-    settings["ensemble_models"] = [{"name": m.name, "weight": m.weight} for m in props.ensemble_models]
+    """The panel's settings as plain JSON values (collections as lists of their items' properties)."""
+    settings = {}
+    for name in SCENE_SETTINGS:
+        value = getattr(props, name)
+        if isinstance(value, bpy.types.bpy_prop_collection):
+            value = [{key: getattr(item, key) for key in type(item).__annotations__} for item in value]
+        settings[name] = value
     return settings
 
 
 def apply(props, settings: dict):
     """Put recorded settings back into the panel."""
-    for name in SETTINGS:
-        if name in settings:
-            try:
-                setattr(props, name, settings[name])
-            except (TypeError, ValueError):  # e.g. a model the backend no longer serves
-                pass
-    for collection, key in ((props.extra_prompts, "extra_prompts"), (props.ensemble_models, "ensemble_models")):
-        if key in settings:
-            collection.clear()
-            for entry in settings[key]:
-                item = collection.add()
-                for field, value in entry.items():
-                    setattr(item, field, value)
+    for name in SCENE_SETTINGS:
+        if name not in settings:
+            continue
+        current = getattr(props, name)
+        if isinstance(current, bpy.types.bpy_prop_collection):
+            current.clear()
+            for entry in settings[name]:
+                item = current.add()
+                for key, value in entry.items():
+                    setattr(item, key, value)
+            continue
+        try:
+            setattr(props, name, settings[name])
+        except (TypeError, ValueError):  # e.g. a model the backend no longer serves
+            pass
 
 
 def record(job):

@@ -623,15 +623,7 @@ def validate_latent_file(params, arrays):
                             allowed={"shape": shape, "dtype": "uint8"})
 
 
-JOB_KINDS = {"txt2img": txt2img_fields, "img2img": img2img_fields, "inpaint": inpaint_fields, "walk": walk_fields,
-             "compress": compress_fields, "decompress": decompress_fields}
-JOB_ARRAYS = {"txt2img": (), "img2img": ("init_image",), "inpaint": ("init_image", "mask"), "walk": (),
-              "compress": ("init_image",), "decompress": ()}
-PROMPTLESS_KINDS = ("walk", "compress", "decompress")  # walks have prompts of their own; the codec none
-ARRAY_CHECKS = {"decompress": validate_latent_file}  # kinds whose arrays are not images of the job's size
-
-
-def validate_palette(params):
+def validate_palette(params, arrays):
     """A palette of one colour says nothing: 0 (none) or 2..256."""
     from .latent_format import PALETTE_RANGE
 
@@ -641,9 +633,45 @@ def validate_palette(params):
                             allowed={"choices": [0], "min": PALETTE_RANGE[0], "max": PALETTE_RANGE[1]})
 
 
-PARAM_CHECKS = {"compress": validate_palette}  # kind -> checks across its parameters
-OPTIONAL_ARRAYS = {"walk": ("init_image",)}
 INFUSION_ARRAYS = tuple(f"infusion_{i}" for i in range(MAX_INFUSION_IMAGES))
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """What one kind of job takes: its fields, its arrays and the rules across them.
+
+    A new technique with a job of its own registers one of these in JOB_KINDS (and its runner in
+    ``generator_backend.runner.EXECUTORS``); validate_job reads only this, never the kind's name.
+    """
+
+    fields: object  # max_size -> {name: Field}
+    arrays: tuple = ()  # image arrays of the job's size it needs
+    optional_arrays: tuple = ()  # image arrays of the job's size it may take
+    prompted: bool = True  # needs params.prompt or params.prompts (validate_one_prompt)
+    check: object = None  # (params, arrays) -> None: rules across its fields, after the arrays are checked
+    raw_arrays: object = None  # (params, arrays) -> None: for arrays that are not images (replaces the image checks)
+    raw_array_names: tuple = ()  # the arrays raw_arrays checks
+
+    def accepts(self, params) -> tuple:
+        """Every image array this kind may take with ``params`` (infusion images where it has infusion)."""
+        infusion = INFUSION_ARRAYS if "infusion_weights" in params else ()
+        return self.arrays + self.optional_arrays + infusion
+
+
+def validate_walk_job(params, arrays):
+    validate_walk(params)
+
+
+JOB_KINDS = {
+    "txt2img": JobKind(txt2img_fields),
+    "img2img": JobKind(img2img_fields, arrays=("init_image",)),
+    "inpaint": JobKind(inpaint_fields, arrays=("init_image", "mask")),
+    "walk": JobKind(walk_fields, optional_arrays=("init_image",), prompted=False, check=validate_walk_job),
+    "compress": JobKind(compress_fields, arrays=("init_image",), prompted=False, check=validate_palette),
+    "decompress": JobKind(decompress_fields, prompted=False, raw_arrays=validate_latent_file,
+                          raw_array_names=("latent_file",)),
+}
+MASK_ARRAYS = ("mask",)  # one channel; every other image array has 3 or 4
 
 
 def validate_job(kind, params, arrays, max_size: int = 2048):
@@ -651,35 +679,43 @@ def validate_job(kind, params, arrays, max_size: int = 2048):
     if not isinstance(kind, str) or kind not in JOB_KINDS:
         raise ProtocolError("invalid_param", f"kind must be one of {sorted(JOB_KINDS)}", field="kind",
                             allowed=sorted(JOB_KINDS))
-    params = validate_params(params, JOB_KINDS[kind](max_size))
+    spec = JOB_KINDS[kind]
+    params = validate_params(params, spec.fields(max_size))
     arrays = dict(arrays)
-    if kind in PARAM_CHECKS:
-        PARAM_CHECKS[kind](params)
-    if kind in ARRAY_CHECKS:
-        if set(arrays) - {"latent_file"}:
-            raise ProtocolError("bad_array", f"a {kind} job takes only the array latent_file",
-                                field=f"arrays.{sorted(set(arrays) - {'latent_file'})[0]}", allowed=["latent_file"])
-        ARRAY_CHECKS[kind](params, arrays)
-        return params, arrays
-    if kind not in PROMPTLESS_KINDS:
+    if spec.prompted:
         validate_one_prompt(params)
+    if spec.raw_arrays is not None:
+        extra = sorted(set(arrays) - set(spec.raw_array_names))
+        if extra:
+            raise ProtocolError("bad_array", f"a {kind} job takes only the arrays {list(spec.raw_array_names)}",
+                                field=f"arrays.{extra[0]}", allowed=list(spec.raw_array_names))
+        spec.raw_arrays(params, arrays)
+    else:
+        validate_image_arrays(kind, spec, params, arrays)
+    if spec.check is not None:
+        spec.check(params, arrays)
+    validate_strength(params, arrays)
+    return params, arrays
+
+
+def validate_image_arrays(kind, spec, params, arrays):
+    """The kind's image arrays, each height x width of the job (masks one channel, images 3 or 4)."""
     if bool(params.get("infusion_weights")) != any(name in arrays for name in INFUSION_ARRAYS):
         raise ProtocolError("invalid_param", "infusion needs both params.infusion_weights and at least one array "
                             f"of {list(INFUSION_ARRAYS)}", field="params.infusion_weights")
-    optional = OPTIONAL_ARRAYS.get(kind, ()) + INFUSION_ARRAYS
-    expected = JOB_ARRAYS[kind] + tuple(name for name in optional if name in arrays)
+    accepted = spec.accepts(params)
     for name in arrays:
-        if name not in expected:
+        if name not in accepted:
             raise ProtocolError("bad_array", f"arrays.{name} is not used by a {kind} job", field=f"arrays.{name}",
-                                allowed=list(expected))
-    for name in expected:
+                                allowed=list(accepted))
+    for name in spec.arrays + tuple(name for name in accepted if name in arrays and name not in spec.arrays):
         array = arrays.get(name)
         shape = [params["height"], params["width"], "3 or 4"]
         if array is None:
             raise ProtocolError("bad_array", f"a {kind} job needs the array {name}", field=f"arrays.{name}",
                                 allowed={"shape": shape})
-        channels = (1,) if name == "mask" else (3, 4)
-        if name == "mask" and array.ndim == 2:
+        channels = (1,) if name in MASK_ARRAYS else (3, 4)
+        if name in MASK_ARRAYS and array.ndim == 2:
             array = arrays[name] = array[..., None]
         if (array.ndim != 3 or array.shape[:2] != (params["height"], params["width"])
                 or array.shape[2] not in channels):
@@ -687,14 +723,14 @@ def validate_job(kind, params, arrays, max_size: int = 2048):
             raise ProtocolError("bad_array", f"arrays.{name} has shape {list(array.shape)}; it must be "
                                 f"height x width x {shape[2]} = {shape} (resize it to the job's size)",
                                 field=f"arrays.{name}", allowed={"shape": shape})
-    if kind == "walk":
-        validate_walk(params)
-    if "strength" in params and (kind != "walk" or "init_image" in arrays) and \
-            int(params["steps"] * params["strength"]) < 1:
+
+
+def validate_strength(params, arrays):
+    """Where an init image is repainted, strength x steps must leave at least one denoising step."""
+    if "strength" in params and "init_image" in arrays and int(params["steps"] * params["strength"]) < 1:
         raise ProtocolError("invalid_param", "params.strength x params.steps must be at least 1 so that one "
                             "denoising step runs", field="params.strength",
                             allowed={"min": 1 / params["steps"], "max": 1.0})
-    return params, dict(arrays)
 
 
 def validate_one_prompt(params):

@@ -8,6 +8,7 @@ from bl_operators.presets import AddPresetBase
 from .. import history
 from ..field_props import random_seed
 from ..job_builder import JobInputError
+from ..properties import PRESET_SETTINGS
 from .generate import image_job, report_input_errors
 
 
@@ -89,8 +90,7 @@ class DREAM_OT_preset_add(AddPresetBase, bpy.types.Operator):
     preset_menu = "DREAM_MT_presets"
     preset_subdir = PRESET_SUBDIR
     preset_defines = ["dream = bpy.context.scene.dream"]
-    preset_values = [f"dream.{name}" for name in ("negative_prompt", "steps", "guidance", "scheduler", "width",
-                                                   "height", "seamless_x", "seamless_y", "strength", "feather")]
+    preset_values = [f"dream.{name}" for name in PRESET_SETTINGS]
 
 
 classes = (DREAM_OT_history_recall, DREAM_OT_history_rerun, DREAM_OT_history_delete, DREAM_MT_presets, DREAM_OT_preset_add)

@@ -3,7 +3,7 @@
 import bpy
 
 from .. import protocol
-from ..field_props import enum_args, enum_items, number_args
+from ..field_props import enum_args, enum_items, number_args, panel_settings, preset_settings
 
 _FIELDS = protocol.txt2img_fields()
 _IMAGE_FIELDS = protocol.inpaint_fields()  # img2img's fields plus feather
@@ -168,6 +168,11 @@ class DreamSceneProperties(bpy.types.PropertyGroup):
     result_target: bpy.props.EnumProperty(name="Result", default="NEW", items=[
         ("NEW", "New Image", "Put the result in a new image"),
         ("REPLACE", "Replace", "Write the result into the active image (undo or history keep the original)")])
+
+
+# The settings a job reads, by the protocol's field names: history, Recall and presets follow the Field table.
+SCENE_SETTINGS = panel_settings(DreamSceneProperties.__annotations__)
+PRESET_SETTINGS = preset_settings(DreamSceneProperties.__annotations__)
 
 
 class DreamWalkPrompt(bpy.types.PropertyGroup):

@@ -183,7 +183,7 @@ class Fuzzer:
     def params(self):
         rng = self.rng
         kind = rng.choice(sorted(protocol.JOB_KINDS))
-        fields = protocol.JOB_KINDS[kind](self.max_size)
+        fields = protocol.JOB_KINDS[kind].fields(self.max_size)
         name = rng.choice(sorted(fields))
         value = rng.choice(invalid_values(fields[name], rng))
         params = dict(BASE, **{name: value})

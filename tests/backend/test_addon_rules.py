@@ -47,3 +47,28 @@ def test_field_props_take_the_protocols_bounds_and_refuse_unknown_choices():
     with pytest.raises(ValueError, match="'lms'"):
         field_props.enum_items(protocol.SCHEDULERS, {"lms": ("LMS", "")})
     assert 0 <= field_props.random_seed() <= min(protocol.MAX_SEED, 2**31 - 1)
+
+
+def test_history_and_preset_settings_follow_the_field_table(monkeypatch):
+    """A panel property named after a job field is recorded and kept in presets without being listed anywhere;
+    UI-only properties are not; presets leave out what a picture is of (prompt, seed, model)."""
+    from dream_addon import field_props, protocol
+
+    panel = ["prompt", "seed", "steps", "seamless_x", "extra_prompts", "randomize_seed", "mask_source",
+             "texture_target", "uv_margin", "brand_new"]
+    assert field_props.panel_settings(panel) == ("prompt", "seed", "steps", "seamless_x", "extra_prompts",
+                                                 "uv_margin")
+    assert field_props.preset_settings(panel) == ("steps", "seamless_x", "uv_margin")
+    # A new job kind's field joins both lists by its name alone.
+    spec = protocol.JobKind(lambda max_size=2048: {"brand_new": protocol.Field("int", 1, min=0, max=9)})
+    monkeypatch.setitem(protocol.JOB_KINDS, "brand_new_kind", spec)
+    assert "brand_new" in field_props.panel_settings(panel) and "brand_new" in field_props.preset_settings(panel)
+
+
+def test_every_feed_names_a_job_field_or_array():
+    from dream_addon import field_props, protocol
+
+    arrays = {name for spec in protocol.JOB_KINDS.values() for name in spec.arrays + spec.optional_arrays}
+    for prop, target in field_props.FEEDS.items():
+        assert target in field_props.job_field_names() | arrays, (prop, target)
+    assert set(field_props.CONTENT_FIELDS) <= field_props.job_field_names()

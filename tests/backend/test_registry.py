@@ -13,7 +13,7 @@ from generator_backend.techniques import CORE_FIELDS, RUNNER_FIELDS, TECHNIQUES,
 
 
 def all_fields():
-    return {name for make in protocol.JOB_KINDS.values() for name in make()}
+    return {name for spec in protocol.JOB_KINDS.values() for name in spec.fields()}
 
 
 def test_every_parameter_has_exactly_one_owner():
@@ -24,7 +24,8 @@ def test_every_parameter_has_exactly_one_owner():
 
 
 def test_every_array_has_an_owner_and_every_kind_a_runner():
-    arrays = {name for names in protocol.JOB_ARRAYS.values() for name in names} | set(protocol.INFUSION_ARRAYS)
+    arrays = {name for spec in protocol.JOB_KINDS.values() for name in spec.arrays + spec.optional_arrays} | \
+        set(protocol.INFUSION_ARRAYS)
     assert {name for t in TECHNIQUES for name in t.arrays} | {"init_image"} >= arrays
     assert set(EXECUTORS) == set(protocol.JOB_KINDS)
 
@@ -32,7 +33,8 @@ def test_every_array_has_an_owner_and_every_kind_a_runner():
 def test_request_defaults_are_the_protocols():
     """A request built from defaults equals GenerationRequest's own defaults, kind by kind."""
     plain = GenerationRequest()
-    for kind, make in protocol.JOB_KINDS.items():
+    for kind, spec in protocol.JOB_KINDS.items():
+        make = spec.fields
         if kind in latent_codec.KINDS:  # they make no GenerationRequest
             continue
         params = protocol.validate_params({"prompt": "a"}, make())
