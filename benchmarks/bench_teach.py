@@ -62,6 +62,7 @@ def main():
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--vectors", type=int, default=1)
+    parser.add_argument("--initializer", default="texture")
     parser.add_argument("--samples", type=int, default=8, help="images per prompt in the comparison")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--budget", type=float, default=300.0, help="seconds teaching may take")
@@ -73,7 +74,7 @@ def main():
     train = [teal_texture(args.pattern, args.size, seed) for seed in range(args.images)]
     colour = np.mean([t.reshape(-1, 3).mean(0) for t in train], axis=0)
     pattern = np.mean([features(t) for t in train], axis=0)
-    settings = TeachSettings(args.word, "texture", args.steps, args.lr, args.vectors, 0, 0, args.size, args.size)
+    settings = TeachSettings(args.word, args.initializer, args.steps, args.lr, args.vectors, 0, 0, args.size, args.size)
     teacher = Teacher(c, settings, [torch.from_numpy(t) for t in train])
     started = time.perf_counter()
     rows, _ = teacher.run(lambda step, loss: None, lambda step, image: None, lambda state: None)
@@ -94,7 +95,8 @@ def main():
     losses = teacher.losses
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}, torch {torch.__version__}")
-    print(f"teaching: {args.steps} steps, {args.images} images {args.size} px, lr {args.lr}, {args.vectors} vector(s): "
+    print(f"teaching: {args.steps} steps, {args.images} images {args.size} px, lr {args.lr}, {args.vectors} vector(s), "
+          f"initializer {args.initializer!r}: "
           f"{seconds:.1f} s ({seconds / args.steps * 1000:.0f} ms/step); loss first 50 {np.mean(losses[:50]):.4f}, "
           f"last 50 {np.mean(losses[-50:]):.4f}")
     print(f"training images: mean RGB {np.round(colour, 3).tolist()}")

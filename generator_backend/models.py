@@ -132,6 +132,23 @@ class ModelManager:
                 f"lat{vae.get('latent_channels', 4)}/unet{unet.get('in_channels', 4)}/"
                 f"{scheduler.get('prediction_type', 'epsilon')}")
 
+    def native_size(self, name: str):
+        """The side in pixels the model was trained at (its default size: SD 1.x 512, SDXL 1024), from
+        its configs without loading weights; None when unknown (hub ids)."""
+        from .tiny_xl import TINY_XL_VARIANTS
+
+        source = self.sources[name]
+        if source in BUILTIN_MODELS and source != "pocket":
+            return 256  # the tiny models: a 32-latent UNet with a factor-8 VAE (tiny_model.py, tiny_xl.py)
+        folder = POCKET_DIR if source == "pocket" else Path(source)
+        try:
+            vae = json.loads((folder / "vae" / "config.json").read_text())
+            unet = json.loads((folder / "unet" / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        size = unet.get("sample_size", 64)
+        return (size if isinstance(size, int) else size[0]) * 2 ** (len(vae["block_out_channels"]) - 1)
+
     def vocabulary(self, name: str = ""):
         """The loaded model's vocabulary.txt words (prompt_words.py), or None when it has none."""
         self.get(name)

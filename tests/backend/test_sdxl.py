@@ -240,4 +240,5 @@ def test_the_manager_loads_tiny_xl_with_its_family(models_dir):
     manager = ModelManager(["tiny-xl", "tiny"], device="cpu", models_dir=models_dir)
     assert is_xl(manager.get("tiny-xl")) and not is_xl(manager.get("tiny"))
     assert manager.family("tiny-xl") == "tiny-xl/unet4" != manager.family("tiny")
+    assert manager.native_size("tiny-xl") == native_size(manager.get("tiny-xl")) == 256
     assert protocol.validate_params({"prompt": "x", "model": "tiny-xl"}, protocol.txt2img_fields())["model"]

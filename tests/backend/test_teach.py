@@ -193,3 +193,19 @@ def test_teach_job_cancels_and_resumes_from_its_checkpoint(teach_backend):
     assert events[-1][0]["type"] == "result"
     assert (teach_backend.models_folder / "embeddings" / "tealz.safetensors").exists()
     conn.close()
+
+
+@pytest.mark.parametrize("change", [{"initializer": "red"}, {"learning_rate": 1e-2}, {"seed": 2}, {"steps": 5},
+                                    {"vectors": 1}])
+def test_every_setting_changes_the_word(tiny, change):
+    """No dead controls: each Teach a Concept setting changes the vectors learned."""
+    base = teach(tiny, settings())[0]
+    changed = teach(tiny, settings(**change))[0]
+    assert changed.shape != base.shape or (changed - base).abs().max() > 1e-6
+
+
+def test_previews_come_every_n_steps_and_at_the_end(tiny):
+    seen = []
+    teacher = Teacher(tiny, settings(preview_every=2, steps=5), [torch.from_numpy(i) for i in concept_images()])
+    teacher.run(lambda step, loss: None, lambda step, image: seen.append(step), lambda state: None)
+    assert seen == [2, 4, 5]
