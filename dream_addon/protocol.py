@@ -623,6 +623,44 @@ def validate_latent_file(params, arrays):
                             allowed={"shape": shape, "dtype": "uint8"})
 
 
+CONCEPT_ARRAYS = tuple(f"concept_{i}" for i in range(10))  # teach_concept: 3..10 images of the job's size
+CONCEPT_IMAGES = (3, 10)
+CONCEPT_WORD = r"[a-z0-9][a-z0-9_-]{0,63}"  # also the embedding file's name
+
+
+def teach_fields(max_size: int = 2048) -> dict:
+    """Teach a concept (textual inversion): a new word learned from the arrays concept_0..concept_9."""
+    common = common_fields(max_size)
+    return {
+        **output_fields(), **{k: common[k] for k in ("model", "seed", "input_linear", "input_flip_y")},
+        "width": Field("int", 512, min=64, max=max_size, multiple_of=8, doc="Width of the images and previews"),
+        "height": Field("int", 512, min=64, max=max_size, multiple_of=8, doc="Height of the images and previews"),
+        "word": Field("str", None, required=True, max_length=64,
+                      doc="The new word: lower-case letters, digits, '-' or '_' (the embedding file's name)"),
+        "initializer": Field("str", "texture", max_length=200, doc="A known word the new one starts from"),
+        "train_steps": Field("int", 500, min=1, max=5000, doc="Training steps"),
+        "learning_rate": Field("float", 5e-3, min=1e-5, max=1.0, doc="Adam's step size for the word's vectors"),
+        "vectors": Field("int", 1, min=1, max=8, doc="Vectors (tokens) the word stands for"),
+        "preview_every": Field("int", 100, min=0, max=5000, doc="Steps between preview images; 0: at the end only"),
+    }
+
+
+def validate_concept(params, arrays=None):
+    """The word's spelling and, with the arrays, 3..10 concept images."""
+    import re
+
+    if not re.fullmatch(CONCEPT_WORD, params["word"]):
+        raise ProtocolError("invalid_param", "params.word must be 1..64 lower-case letters, digits, '-' or '_', "
+                            "starting with a letter or digit", field="params.word", allowed={"pattern": CONCEPT_WORD})
+    if arrays is not None:
+        count = sum(name in arrays for name in CONCEPT_ARRAYS)
+        low, high = CONCEPT_IMAGES
+        if not low <= count <= high:
+            raise ProtocolError("bad_array", f"a teach_concept job needs {low}..{high} images as arrays "
+                                f"concept_0..concept_9, got {count}", field="arrays.concept_0",
+                                allowed={"min_items": low, "max_items": high})
+
+
 def validate_palette(params, arrays):
     """A palette of one colour says nothing: 0 (none) or 2..256."""
     from .latent_format import PALETTE_RANGE
@@ -670,6 +708,7 @@ JOB_KINDS = {
     "compress": JobKind(compress_fields, arrays=("init_image",), prompted=False, check=validate_palette),
     "decompress": JobKind(decompress_fields, prompted=False, raw_arrays=validate_latent_file,
                           raw_array_names=("latent_file",)),
+    "teach_concept": JobKind(teach_fields, optional_arrays=CONCEPT_ARRAYS, prompted=False, check=validate_concept),
 }
 MASK_ARRAYS = ("mask",)  # one channel; every other image array has 3 or 4
 

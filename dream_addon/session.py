@@ -405,6 +405,8 @@ class Session:
             job.step, self.status = job.total, job.message
         elif kind == "result":
             job.state, job.step, job.message = "done", job.total, f"Done in {sum(message['timings'].values()):.1f} s"
+            if "word" in message:  # a taught concept (operators/concept.py)
+                job.message += f": type {message['word']!r} in any prompt"
             self._write(job, arrays["image"], message, final=True)
             history.record(job)
         elif kind == "cancelled":

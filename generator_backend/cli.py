@@ -115,6 +115,7 @@ def build_parser():
     serve.add_argument("--exit-with-parent", action="store_true",
                        help="stop when standard input closes: the add-on passes a pipe, so a backend it launched "
                             "never outlives it (even when it crashes)")
+    add_memory_options(serve)
     add_codec_commands(sub)
     tiny = sub.add_parser("build-tiny-model", help="build the offline tiny model into a folder")
     tiny.add_argument("--out", type=Path, required=True)
@@ -164,7 +165,8 @@ def serve(args) -> int:
     if args.max_size % 8 or not 64 <= args.max_size <= 8192:
         print("--max-size must be a multiple of 8 in 64..8192", file=sys.stderr)
         return 2
-    models = ModelManager(args.models or [protocol.DEFAULT_MODEL], device=args.device, models_dir=args.models_dir)
+    models = ModelManager(args.models or [protocol.DEFAULT_MODEL], device=args.device, models_dir=args.models_dir,
+                          memory=memory_options(args))
     token = os.environ.get(protocol.TOKEN_ENV) or secrets.token_urlsafe(32)
     try:
         server = Server(models, args.output_dir, token, host=args.host, port=args.port,
@@ -204,6 +206,26 @@ def serve(args) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def add_memory_options(serve):
+    """Memory and precision options of the loaded models (generator_backend/memory.py)."""
+    serve.add_argument("--vae-tiling", action="store_true",
+                       help="decode and encode large textures in tiles (bounded VAE memory; tiles blend at seams)")
+    serve.add_argument("--vae-tile", type=int, default=512, help="tile side in pixels for --vae-tiling")
+    serve.add_argument("--attention-slicing", action="store_true",
+                       help="compute attention in slices: less memory, slower (default: PyTorch SDPA)")
+    serve.add_argument("--no-vae-upcast", action="store_true",
+                       help="run a force_upcast VAE (SDXL's) in fp16 too: less memory, may overflow to black")
+    serve.add_argument("--text-encoders-on-cpu", action="store_true",
+                       help="keep the text encoders on the CPU (they run once per job), saving device memory")
+
+
+def memory_options(args):
+    from .memory import MemoryOptions
+
+    return MemoryOptions(vae_tiling=args.vae_tiling, vae_tile=args.vae_tile, attention_slicing=args.attention_slicing,
+                         vae_upcast=not args.no_vae_upcast, text_encoders_on_cpu=args.text_encoders_on_cpu)
 
 
 def main(argv=None) -> int:

@@ -28,6 +28,7 @@ from dream_addon import protocol
 
 from .encoding import linear_to_srgb, srgb_to_linear, to_rgba  # noqa: F401  (importable from the core, as before)
 from .schedulers import make_scheduler
+from .sdxl import encode_prompt_xl, is_xl, unet_inputs, zero_negative
 
 
 @dataclass
@@ -41,6 +42,9 @@ class Components:
     scheduler: object  # the model's own scheduler; only its config is used
     device: torch.device
     dtype: torch.dtype
+    text_encoder_2: object = None  # SDXL (sdxl.py): the second text encoder, with projection
+    tokenizer_2: object = None
+    zero_empty_negative: bool = False  # SDXL's force_zeros_for_empty_prompt
 
     @property
     def vae_scale_factor(self) -> int:
@@ -49,7 +53,9 @@ class Components:
     @classmethod
     def from_pipeline(cls, pipe, device, dtype):
         return cls(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler,
-                   torch.device(device), dtype)
+                   torch.device(device), dtype, getattr(pipe, "text_encoder_2", None),
+                   getattr(pipe, "tokenizer_2", None),
+                   bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)))
 
 
 @dataclass
@@ -152,14 +158,25 @@ class Cancelled(Exception):
 def encode_prompt(c: Components, text: str) -> torch.Tensor:
     """CLIP text embedding of one prompt, padded to the tokenizer's maximum length.
 
-    Multi-vector textual-inversion tokens are expanded first, as diffusers' pipelines do."""
+    Multi-vector textual-inversion tokens are expanded first, as diffusers' pipelines do.
+    SDXL models get both encoders' states and the pooled embedding, packed (sdxl.py)."""
+    if is_xl(c):
+        return encode_prompt_xl(c, text)
     text = TextualInversionLoaderMixin._maybe_convert_prompt(None, text, c.tokenizer)  # uses no state
     tokens = c.tokenizer(text, padding="max_length", max_length=c.tokenizer.model_max_length,
                          truncation=True, return_tensors="pt")
     mask = None
+    device = c.text_encoder.device  # the device's, or the CPU's (memory.MemoryOptions.text_encoders_on_cpu)
     if getattr(c.text_encoder.config, "use_attention_mask", False):
-        mask = tokens.attention_mask.to(c.device)
-    return c.text_encoder(tokens.input_ids.to(c.device), attention_mask=mask)[0].to(c.dtype)
+        mask = tokens.attention_mask.to(device)
+    return c.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0].to(c.device, c.dtype)
+
+
+def encode_negative(c: Components, text: str) -> torch.Tensor:
+    """The negative prompt's embedding: all zeros where the model asks for that of an empty one."""
+    if zero_negative(c, text):
+        return torch.zeros_like(encode_prompt(c, text))
+    return encode_prompt(c, text)
 
 
 def step_kwargs(scheduler, generator) -> dict:
@@ -185,10 +202,10 @@ def img2img_timesteps(scheduler, steps: int, strength: float):
 
 def encode_image(c: Components, image: torch.Tensor, generator) -> torch.Tensor:
     """VAE latents of an (H, W, 3) image in [0, 1]: sampled with ``generator``, or the mode if None."""
-    pixels = (image.permute(2, 0, 1)[None] * 2 - 1).to(c.device, c.dtype)
+    pixels = (image.permute(2, 0, 1)[None] * 2 - 1).to(c.device, c.vae.dtype)  # an upcast VAE: fp32
     dist = c.vae.encode(pixels).latent_dist
     latents = dist.mode() if generator is None else dist.sample(generator)
-    return latents * c.vae.config.scaling_factor
+    return (latents * c.vae.config.scaling_factor).to(c.dtype)
 
 
 def guided(noise_pred, terms, guidance: float, use_cfg: bool):
@@ -315,7 +332,7 @@ def prompt_embeddings(run: Run, c: Components):
             total_weight = sum(term.weight for term in terms)
             conds = [sum(term.weight * e for term, e in zip(terms, conds)) / total_weight]
             terms = [PromptTerm("", 1.0)]
-    negative = encode_prompt(c, req.negative_prompt) if use_cfg else None
+    negative = encode_negative(c, req.negative_prompt) if use_cfg else None
     # Rows in blocks of one row per frame: [negative × B, prompt 1 × B, ..., prompt K × B].
     conds = [cond.expand(req.batch, -1, -1) for cond in conds]
     blocks = ([negative.expand(req.batch, -1, -1)] if use_cfg else []) + conds
@@ -359,6 +376,7 @@ def denoiser(run: Run):
     """The combined noise prediction ε(latents, t) of step i: UNet (all rows of every model, with the
     rows and channels techniques add) → guidance and prompt ensemble → model weights Σ_m w_m ε_m."""
     req = run.req
+    conditioning = [unet_inputs(m, embeds, req) for (m, _), (embeds, _, _) in zip(run.members, run.encoded)]
 
     def predict(latents, t, i):
         model_input = torch.cat([latents] * run.blocks) if run.blocks > 1 else latents
@@ -368,11 +386,11 @@ def denoiser(run: Run):
         for technique in run.techniques:
             model_input = technique.model_channels(run, model_input)
         noise_pred = None
-        for (m, weight), (embeds, terms, _) in zip(run.members, run.encoded):
+        for (m, weight), (_, terms, _), inputs in zip(run.members, run.encoded, conditioning):
             with resident(m.unet, m.device, run.offload), ExitStack() as hooks:
                 for technique in run.techniques:
                     hooks.enter_context(technique.unet_context(run, m.unet))
-                out = m.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+                out = m.unet(model_input, t, **inputs, return_dict=False)[0]
             prediction = guided(out[:run.rows], terms, req.guidance, run.use_cfg)
             if len(run.members) == 1:
                 noise_pred = prediction
@@ -397,7 +415,8 @@ def denoise(run: Run):
 def decode(run: Run) -> torch.Tensor:
     """5. VAE decode to (B, H, W, 3) sRGB float in [0, 1]."""
     vae = run.c.vae
-    image = vae.decode(run.latents / vae.config.scaling_factor, return_dict=False, generator=run.generator)[0]
+    latents = (run.latents / vae.config.scaling_factor).to(vae.dtype)  # an upcast VAE decodes in fp32
+    image = vae.decode(latents, return_dict=False, generator=run.generator)[0]
     return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float()
 
 

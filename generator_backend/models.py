@@ -10,7 +10,8 @@ from pathlib import Path
 
 log = logging.getLogger("generator_backend.models")
 
-BUILTIN_MODELS = ("tiny", "tiny-b", "tiny-inpaint", "pocket")  # tiny*: built offline by tiny_model.py
+BUILTIN_MODELS = ("tiny", "tiny-b", "tiny-inpaint", "pocket",  # tiny*: built offline by tiny_model.py
+                  "tiny-xl", "tiny-xl-b", "tiny-xl-inpaint")  # SDXL-shaped, by tiny_xl.py
 POCKET_DIR = Path(__file__).resolve().parent / "pocket_model"  # the trained model shipped in the package
 
 
@@ -68,16 +69,34 @@ def not_found_message(name: str, source: str, models_dir) -> str:
             "downloaded into the cache, or one of the built-in models " + ", ".join(BUILTIN_MODELS) + ".")
 
 
+def is_xl_folder(source) -> bool:
+    """A diffusers folder (or cached hub id) of an SDXL pipeline: it names a second text encoder."""
+    index = Path(source).expanduser() / "model_index.json"
+    found = str(index) if index.exists() else _hub_cached(str(source))
+    try:
+        return "text_encoder_2" in json.loads(Path(found).read_text()) if found else False
+    except (OSError, ValueError):
+        return False
+
+
+def pipeline_class(source):
+    """The diffusers pipeline that loads ``source``: SDXL's for SDXL folders, SD's otherwise."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline if is_xl_folder(source) else StableDiffusionPipeline
+
+
 class ModelManager:
     """Maps model names to sources; loads each on first use, on one device, and keeps it."""
 
-    def __init__(self, specs, device="auto", models_dir=None):
+    def __init__(self, specs, device="auto", models_dir=None, memory=None):
         self.sources = dict(parse_model_spec(s) for s in specs)
         if not self.sources:
             raise ValueError("at least one --model is needed")
         self.default = next(iter(self.sources))
         self.device = pick_device(device)
         self.models_dir = models_dir
+        self.memory = memory  # memory.MemoryOptions, or None for the defaults
         self._loaded = {}
         self._vocabularies = {}  # name -> the words a model was trained on, when it ships the list
         self._lock = threading.Lock()
@@ -95,10 +114,13 @@ class ModelManager:
         """A label shared by models with one latent space (ensembling needs that), read from
         the configs of a local folder without loading weights; None when unknown (hub ids)."""
         from .tiny_model import TINY_VARIANTS
+        from .tiny_xl import TINY_XL_VARIANTS
 
         source = self.sources[name]
         if source in TINY_VARIANTS:
             return f"tiny/unet{TINY_VARIANTS[source].get('unet_in_channels', 4)}"
+        if source in TINY_XL_VARIANTS:
+            return f"tiny-xl/unet{TINY_XL_VARIANTS[source].get('unet_in_channels', 4)}"
         folder = POCKET_DIR if source == "pocket" else Path(source)
         try:
             vae = json.loads((folder / "vae" / "config.json").read_text())
@@ -109,6 +131,23 @@ class ModelManager:
         return (f"vae{2 ** (len(vae['block_out_channels']) - 1)}/{vae.get('scaling_factor', 0.18215)}/"
                 f"lat{vae.get('latent_channels', 4)}/unet{unet.get('in_channels', 4)}/"
                 f"{scheduler.get('prediction_type', 'epsilon')}")
+
+    def native_size(self, name: str):
+        """The side in pixels the model was trained at (its default size: SD 1.x 512, SDXL 1024), from
+        its configs without loading weights; None when unknown (hub ids)."""
+        from .tiny_xl import TINY_XL_VARIANTS
+
+        source = self.sources[name]
+        if source in BUILTIN_MODELS and source != "pocket":
+            return 256  # the tiny models: a 32-latent UNet with a factor-8 VAE (tiny_model.py, tiny_xl.py)
+        folder = POCKET_DIR if source == "pocket" else Path(source)
+        try:
+            vae = json.loads((folder / "vae" / "config.json").read_text())
+            unet = json.loads((folder / "unet" / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        size = unet.get("sample_size", 64)
+        return (size if isinstance(size, int) else size[0]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
     def vocabulary(self, name: str = ""):
         """The loaded model's vocabulary.txt words (prompt_words.py), or None when it has none."""
@@ -128,12 +167,12 @@ class ModelManager:
 
     def _load(self, name):
         import torch
-        from diffusers import StableDiffusionPipeline
         from diffusers.utils import logging as dlogging
 
         from .core import Components
         from .prompt_words import read_vocabulary
         from .tiny_model import ensure_tiny_model
+        from .tiny_xl import TINY_XL_VARIANTS, ensure_tiny_xl_model
 
         dlogging.disable_progress_bar()
         source = self.sources[name]
@@ -141,6 +180,8 @@ class ModelManager:
             if not (POCKET_DIR / "model_index.json").exists():
                 raise ModelLoadError(f"the pocket model is not in this installation ({POCKET_DIR})")
             source = str(POCKET_DIR)
+        elif source in TINY_XL_VARIANTS:
+            source = str(ensure_tiny_xl_model(self.models_dir, source))
         elif source in BUILTIN_MODELS:
             source = str(ensure_tiny_model(self.models_dir, source))
         elif not (Path(source).expanduser() / "model_index.json").exists():
@@ -150,9 +191,10 @@ class ModelManager:
         local = (Path(source).expanduser() / "model_index.json").exists()
         log.info("loading model %s from %s on %s", name, source, self.device)
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                source, dtype=self.dtype, safety_checker=None, feature_extractor=None,
-                requires_safety_checker=False)
+            cls = pipeline_class(source)
+            extra = {} if is_xl_folder(source) else dict(safety_checker=None, feature_extractor=None,
+                                                         requires_safety_checker=False)
+            pipe = cls.from_pretrained(source, dtype=self.dtype, **extra)
         except Exception as exc:  # any loader failure becomes one clear message
             log.debug("model %s failed to load", name, exc_info=True)
             if not local and _hub_cached(source) is None:
@@ -162,6 +204,10 @@ class ModelManager:
                                  f"{first_line[:300]}") from None
         pipe.to(self.device)
         self._vocabularies[name] = read_vocabulary(source) if Path(source).is_dir() else None
-        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-            module.eval().requires_grad_(False)
-        return Components.from_pipeline(pipe, torch.device(self.device), self.dtype)
+        for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+            if module is not None:
+                module.eval().requires_grad_(False)
+        from .memory import MemoryOptions, configure
+
+        return configure(Components.from_pipeline(pipe, torch.device(self.device), self.dtype),
+                         self.memory or MemoryOptions())

@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 
 from dream_addon.latent_format import from_rows, to_rows
+from dream_addon import protocol
 from dream_addon.protocol import ProtocolError
 
 from .core import Cancelled, GenerationRequest, IncompatibleModels, StepTimer, generate, latent_preview
-from .encoding import Encoding, output_encoding, pasted_back, to_rgba
+from .encoding import Encoding, as_sent, image_tensor, output_encoding, pasted_back, to_rgba
 from . import prompt_words
 from .modifiers import Infusion
 from .walks import WalkPlan
@@ -60,7 +61,7 @@ def result_frame(store: JobStore, meta: dict, image, output: dict, source=None):
     message = {"type": "result", "job_id": meta["job_id"], "width": meta["width"], "height": meta["height"],
                "seed": meta["seed"], "model": meta["model"], "timings": meta["timings"],
                "path": str(store.job_dir(meta["job_id"])), **{k: output[k] for k in ("flip_y", "linear")},
-               **{k: meta[k] for k in ("frames", "fps", "folder") if k in meta}}  # walks
+               **{k: meta[k] for k in ("frames", "fps", "folder", "word", "embedding") if k in meta}}  # walks, teach
     rgba = to_rgba(image, output["output_dtype"], output["flip_y"], output["linear"])
     if source is not None:
         original, encoding, untouched = source
@@ -83,7 +84,8 @@ def input_source(job: Job, request: GenerationRequest):
 
 # Job kind -> the Worker method that runs it: a new kind is registered here (and in the protocol).
 EXECUTORS = {"txt2img": "execute_image", "img2img": "execute_image", "inpaint": "execute_image",
-             "walk": "execute_walk", "compress": "execute_compress", "decompress": "execute_decompress"}
+             "walk": "execute_walk", "compress": "execute_compress", "decompress": "execute_decompress",
+             "teach_concept": "execute_teach"}
 
 
 class Worker(threading.Thread):
@@ -148,8 +150,22 @@ class Worker(threading.Thread):
         p = job.params
         if p["models"]:  # model ensemble: ε = Σ w_m ε_m
             members = [(self.models.get(m["name"]), m["weight"]) for m in p["models"]]
-            return members, "+".join(f"{m['name']}*{m['weight']:g}" for m in p["models"])
-        return [(self.models.get(p["model"]), 1.0)], self.models.resolve(p["model"])
+            name = "+".join(f"{m['name']}*{m['weight']:g}" for m in p["models"])
+        else:
+            members, name = [(self.models.get(p["model"]), 1.0)], self.models.resolve(p["model"])
+        for components, _ in members:  # the embeddings folder's words, new files included
+            for message in self.embeddings.apply(components):
+                job.emit({"type": "warning", "code": "embedding_skipped", "message": message})
+        return members, name
+
+    @property
+    def embeddings(self):
+        """The models folder's textual-inversion embeddings (embeddings.py)."""
+        from .embeddings import EmbeddingLibrary, embeddings_folder
+
+        if getattr(self, "_embeddings", None) is None:
+            self._embeddings = EmbeddingLibrary(embeddings_folder(self.models.models_dir))
+        return self._embeddings
 
     def _warn_ignored_words(self, job: Job):
         """A ``warning`` event for the prompt words each of the job's models ignores (prompt_words.py)."""
@@ -158,8 +174,13 @@ class Worker(threading.Thread):
                  p["negative_prompt"]]
         for name in [m["name"] for m in p["models"]] if p["models"] else [p["model"]]:
             name = self.models.resolve(name)
-            for event in prompt_words.warnings(name, self.models.get(name).tokenizer, texts,
-                                               self.models.vocabulary(name)):
+            components, vocabulary = self.models.get(name), self.models.vocabulary(name)
+            if vocabulary is not None:  # the embeddings' words are known too
+                from .embeddings import words
+
+                vocabulary = vocabulary | {piece for word in words(components)
+                                           for piece in prompt_words.WORD.findall(word)}
+            for event in prompt_words.warnings(name, components.tokenizer, texts, vocabulary):
                 job.emit(event)
 
     def execute_image(self, job: Job):
@@ -268,6 +289,57 @@ class Worker(threading.Thread):
         image = _codec(lc.decompress, components, data, p["denoise_steps"], model_name=name, on_step=on_step,
                        field="arrays.latent_file")
         return self._codec_result(job, image, name)
+
+    def execute_teach(self, job: Job):
+        """Textual inversion (teach.py): progress and previews as it learns; cancel leaves a checkpoint
+        in the job's folder that a resumed job continues from; the word is saved into the embeddings
+        folder and added to the model, usable from the next job on."""
+        from . import teach
+
+        p = job.params
+        job.emit({"type": "progress", "step": 0, "total": p["train_steps"], "stage": "loading", "eta": None})
+        name = self.models.resolve(p["model"])
+        components = self.models.get(name)
+        self.embeddings.apply(components)
+        images = [image_tensor(job.inputs[n], **as_sent(p)) for n in protocol.CONCEPT_ARRAYS if n in job.inputs]
+        settings = teach.TeachSettings(p["word"], p["initializer"], p["train_steps"], p["learning_rate"],
+                                       p["vectors"], p["preview_every"], p["seed"], p["width"], p["height"])
+        folder = self.store.job_dir(job.job_id)
+        checkpoint_path = folder / teach.CHECKPOINT
+        checkpoint = torch.load(checkpoint_path, weights_only=True) if checkpoint_path.exists() else None
+        teacher = teach.Teacher(components, settings, images, checkpoint)
+        job.total, timer = p["train_steps"], teach.Timer(teacher.step)
+        started = time.perf_counter()
+
+        def on_step(step, loss):
+            job.step = step
+            if job.cancel_requested.is_set():
+                raise Cancelled()
+            job.emit({"type": "progress", "step": step, "total": job.total, "stage": "teach", "loss": round(loss, 6),
+                      "eta": round(timer.eta(step, job.total), 3)}, coalesce=True)
+
+        def on_preview(step, image):
+            job.emit({"type": "preview", "step": step, "width": image.shape[1], "height": image.shape[0],
+                      "flip_y": p["flip_y"], "linear": p["linear"], "stage": "teach"},
+                     {"image": to_rgba(image, p["output_dtype"], p["flip_y"], p["linear"])})
+
+        def on_checkpoint(state):
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = checkpoint_path.with_suffix(".tmp")
+            torch.save(state, tmp)
+            tmp.replace(checkpoint_path)
+
+        rows, image = teacher.run(on_step, on_preview, on_checkpoint)
+        job.timings["teach_s"] = round(time.perf_counter() - started, 4)
+        path = teach.save_embedding(self.embeddings.folder, p["word"], rows)
+        for message in self.embeddings.apply(components):
+            log.warning("after teaching: %s", message)
+        meta = self.store.save_result(job, image.cpu().numpy(), name)
+        meta.update(word=p["word"], embedding=str(path), losses=teacher.losses[-1:])
+        self.store.save_meta(job.job_id, meta)
+        job.state = DONE
+        job.emit_result(lambda output: result_frame(self.store, meta, image, output))
+        return meta
 
     def _codec_result(self, job: Job, image, model_name: str, data: bytes | None = None):
         image = torch.from_numpy(np.ascontiguousarray(image, np.float32))

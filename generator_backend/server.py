@@ -293,8 +293,8 @@ class Server:
     def welcome(self) -> dict:
         return {"type": "welcome", "protocol": protocol.PROTOCOL_VERSION, "server_version": __version__,
                 "device": self.models.device,
-                "models": [{"name": n, "default": n == self.models.default, "family": self.models.family(n)}
-                           for n in self.models.names()],
+                "models": [{"name": n, "default": n == self.models.default, "family": self.models.family(n),
+                            "size": self.models.native_size(n)} for n in self.models.names()],
                 "capabilities": {"job_kinds": sorted(protocol.JOB_KINDS), "schedulers": list(protocol.SCHEDULERS),
                                  "output_dtypes": list(protocol.OUTPUT_DTYPES), "max_size": self.max_size,
                                  "max_payload_bytes": self.limits.max_payload_bytes}}

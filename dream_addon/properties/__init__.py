@@ -212,6 +212,7 @@ class DreamWalkProperties(bpy.types.PropertyGroup):
 
 
 from .latent import DreamLatentProperties  # noqa: E402  (the Latent Codec panel)
+from .concept import classes as concept_classes  # noqa: E402  (the Teach a Concept panel)
 
 classes = (DreamLatentProperties, DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties,
-           DreamWalkPrompt, DreamWalkProperties)
+           DreamWalkPrompt, DreamWalkProperties) + concept_classes

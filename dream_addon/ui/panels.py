@@ -246,6 +246,35 @@ class IMAGE_PT_dream_latent(DreamPanel, bpy.types.Panel):
         layout.operator("dream.open_latent", icon="FILE_FOLDER")
 
 
+class DREAM_UL_concept_images(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        layout.prop(item, "image", text="")
+
+
+class IMAGE_PT_dream_concept(DreamPanel, bpy.types.Panel):
+    bl_space_type = "IMAGE_EDITOR"
+    bl_label = "Teach a Concept"
+    bl_parent_id = "IMAGE_PT_dream"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        concept, layout = context.scene.dream_concept, self.layout
+        layout.prop(concept, "word")
+        row = layout.row()
+        row.template_list("DREAM_UL_concept_images", "", concept, "images", concept, "images_index", rows=3)
+        col = row.column(align=True)
+        col.operator("dream.concept_add_image", text="", icon="ADD")
+        col.operator("dream.concept_remove_image", text="", icon="REMOVE")
+        col.operator("dream.concept_add_files", text="", icon="FILE_FOLDER")
+        col = layout.column(align=True)
+        for name in ("initializer", "train_steps", "size", "preview_every", "vectors", "learning_rate"):
+            col.prop(concept, name)
+        row = layout.row(align=True)
+        row.operator("dream.teach_concept", icon="SHADERFX")
+        row.operator("dream.teach_resume", text="", icon="PLAY")
+        layout.operator("dream.concept_use_word", icon="ADD")
+
+
 def sub_panels(prefix, space, parent):
     """The ensemble, infusion, model, queue and history panels, under ``parent`` in ``space``."""
     made = []
@@ -319,6 +348,7 @@ def draw_status_bar(self, context):
 
 classes = ((DREAM_UL_prompts, DREAM_UL_images, DREAM_UL_models, DREAM_UL_history, VIEW3D_PT_dream,
             VIEW3D_PT_dream_faces) + sub_panels("VIEW3D", "VIEW_3D", "VIEW3D_PT_dream")
-           + (IMAGE_PT_dream, IMAGE_PT_dream_tools, IMAGE_PT_dream_latent) + sub_panels("IMAGE", "IMAGE_EDITOR", "IMAGE_PT_dream")
+           + (IMAGE_PT_dream, IMAGE_PT_dream_tools, IMAGE_PT_dream_latent, DREAM_UL_concept_images,
+              IMAGE_PT_dream_concept) + sub_panels("IMAGE", "IMAGE_EDITOR", "IMAGE_PT_dream")
            + (DREAM_UL_walk_prompts, SEQUENCER_PT_dream)
            + sub_panels("SEQUENCER", "SEQUENCE_EDITOR", "SEQUENCER_PT_dream"))

@@ -10,7 +10,7 @@ import torch
 
 from dream_addon import protocol
 
-from ..core import encode_image, encode_prompt, stream_generator
+from ..core import encode_image, encode_negative, stream_generator
 from ..encoding import as_sent, image_tensor
 from ..modifiers import Infusion
 from . import Technique
@@ -46,7 +46,7 @@ class InfusionTechnique(Technique):
         """The biasing rows read the negative prompt (encoded here when guidance has none)."""
         count = len(run.req.infusion_images)
         for k, ((m, _), (embeds, terms, negative)) in enumerate(zip(run.members, run.encoded)):
-            negative = encode_prompt(m, run.req.negative_prompt) if negative is None else negative
+            negative = encode_negative(m, run.req.negative_prompt) if negative is None else negative
             run.encoded[k] = (torch.cat([embeds, negative.expand(count, -1, -1)]), terms, negative)
 
     def start(self, run):

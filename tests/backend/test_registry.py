@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 
 from dream_addon import protocol
-from generator_backend import latent_codec
+from generator_backend import latent_codec, teach
 from generator_backend.core import GenerationRequest
 from generator_backend.runner import EXECUTORS
 from generator_backend.techniques import CORE_FIELDS, RUNNER_FIELDS, TECHNIQUES, request_from_params
@@ -17,7 +17,7 @@ def all_fields():
 
 
 def test_every_parameter_has_exactly_one_owner():
-    owners = [CORE_FIELDS, RUNNER_FIELDS, latent_codec.FIELDS] + [t.fields for t in TECHNIQUES]
+    owners = [CORE_FIELDS, RUNNER_FIELDS, latent_codec.FIELDS, teach.FIELDS] + [t.fields for t in TECHNIQUES]
     claimed = [name for fields in owners for name in fields]
     assert sorted(claimed) == sorted(set(claimed))  # nobody claims a name twice
     assert set(claimed) == all_fields()
@@ -26,7 +26,7 @@ def test_every_parameter_has_exactly_one_owner():
 def test_every_array_has_an_owner_and_every_kind_a_runner():
     arrays = {name for spec in protocol.JOB_KINDS.values() for name in spec.arrays + spec.optional_arrays} | \
         set(protocol.INFUSION_ARRAYS)
-    assert {name for t in TECHNIQUES for name in t.arrays} | {"init_image"} >= arrays
+    assert {name for t in TECHNIQUES for name in t.arrays} | {"init_image"} | set(protocol.CONCEPT_ARRAYS) >= arrays  # teach.py owns the concept images
     assert set(EXECUTORS) == set(protocol.JOB_KINDS)
 
 
@@ -35,7 +35,7 @@ def test_request_defaults_are_the_protocols():
     plain = GenerationRequest()
     for kind, spec in protocol.JOB_KINDS.items():
         make = spec.fields
-        if kind in latent_codec.KINDS:  # they make no GenerationRequest
+        if kind in latent_codec.KINDS or kind == teach.KIND:  # they make no GenerationRequest
             continue
         params = protocol.validate_params({"prompt": "a"}, make())
         request = request_from_params(params, {})

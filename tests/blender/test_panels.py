@@ -157,6 +157,9 @@ def _mirrors():
         (walk_group, "frames", walk["frames"], {}), (walk_group, "fps", walk["fps"], {}),
         (walk_group, "batch_size", walk["batch_size"], {}),
         (walk_group, "export_format", p.EXPORT_FIELDS["format"], {}),
+        *[(props.concept.DreamConceptProperties, name, p.teach_fields()[field], {})  # Teach a Concept
+          for name, field in (("train_steps", "train_steps"), ("vectors", "vectors"), ("preview_every", "preview_every"),
+                              ("learning_rate", "learning_rate"), ("size", "width"))],
     ]
 
 

@@ -1,0 +1,211 @@
+"""Teaching a concept (textual inversion): only the word's vectors learn, seeded and resumable;
+the teach_concept job streams progress and previews, cancels, resumes, and saves a word that
+the next job reads."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dream_addon import protocol
+from generator_backend.core import Cancelled
+from generator_backend.teach import Teacher, TeachSettings
+from tests.backend.conftest import as_components, load_pipe
+from tests.backend.test_server import connect, events_until_terminal
+
+SIZE = 64
+
+
+def concept_images(count=3, seed=0):
+    """Teal textures: a colour the tiny models' vocabulary has no word for."""
+    rng = np.random.default_rng(seed)
+    base = np.array([0.0, 0.5, 0.5], np.float32)
+    return [np.clip(base + rng.normal(0, 0.05, (SIZE, SIZE, 3)), 0, 1).astype(np.float32) for _ in range(count)]
+
+
+def settings(**kw):
+    values = dict(word="tealy", initializer="texture", steps=6, learning_rate=5e-3, vectors=2, preview_every=0,
+                  seed=1, width=SIZE, height=SIZE)
+    return TeachSettings(**{**values, **kw})
+
+
+def teach(c, s, checkpoint=None, stop_at=None, saved=None):
+    def on_step(step, loss):
+        if step == stop_at:
+            raise Cancelled()
+
+    teacher = Teacher(c, s, [torch.from_numpy(i) for i in concept_images()], checkpoint)
+    rows, image = teacher.run(on_step, lambda step, image: None, (saved if saved is not None else []).append)
+    return rows, image, teacher
+
+
+@pytest.fixture(scope="module")
+def tiny(models_dir):
+    return as_components(load_pipe(models_dir, "tiny"))
+
+
+def state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_only_the_words_vectors_learn(tiny):
+    before = {name: state(getattr(tiny, name)) for name in ("unet", "vae", "text_encoder")}
+    tokens_before = len(tiny.tokenizer)
+    embedding = tiny.text_encoder.get_input_embeddings()
+    rows, image, teacher = teach(tiny, settings())
+    assert tiny.text_encoder.get_input_embeddings() is embedding  # the stand-in is removed again
+    assert len(tiny.tokenizer) == tokens_before  # the shared tokenizer is not touched while teaching
+    for name, snapshot in before.items():
+        after = state(getattr(tiny, name))
+        assert all(torch.equal(after[k], v) for k, v in snapshot.items()), name
+    start = embedding.weight[tiny.tokenizer("texture", add_special_tokens=False).input_ids].mean(0)
+    assert rows.shape == (2, 32) and (rows - start).abs().max() > 1e-4
+    assert len(teacher.losses) == 6 and all(np.isfinite(teacher.losses))
+    assert image.shape == (SIZE, SIZE, 3)
+
+
+def test_teaching_is_seeded(tiny):
+    a, b, c = teach(tiny, settings())[0], teach(tiny, settings())[0], teach(tiny, settings(seed=2))[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_a_resumed_teaching_ends_where_an_uninterrupted_one_does(tiny):
+    whole = teach(tiny, settings())[0]
+    saved = []
+    with pytest.raises(Cancelled):
+        teach(tiny, settings(), stop_at=3, saved=saved)
+    checkpoint = saved[-1]
+    assert checkpoint["step"] == 3
+    resumed, _, teacher = teach(tiny, settings(), checkpoint=checkpoint)
+    assert len(teacher.losses) == 6
+    assert torch.equal(resumed, whole)
+
+
+def test_the_model_says_what_cannot_be_taught(tiny, models_dir):
+    from dream_addon.protocol import ProtocolError
+    from tests.backend.test_sdxl import load_xl
+
+    for s, field in [(settings(word="brick"), "params.word"), (settings(initializer=" "), "params.initializer")]:
+        with pytest.raises(ProtocolError) as error:
+            teach(tiny, s)
+        assert error.value.field == field
+    with pytest.raises(ProtocolError, match="SDXL") as error:
+        teach(load_xl(models_dir, "tiny-xl")[1], settings())
+    assert error.value.field == "params.model"
+
+
+@pytest.mark.parametrize("params, arrays, field", [
+    ({"word": "Two Words"}, 3, "params.word"),
+    ({"word": "ok"}, 2, "arrays.concept_0"),
+    ({"word": "ok"}, 11, "arrays.concept_0"),
+    ({"word": "ok", "train_steps": 0}, 3, "params.train_steps"),
+    ({}, 3, "params.word"),
+])
+def test_bad_teach_jobs_are_refused_before_anything_runs(params, arrays, field):
+    images = {f"concept_{i}": concept_images(1)[0] for i in range(min(arrays, 10))}
+    if arrays > 10:
+        images["concept_10"] = images["concept_0"]
+    with pytest.raises(protocol.ProtocolError) as error:
+        protocol.validate_job("teach_concept", {"width": SIZE, "height": SIZE, **params}, images)
+    assert error.value.field == field or (arrays > 10 and error.value.field == "arrays.concept_10")
+
+
+@pytest.fixture(scope="module")
+def teach_backend(tmp_path_factory, models_dir):
+    """A backend whose models folder is a fresh one (its embeddings/ starts empty), with the tiny models."""
+    from dream_addon.supervisor import BackendProcess
+
+    folder = tmp_path_factory.mktemp("models")
+    for name in ("tiny", "tiny-xl"):
+        os.symlink(models_dir / name, folder / name)
+    process = BackendProcess(sys.executable, 0, models=("tiny", "tiny-xl"), output_dir=tmp_path_factory.mktemp("out"),
+                             device="cpu", max_restarts=0, extra_args=["--models-dir", str(folder), "--preload"])
+    process.start()
+    assert process.wait_ready(120), "\n".join(process.tail)
+    process.models_folder = folder
+    yield process
+    process.stop()
+
+
+def submit_teach(conn, job_id, params, resume=False):
+    arrays = {f"concept_{i}": (image * 255).round().astype(np.uint8) for i, image in enumerate(concept_images())}
+    conn.send({"type": "submit", "job_id": job_id, "kind": "teach_concept", "params": params, "resume": resume},
+              arrays)
+
+
+def test_teach_job_streams_saves_the_word_and_the_next_job_reads_it(teach_backend):
+    conn = connect(teach_backend)
+    params = {"word": "tealy", "train_steps": 6, "preview_every": 3, "width": SIZE, "height": SIZE, "seed": 4,
+              "vectors": 2}
+    submit_teach(conn, "teach-1", params)
+    events = events_until_terminal(conn, "teach-1")
+    kinds = [m["type"] for m, _ in events]
+    previews = [(m["step"], a["image"].shape) for m, a in events if m["type"] == "preview"]
+    assert previews == [(3, (SIZE, SIZE, 4)), (6, (SIZE, SIZE, 4))]
+    assert any(m["type"] == "progress" and m.get("stage") == "teach" and "loss" in m for m, _ in events)
+    result, arrays = events[-1]
+    assert kinds[-1] == "result" and result["word"] == "tealy"
+    path = teach_backend.models_folder / "embeddings" / "tealy.safetensors"
+    assert result["embedding"] == str(path) and path.exists()
+    # Usable at once: a txt2img job of the word alone is the teaching's last preview, bit for bit.
+    conn.send({"type": "submit", "job_id": "use-1", "params": {"prompt": "tealy", "width": SIZE, "height": SIZE,
+                                                                 "seed": 4, "preview_interval": 0.0}})
+    used = events_until_terminal(conn, "use-1")
+    assert used[-1][0]["type"] == "result"
+    assert not [m for m, _ in used if m["type"] == "warning"]
+    np.testing.assert_array_equal(used[-1][1]["image"], arrays["image"])
+    conn.send({"type": "submit", "job_id": "use-2", "params": {"prompt": "red", "width": SIZE, "height": SIZE,
+                                                                 "seed": 4, "preview_interval": 0.0}})
+    assert np.abs(events_until_terminal(conn, "use-2")[-1][1]["image"].astype(float)
+                  - arrays["image"]).max() > 0
+    # An SDXL model skips the SD-shaped word, saying so once.
+    conn.send({"type": "submit", "job_id": "use-xl", "params": {"prompt": "tealy", "width": SIZE, "height": SIZE,
+                                                                  "model": "tiny-xl", "preview_interval": 0.0}})
+    xl = events_until_terminal(conn, "use-xl")
+    warnings = [m for m, _ in xl if m["type"] == "warning"]
+    assert xl[-1][0]["type"] == "result" and [w["code"] for w in warnings] == ["embedding_skipped"]
+    conn.close()
+
+
+def test_teach_job_cancels_and_resumes_from_its_checkpoint(teach_backend):
+    conn = connect(teach_backend)
+    params = {"word": "tealz", "train_steps": 400, "preview_every": 0, "width": SIZE, "height": SIZE, "seed": 4}
+    submit_teach(conn, "teach-2", params)
+    while True:
+        message, _ = conn.recv()
+        if message.get("type") == "progress" and message.get("stage") == "teach":
+            conn.send({"type": "cancel", "job_id": "teach-2"})
+            break
+    events = events_until_terminal(conn, "teach-2")
+    assert events[-1][0]["type"] == "cancelled"
+    stopped = events[-1][0]["step"]
+    assert 0 < stopped < 400
+    job_dir = os.path.join(teach_backend.ready_info["output_dir"], "teach-2")
+    assert os.path.exists(os.path.join(job_dir, "concept_checkpoint.pt"))
+    assert not (teach_backend.models_folder / "embeddings" / "tealz.safetensors").exists()
+    params_short = dict(params)
+    submit_teach(conn, "teach-2", params_short, resume=True)
+    events = events_until_terminal(conn, "teach-2")
+    steps = [m["step"] for m, _ in events if m["type"] == "progress" and m.get("stage") == "teach"]
+    assert steps and steps[0] > stopped  # continued, not started again
+    assert events[-1][0]["type"] == "result"
+    assert (teach_backend.models_folder / "embeddings" / "tealz.safetensors").exists()
+    conn.close()
+
+
+@pytest.mark.parametrize("change", [{"initializer": "red"}, {"learning_rate": 1e-2}, {"seed": 2}, {"steps": 5},
+                                    {"vectors": 1}])
+def test_every_setting_changes_the_word(tiny, change):
+    """No dead controls: each Teach a Concept setting changes the vectors learned."""
+    base = teach(tiny, settings())[0]
+    changed = teach(tiny, settings(**change))[0]
+    assert changed.shape != base.shape or (changed - base).abs().max() > 1e-6
+
+
+def test_previews_come_every_n_steps_and_at_the_end(tiny):
+    seen = []
+    teacher = Teacher(tiny, settings(preview_every=2, steps=5), [torch.from_numpy(i) for i in concept_images()])
+    teacher.run(lambda step, loss: None, lambda step, image: seen.append(step), lambda state: None)
+    assert seen == [2, 4, 5]
