@@ -112,15 +112,17 @@ def save_single_file(folder, path, dtype=None):
 
 
 def peft_to_kohya(state: dict) -> dict:
-    """A diffusers/peft UNet LoRA state dict (``unet.<module>.lora_A.weight``) in kohya's layout
-    (``lora_unet_<module_with_underscores>.lora_down.weight``, ``.alpha``)."""
+    """A diffusers/peft LoRA state dict (``unet.<module>.lora_A.weight``, ``text_encoder.<module>...``) in
+    kohya's layout (``lora_unet_<module_with_underscores>.lora_down.weight``, ``lora_te_text_model_...``,
+    ``.alpha``)."""
     out = {}
     for key, value in state.items():
-        m = re.match(r"(?:unet\.)?(.*)\.lora_(A|B)\.weight$", key)
+        m = re.match(r"(unet|text_encoder)\.(.*)\.lora_(A|B)\.weight$", key)
         if not m:
             raise KeyError(f"not a peft LoRA weight: {key}")
-        module = "lora_unet_" + m[1].replace(".", "_")
-        out[f"{module}.lora_{'down' if m[2] == 'A' else 'up'}.weight"] = value
-        if m[2] == "A":
+        module = m[2].removeprefix("text_model.").replace(".", "_")
+        module = ("lora_unet_" if m[1] == "unet" else "lora_te_text_model_") + module
+        out[f"{module}.lora_{'down' if m[3] == 'A' else 'up'}.weight"] = value
+        if m[3] == "A":
             out[f"{module}.alpha"] = value.new_tensor(float(value.shape[0]))  # alpha = rank: scale 1
     return out

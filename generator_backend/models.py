@@ -153,6 +153,14 @@ class ModelManager:
         return (f"vae{2 ** (len(vae['block_out_channels']) - 1)}/{vae.get('scaling_factor', 0.18215)}/"
                 f"lat{vae.get('latent_channels', 4)}/unet{entry.extra.get('in_channels', 4)}/{prediction}")
 
+    def detected(self, name: str) -> dict:
+        """What the models folder's listing says of a served name: its type, family and kind, or {}."""
+        entry = self.library.entries.get(name) if name not in self.served else None
+        if entry is None:
+            return {}
+        return {k: v for k, v in (("base", entry.family), ("kind", entry.kind), ("format", entry.format),
+                                  ("architecture", entry.architecture), ("note", entry.note)) if v}
+
     def vocabulary(self, name: str = ""):
         """The loaded model's vocabulary.txt words (prompt_words.py), or None when it has none."""
         self.get(name)
