@@ -154,12 +154,22 @@ class ModelManager:
                 f"lat{vae.get('latent_channels', 4)}/unet{entry.extra.get('in_channels', 4)}/{prediction}")
 
     def detected(self, name: str) -> dict:
-        """What the models folder's listing says of a served name: its type, family and kind, or {}."""
+        """What the models folder detects in a served name (type, family, kind; no weights read), or {}."""
+        from .model_library import detect_folder
+
         entry = self.library.entries.get(name) if name not in self.served else None
-        if entry is None:
-            return {}
-        return {k: v for k, v in (("base", entry.family), ("kind", entry.kind), ("format", entry.format),
-                                  ("architecture", entry.architecture), ("note", entry.note)) if v}
+        if entry is not None:
+            found = {"base": entry.family, "kind": entry.kind, "format": entry.format,
+                     "architecture": entry.architecture, "note": entry.note}
+        else:
+            source = self.sources[name]
+            folder = POCKET_DIR if source == "pocket" else Path(self.models_dir or "", source) \
+                if source in BUILTIN_MODELS else Path(source)
+            if not (folder / "model_index.json").is_file():
+                return {}
+            found = detect_folder(folder)
+            found = {"base": found.get("family"), "kind": found.get("kind"), "format": "diffusers"}
+        return {k: v for k, v in found.items() if v}
 
     def vocabulary(self, name: str = ""):
         """The loaded model's vocabulary.txt words (prompt_words.py), or None when it has none."""

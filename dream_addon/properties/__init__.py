@@ -42,10 +42,16 @@ def model_items(self, context):
     """Models the backend serves (from its welcome); kept in a module list, as Blender requires."""
     from ..session import SESSION
 
-    names = [m["name"] for m in (SESSION.welcome or {}).get("models", [])]
+    models = (SESSION.welcome or {}).get("models", [])
     _MODEL_ITEMS[:] = [(BACKEND_DEFAULT_MODEL, "Backend Default", "The backend's default model")] + [
-        (n, n, "") for n in names if n != BACKEND_DEFAULT_MODEL]
+        (m["name"], model_label(m), m.get("note", "")) for m in models if m["name"] != BACKEND_DEFAULT_MODEL]
     return _MODEL_ITEMS
+
+
+def model_label(model: dict) -> str:
+    """A model's name with what the models folder detected in it: "dreamshaper (sd1, inpaint)"."""
+    detected = [model[k] for k in ("base", "kind") if model.get(k)]
+    return f"{model['name']} ({', '.join(detected)})" if detected else model["name"]
 
 
 _MODEL_ITEMS = []
@@ -207,6 +213,7 @@ class DreamWalkProperties(bpy.types.PropertyGroup):
 
 
 from .latent import DreamLatentProperties  # noqa: E402  (the Latent Codec panel)
+from .models import DreamLora, DreamModelsProperties  # noqa: E402  (the models folder: LoRAs)
 
-classes = (DreamLatentProperties, DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties,
+classes = (DreamLora, DreamModelsProperties, DreamLatentProperties, DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties,
            DreamWalkPrompt, DreamWalkProperties)
