@@ -109,7 +109,8 @@ class ModelManager:
         return torch.float32 if self.device == "cpu" else torch.float16
 
     def names(self):
-        return list(self.sources)
+        """The --model names (the models folder's checkpoints are in ``library``, and servable too)."""
+        return list(self.served)
 
     def family(self, name: str):
         """A label shared by models with one latent space (ensembling needs that), read from
@@ -154,22 +155,16 @@ class ModelManager:
                 f"lat{vae.get('latent_channels', 4)}/unet{entry.extra.get('in_channels', 4)}/{prediction}")
 
     def detected(self, name: str) -> dict:
-        """What the models folder detects in a served name (type, family, kind; no weights read), or {}."""
+        """What a served model's folder says of it without loading weights (base family, kind), or {}."""
         from .model_library import detect_folder
 
-        entry = self.library.entries.get(name) if name not in self.served else None
-        if entry is not None:
-            found = {"base": entry.family, "kind": entry.kind, "format": entry.format,
-                     "architecture": entry.architecture, "note": entry.note}
-        else:
-            source = self.sources[name]
-            folder = POCKET_DIR if source == "pocket" else Path(self.models_dir or "", source) \
-                if source in BUILTIN_MODELS else Path(source)
-            if not (folder / "model_index.json").is_file():
-                return {}
-            found = detect_folder(folder)
-            found = {"base": found.get("family"), "kind": found.get("kind"), "format": "diffusers"}
-        return {k: v for k, v in found.items() if v}
+        source = self.sources[name]
+        folder = POCKET_DIR if source == "pocket" else Path(self.models_dir or "", source) \
+            if source in BUILTIN_MODELS else Path(source)
+        if not (folder / "model_index.json").is_file():
+            return {}
+        found = detect_folder(folder)
+        return {k: v for k, v in (("base", found.get("family")), ("kind", found.get("kind"))) if v}
 
     def vocabulary(self, name: str = ""):
         """The loaded model's vocabulary.txt words (prompt_words.py), or None when it has none."""

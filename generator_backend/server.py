@@ -213,7 +213,8 @@ class Connection:
             (f"params.models[{i}].name", m["name"]) for i, m in enumerate(params.get("models") or [])]
         for where, name in checks:
             if name not in self.server.models.sources:
-                raise ProtocolError("invalid_param", f"{where} {name!r} is not served here", field=where,
+                raise ProtocolError("invalid_param", f"{where} {name!r} is not served here (nor a checkpoint in "
+                                    "the models folder; rescan after adding files)", field=where,
                                     allowed=self.server.models.names(), job_id=job_id)
         loras = self.server.models.library.names("lora")
         for i, term in enumerate(params.get("loras") or []):  # before anything is made
@@ -306,7 +307,7 @@ class Server:
         return {"type": "welcome", "protocol": protocol.PROTOCOL_VERSION, "server_version": __version__,
                 "device": self.models.device,
                 "models": [{"name": n, "default": n == self.models.default, "family": self.models.family(n),
-                            **self.models.detected(n)} for n in self.models.names()],
+                            **self.models.detected(n)} for n in self.models.served],
                 "library": self.models.library.listing(),
                 "capabilities": {"job_kinds": sorted(protocol.JOB_KINDS), "schedulers": list(protocol.SCHEDULERS),
                                  "output_dtypes": list(protocol.OUTPUT_DTYPES), "max_size": self.max_size,

@@ -42,16 +42,22 @@ def model_items(self, context):
     """Models the backend serves (from its welcome); kept in a module list, as Blender requires."""
     from ..session import SESSION
 
-    models = (SESSION.welcome or {}).get("models", [])
+    models = [(m["name"], m.get("base"), m.get("kind"), "") for m in (SESSION.welcome or {}).get("models", [])]
+    served = {m[0] for m in models}
+    from .models import listed
+
+    models += [(e["name"], e.get("family"), e.get("kind"), e.get("note", "")) for e in listed("checkpoints")
+               if e["name"] not in served]  # the models folder's checkpoints
     _MODEL_ITEMS[:] = [(BACKEND_DEFAULT_MODEL, "Backend Default", "The backend's default model")] + [
-        (m["name"], model_label(m), m.get("note", "")) for m in models if m["name"] != BACKEND_DEFAULT_MODEL]
+        (name, model_label(name, base, kind), note) for name, base, kind, note in models
+        if name != BACKEND_DEFAULT_MODEL]
     return _MODEL_ITEMS
 
 
-def model_label(model: dict) -> str:
-    """A model's name with what the models folder detected in it: "dreamshaper (sd1, inpaint)"."""
-    detected = [model[k] for k in ("base", "kind") if model.get(k)]
-    return f"{model['name']} ({', '.join(detected)})" if detected else model["name"]
+def model_label(name: str, base, kind) -> str:
+    """A model's name with what was detected in it: "dreamshaper (sd1, inpaint)"."""
+    detected = [value for value in (base, kind) if value]
+    return f"{name} ({', '.join(detected)})" if detected else name
 
 
 _MODEL_ITEMS = []

@@ -48,6 +48,8 @@ def test_the_welcome_lists_the_folder_and_a_rescan_finds_a_new_file(served, fold
     conn = connect(served)
     library = conn.welcome["library"]
     assert [e["name"] for e in library["loras"]] == ["Lora/bricks"] and library["embeddings"] == []
+    assert conn.welcome["models"][0] == {"name": "tiny", "default": True, "family": "tiny/unet4", "base": "sd1",
+                                         "kind": "txt2img"}
     assert {"checkpoints", "loras", "embeddings", "upscalers"} <= set(library)
     assert [e["name"] for e in library["checkpoints"]] == ["tiny"] and library["checkpoints"][0]["format"] == "diffusers"
     assert all("path" not in e for kind in ("checkpoints", "loras") for e in library[kind])
@@ -55,9 +57,10 @@ def test_the_welcome_lists_the_folder_and_a_rescan_finds_a_new_file(served, fold
     try:
         conn.send({"type": "rescan"})
         message, _ = conn.recv()
-        assert message["type"] == "library"
-        dropped = next(m for m in message["models"] if m["name"] == "dropped")
-        assert (dropped["base"], dropped["kind"], dropped["format"]) == ("sd1", "txt2img", "safetensors")
+        assert message["type"] == "library" and [m["name"] for m in message["models"]] == ["tiny"]  # the served
+        dropped = next(e for e in message["library"]["checkpoints"] if e["name"] == "dropped")
+        assert (dropped["family"], dropped["kind"], dropped["format"], dropped["architecture"]) == \
+            ("sd1", "txt2img", "safetensors", "tiny")
         plain = submit(conn, "mf-plain", SMALL)[-1]
         single = submit(conn, "mf-single", dict(SMALL, model="dropped"))[-1]
         assert single[0]["type"] == "result", single[0]
@@ -65,7 +68,7 @@ def test_the_welcome_lists_the_folder_and_a_rescan_finds_a_new_file(served, fold
     finally:
         (folder / "dropped.safetensors").unlink()
         conn.send({"type": "rescan"})
-        assert "dropped" not in [m["name"] for m in conn.recv()[0]["models"]]
+        assert "dropped" not in [e["name"] for e in conn.recv()[0]["library"]["checkpoints"]]
     conn.close()
 
 

@@ -29,7 +29,7 @@ def request(**kw):
 
 def test_a_converted_tiny_model_loads_back_with_the_same_pixels(folder, models_dir):
     manager = ModelManager(["tiny"], device="cpu", models_dir=folder)
-    assert "tiny-file" in manager.names() and manager.sources["tiny-file"].endswith("tiny-file.safetensors")
+    assert "tiny-file" in manager.sources and manager.sources["tiny-file"].endswith("tiny-file.safetensors")
     single, plain = manager.get("tiny-file"), ModelManager(["tiny"], device="cpu", models_dir=models_dir).get()
     for part in ("unet", "vae", "text_encoder"):
         a, b = getattr(single, part).state_dict(), getattr(plain, part).state_dict()

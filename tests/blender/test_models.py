@@ -87,7 +87,7 @@ def test_a_file_dropped_into_the_folder_is_in_the_model_menu_after_a_rescan(smal
                    f"save_single_file({str(folder / 'tiny')!r}, {str(folder / 'dropped.safetensors')!r})\n")
     try:
         assert bpy.ops.dream.rescan_models() == {"FINISHED"}
-        assert drain_until(session, lambda: "dropped" in [m["name"] for m in session.welcome["models"]])
+        assert drain_until(session, lambda: "dropped" in labels())
         assert labels()["dropped"] == "dropped (sd1, txt2img)"
         plain = result_pixels(session, generate(session))
         small.dream.model = "dropped"
@@ -95,7 +95,7 @@ def test_a_file_dropped_into_the_folder_is_in_the_model_menu_after_a_rescan(smal
     finally:
         (folder / "dropped.safetensors").unlink()
         bpy.ops.dream.rescan_models()
-        drain_until(session, lambda: "dropped" not in [m["name"] for m in session.welcome["models"]])
+        assert drain_until(session, lambda: "dropped" not in labels())
 
 
 def test_a_lora_with_a_weight_changes_the_result_and_weight_zero_is_none(small, session):
