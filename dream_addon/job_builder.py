@@ -75,7 +75,25 @@ def scene_params(props) -> tuple[dict, dict]:
         if len(props.ensemble_models) < 2:
             raise JobInputError("A model ensemble needs at least two models")
         params["models"] = [{"name": m.name, "weight": m.weight} for m in props.ensemble_models]
+    params.update(lora_params(props.id_data))
     return params, arrays
+
+
+def lora_params(scene) -> dict:
+    """The generate panel's LoRA list as params.loras, every name checked against the backend's listing."""
+    from .session import SESSION
+
+    models = getattr(scene, "dream_models", None)
+    loras = list(models.loras) if models is not None else []
+    if not loras:
+        return {}
+    listed = [e["name"] for e in ((SESSION.welcome or {}).get("library") or {}).get("loras") or []]
+    for i, item in enumerate(loras):
+        if item.name not in listed:
+            raise JobInputError(f"LoRA {i + 1} ({item.name or 'no name'!r}) is not in the backend's models folder"
+                                + (f"; it has: {', '.join(listed)}" if listed else ": it lists no LoRAs (set the "
+                                   "Models Folder in the preferences, add files, then Rescan)"))
+    return {"loras": [{"name": item.name, "weight": round(item.weight, 4)} for item in loras]}
 
 
 def check_job(kind: str, params: dict, arrays: dict, welcome=None):

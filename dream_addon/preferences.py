@@ -30,6 +30,10 @@ class DreamPreferences(bpy.types.AddonPreferences):
                                     description="Diffusers folders or hub ids to serve, separated by commas (the "
                                                 "first is the default); 'pocket' is the small offline texture "
                                                 "model that ships with the backend")
+    models_dir: bpy.props.StringProperty(name="Models Folder", default="", subtype="DIR_PATH",
+                                         description="Your checkpoints (.safetensors single files or diffusers "
+                                                     "folders), LoRAs, embeddings and upscalers: Start serves them; "
+                                                     "Rescan picks up files added later")
     device: bpy.props.EnumProperty(name="Device", default="auto", items=[
         ("auto", "Auto", "CUDA, then Apple MPS, then CPU"), ("cuda", "CUDA", ""), ("mps", "MPS", ""),
         ("cpu", "CPU", "")])
@@ -45,6 +49,7 @@ class DreamPreferences(bpy.types.AddonPreferences):
         col = layout.column()
         col.prop(self, "python_path")
         col.prop(self, "model")
+        col.prop(self, "models_dir")
         col.prop(self, "device")
         col.prop(self, "output_dir")
         col.prop(self, "float_results")

@@ -401,6 +401,10 @@ def common_fields(max_size: int = 2048) -> dict:
         "infusion_cond_only": Field("bool", False, doc="Add infused features to the conditional rows only"),
         "models": Field("models", None, doc="Model ensemble: [{name, weight}], 2..4 models sharing a latent space"),
         "offload": Field("bool", False, doc="Model ensemble: keep one UNet on the device at a time"),
+        "loras": Field("loras", None, doc=f"LoRAs from the models folder: [{{name, weight}}], 1..{MAX_LORAS} "
+                                          "entries, names from the welcome's library.loras"),
+        "lora_fuse": Field("bool", False, doc="LoRA: add the weight deltas into the layers for the job (faster "
+                                              "steps; restored exactly afterwards) instead of extra matmuls"),
     }
 
 
@@ -452,6 +456,8 @@ def validate_params(params, fields: dict) -> dict:
             value = validate_layer_weights(value, where)
         elif spec.kind == "models":
             value = validate_model_terms(value, where)
+        elif spec.kind == "loras":
+            value = validate_lora_terms(value, where)
         elif spec.kind in ("int", "float"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise bad(f"must be a number, got {type(value).__name__}")
@@ -500,6 +506,25 @@ def validate_layer_weights(value, where) -> dict:
 
 MODEL_TERM_FIELDS = {"name": Field("str", required=True, max_length=1000), "weight": Field("float", None, min=-5.0,
                                                                                             max=5.0)}
+
+
+MAX_LORAS = 8
+LORA_TERM_FIELDS = {"name": Field("str", required=True, max_length=1000),
+                    "weight": Field("float", 1.0, min=-4.0, max=4.0, doc="LoRA strength; 0 leaves the model as it is")}
+
+
+def validate_lora_terms(value, where) -> list:
+    """LoRAs with a weight each (1 when left out); which names exist is checked against the listing."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_LORAS:
+        raise ProtocolError("invalid_param", f"{where} must be a list of 1..{MAX_LORAS} LoRAs", field=where,
+                            allowed={"min_items": 1, "max_items": MAX_LORAS})
+    terms = _validate_terms(value, where, LORA_TERM_FIELDS)
+    names = [t["name"] for t in terms]
+    for i, name in enumerate(names):
+        if not name.strip() or names.index(name) != i:
+            raise ProtocolError("invalid_param", f"{where}[{i}].name {name!r} is empty or listed twice",
+                                field=f"{where}[{i}].name")
+    return terms
 
 
 def validate_model_terms(value, where) -> list:
@@ -820,7 +845,7 @@ def validate_job_id(job_id) -> str:
 
 
 # --------------------------------------------------------------------------- message types
-CLIENT_MESSAGES = ("hello", "submit", "cancel", "status", "fetch", "export", "shutdown", "ping")
+CLIENT_MESSAGES = ("hello", "submit", "cancel", "status", "fetch", "export", "shutdown", "ping", "rescan")
 EXPORT_FIELDS = {
     "format": Field("choice", "gif", choices=("gif", "mp4"), doc="File type"),
     "fps": Field("int", None, min=1, max=120, doc="Frames per second (default: the walk's)"),

@@ -162,6 +162,7 @@ class Session:
             prefs.python_path or "python3", prefs.port,
             models=[m.strip() for m in prefs.model.split(",") if m.strip()] or [protocol.DEFAULT_MODEL],
             output_dir=prefs.output_dir or None, device=prefs.device, log_path=log_path,
+            extra_args=["--models-dir", bpy.path.abspath(prefs.models_dir)] if getattr(prefs, "models_dir", "") else [],
             on_ready=lambda info: self.events.put(("backend_ready", info)))
         self.backend.start()
         self.status = STARTING_MESSAGE
@@ -217,6 +218,13 @@ class Session:
             return False
         self.worker.send({"type": "export", "job_id": job_id, "options": options})
         job.message = "Exporting"
+        return True
+
+    def rescan(self) -> bool:
+        """Ask the backend to re-read its models folder; the new listing arrives as 'library'."""
+        if self.worker is None or self.welcome is None:
+            return False
+        self.worker.send({"type": "rescan"})
         return True
 
     def cancel(self, job_id: str):
@@ -361,6 +369,11 @@ class Session:
             # An error about a frame the backend could not read (no job id in it): it answers
             # the oldest submit on this connection that has no answer yet.
             message = {**message, "job_id": self.unanswered[0]}
+        if kind == "library" and self.welcome is not None:  # the answer to a rescan
+            self.welcome = {**self.welcome, "models": message["models"], "library": message["library"]}
+            self.status = f"Models folder: {len(message['library'].get('checkpoints', []))} checkpoints, " \
+                          f"{len(message['library'].get('loras', []))} LoRAs"
+            return
         job = self.jobs.get(message.get("job_id"))
         if job is None:
             if kind == "error":  # not about a job of ours: show it where the connection status is

@@ -104,7 +104,13 @@ def build_parser():
     serve.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     serve.add_argument("--output-dir", type=Path, default=default_data_dir() / "outputs",
                        help="where every result is written before it is sent")
-    serve.add_argument("--models-dir", type=Path, default=None, help="where built-in models are built and cached")
+    serve.add_argument("--models-dir", type=Path, default=None,
+                       help="the models folder: its checkpoints (diffusers folders, .safetensors / .ckpt single "
+                            "files), LoRAs, embeddings and upscalers are listed and served; built-in models are "
+                            "built and cached there too")
+    serve.add_argument("--model-type", action="append", default=[], metavar="NAME=FAMILY[/KIND]",
+                       help="override what was detected of a models-folder checkpoint, e.g. mymodel=sd2-base "
+                            "(families: sd1, sd2, sd2-base, sdxl; kinds: txt2img, inpaint, depth, upscaler)")
     serve.add_argument("--token-file", type=Path, default=default_data_dir() / "backend.token",
                        help=f"file the token is written to (mode 600); ${protocol.TOKEN_ENV} sets the token instead")
     serve.add_argument("--max-size", type=int, default=2048, help="largest width or height accepted (multiple of 8)")
@@ -165,8 +171,15 @@ def serve(args) -> int:
     if args.max_size % 8 or not 64 <= args.max_size <= 8192:
         print("--max-size must be a multiple of 8 in 64..8192", file=sys.stderr)
         return 2
+    from .model_library import parse_override
+
+    try:
+        overrides = {name: (family, kind) for name, family, kind in map(parse_override, args.model_type)}
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     models = ModelManager(args.models or [protocol.DEFAULT_MODEL], device=args.device, models_dir=args.models_dir,
-                          memory=memory_options(args))
+                          overrides=overrides, memory=memory_options(args))
     token = os.environ.get(protocol.TOKEN_ENV) or secrets.token_urlsafe(32)
     try:
         server = Server(models, args.output_dir, token, host=args.host, port=args.port,

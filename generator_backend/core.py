@@ -105,6 +105,8 @@ class GenerationRequest:
     frame_noise: torch.Tensor | None = None
     frame_embeds: torch.Tensor | None = None
     walk: object = None  # a walk job's WalkSettings (techniques/walk.py)
+    loras: list = field(default_factory=list)  # techniques/lora.py LoraTerms: files from the models folder
+    lora_fuse: bool = _default("lora_fuse", _TXT2IMG)
 
     @property
     def batch(self) -> int:
@@ -436,15 +438,18 @@ def generate(components, req: GenerationRequest, on_step=None, offload: bool = F
     c = members[0][0]
     run = Run(components, members, req, active(c, req), on_step, offload,
               stream_generator(req.seed, "main"), req.guidance > 1.0 and c.unet.config.time_cond_proj_dim is None)
-    encode_prompts(run)
-    set_timesteps(run)
-    with ExitStack() as contexts:
-        contexts.enter_context(offloaded(members, offload))
+    with ExitStack() as weights:  # around every stage: weights a technique changes (LoRA), restored on exit
         for technique in run.techniques:
-            contexts.enter_context(technique.context(run))
-        starting_latents(run)
-        denoise(run)
-        image = decode(run)
+            weights.enter_context(technique.weights(run))
+        encode_prompts(run)
+        set_timesteps(run)
+        with ExitStack() as contexts:
+            contexts.enter_context(offloaded(members, offload))
+            for technique in run.techniques:
+                contexts.enter_context(technique.context(run))
+            starting_latents(run)
+            denoise(run)
+            image = decode(run)
     for technique in run.techniques:
         image = technique.finish(run, image)
     return image if req.frames else image[0]

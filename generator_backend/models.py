@@ -89,17 +89,37 @@ def pipeline_class(source):
 class ModelManager:
     """Maps model names to sources; loads each on first use, on one device, and keeps it."""
 
-    def __init__(self, specs, device="auto", models_dir=None, memory=None):
-        self.sources = dict(parse_model_spec(s) for s in specs)
-        if not self.sources:
+    def __init__(self, specs, device="auto", models_dir=None, overrides=None, memory=None):
+        from .model_library import ModelLibrary
+
+        self.served = dict(parse_model_spec(s) for s in specs)  # the --model names, first the default
+        if not self.served:
             raise ValueError("at least one --model is needed")
+        self.sources = dict(self.served)
         self.default = next(iter(self.sources))
         self.device = pick_device(device)
         self.models_dir = models_dir
         self.memory = memory  # memory.MemoryOptions, or None for the defaults
+        self.library = ModelLibrary(models_dir, overrides)  # the models folder's checkpoints, LoRAs, ...
         self._loaded = {}
         self._vocabularies = {}  # name -> the words a model was trained on, when it ships the list
         self._lock = threading.Lock()
+        self._stamps = {}  # folder checkpoint -> (path, size, family, kind) when it was listed
+        self.rescan()
+
+    def rescan(self) -> dict:
+        """Re-read the models folder: its checkpoints join the served names (a --model name wins);
+        a checkpoint that changed or went is loaded afresh next time. Returns the listing."""
+        entries = self.library.scan()
+        files = {n: e.path for n, e in entries.items() if e.type == "checkpoint" and n not in self.served}
+        stamps = {n: (e.path, e.size, e.family, e.kind) for n, e in entries.items() if n in files}
+        # Without the load lock: a rescan never waits for a model that is loading.
+        for name in list(self._loaded):
+            if name not in self.served and stamps.get(name) != self._stamps.get(name):
+                self._loaded.pop(name, None)
+        self._stamps = stamps
+        self.sources = {**self.served, **files}
+        return self.library.listing()
 
     @property
     def dtype(self):
@@ -108,7 +128,8 @@ class ModelManager:
         return torch.float32 if self.device == "cpu" else torch.float16
 
     def names(self):
-        return list(self.sources)
+        """The --model names (the models folder's checkpoints are in ``library``, and servable too)."""
+        return list(self.served)
 
     def family(self, name: str):
         """A label shared by models with one latent space (ensembling needs that), read from
@@ -122,6 +143,9 @@ class ModelManager:
         if source in TINY_XL_VARIANTS:
             return f"tiny-xl/unet{TINY_XL_VARIANTS[source].get('unet_in_channels', 4)}"
         folder = POCKET_DIR if source == "pocket" else Path(source)
+        entry = self.library.entries.get(name)
+        if entry is not None and not folder.is_dir():  # a single file: its architecture's configs
+            return self._file_family(entry)
         try:
             vae = json.loads((folder / "vae" / "config.json").read_text())
             unet = json.loads((folder / "unet" / "config.json").read_text())
@@ -149,6 +173,38 @@ class ModelManager:
         size = unet.get("sample_size", 64)
         return (size if isinstance(size, int) else size[0]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
+    def _file_family(self, entry):
+        """family() of a single-file checkpoint, from its architecture's configs and its own channels."""
+        from .single_file import SingleFileError, config_folder
+
+        if entry.architecture is None:
+            return None
+        if entry.architecture == "tiny" and entry.family == entry.detected_family:  # as the built-in tiny models
+            return f"tiny/unet{entry.extra.get('in_channels', 4)}"
+        try:
+            folder = config_folder(entry.architecture, self.models_dir)
+            vae = json.loads((folder / "vae" / "config.json").read_text())
+            scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        except (OSError, ValueError, SingleFileError):
+            return None
+        prediction = {"sd2": "v_prediction", "sd2-base": "epsilon", "sd1": "epsilon"}.get(entry.family)
+        if entry.architecture not in ("sd15", "sd2", "sdxl") and entry.family == entry.detected_family:
+            prediction = scheduler.get("prediction_type", "epsilon")
+        return (f"vae{2 ** (len(vae['block_out_channels']) - 1)}/{vae.get('scaling_factor', 0.18215)}/"
+                f"lat{vae.get('latent_channels', 4)}/unet{entry.extra.get('in_channels', 4)}/{prediction}")
+
+    def detected(self, name: str) -> dict:
+        """What a served model's folder says of it without loading weights (base family, kind), or {}."""
+        from .model_library import detect_folder
+
+        source = self.sources[name]
+        folder = POCKET_DIR if source == "pocket" else Path(self.models_dir or "", source) \
+            if source in BUILTIN_MODELS else Path(source)
+        if not (folder / "model_index.json").is_file():
+            return {}
+        found = detect_folder(folder)
+        return {k: v for k, v in (("base", found.get("family")), ("kind", found.get("kind"))) if v}
+
     def vocabulary(self, name: str = ""):
         """The loaded model's vocabulary.txt words (prompt_words.py), or None when it has none."""
         self.get(name)
@@ -161,9 +217,10 @@ class ModelManager:
         """Return the Components of ``name``, loading them on first use."""
         name = self.resolve(name)
         with self._lock:
-            if name not in self._loaded:
-                self._loaded[name] = self._load(name)
-            return self._loaded[name]
+            components = self._loaded.get(name)
+            if components is None:
+                components = self._loaded[name] = self._load(name)
+            return components
 
     def _load(self, name):
         import torch
@@ -176,6 +233,8 @@ class ModelManager:
 
         dlogging.disable_progress_bar()
         source = self.sources[name]
+        if Path(source).suffix.lower() in (".safetensors", ".ckpt") and Path(source).is_file():
+            return self._load_file(name, source)
         if source == "pocket":
             if not (POCKET_DIR / "model_index.json").exists():
                 raise ModelLoadError(f"the pocket model is not in this installation ({POCKET_DIR})")
@@ -202,12 +261,40 @@ class ModelManager:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"model {name!r} was found at {source!r} but could not be loaded: "
                                  f"{first_line[:300]}") from None
-        pipe.to(self.device)
         self._vocabularies[name] = read_vocabulary(source) if Path(source).is_dir() else None
+        return self._ready(pipe)
+
+    def _ready(self, pipe):
+        """A loaded pipeline's Components, on the device, frozen."""
+        import torch
+
+        from .core import Components
+
+        from .memory import MemoryOptions, configure
+
+        pipe.to(self.device)
         for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
             if module is not None:
                 module.eval().requires_grad_(False)
-        from .memory import MemoryOptions, configure
-
         return configure(Components.from_pipeline(pipe, torch.device(self.device), self.dtype),
                          self.memory or MemoryOptions())
+
+    def _load_file(self, name, source):
+        """A single-file checkpoint (single_file.py), with the models folder's family/kind override."""
+        from .single_file import SingleFileError, load_pipeline
+
+        entry = self.library.entries.get(name)
+        family = entry.family if entry is not None and entry.family != entry.detected_family else None
+        kind = entry.kind if entry is not None and entry.kind != entry.detected_kind else None
+        log.info("loading model %s from the single file %s on %s", name, source, self.device)
+        try:
+            pipe, _ = load_pipeline(source, self.dtype, family, kind, self.models_dir)
+        except SingleFileError as exc:
+            raise ModelLoadError(f"model {name!r}: {exc}") from None
+        except Exception as exc:  # any loader failure becomes one clear message
+            log.debug("model %s failed to load", name, exc_info=True)
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"model {name!r} ({Path(source).name}) could not be loaded as a single-file "
+                                 f"checkpoint: {first_line[:300]}") from None
+        self._vocabularies[name] = None
+        return self._ready(pipe)

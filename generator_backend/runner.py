@@ -26,9 +26,14 @@ from .techniques import request_from_params, untouched_pixels
 log = logging.getLogger("generator_backend.runner")
 
 
-def build_request(job: Job) -> GenerationRequest:
-    """The core's request from a validated job."""
-    return request_from_params(job.params, job.inputs)
+def build_request(job: Job, models: ModelManager | None = None) -> GenerationRequest:
+    """The core's request from a validated job; its LoRAs get their files from the models folder."""
+    request = request_from_params(job.params, job.inputs)
+    if request.loras and models is not None:
+        from .techniques import lora
+
+        lora.resolve(request, models.library)
+    return request
 
 
 def check_request(request: GenerationRequest, unet):
@@ -191,7 +196,7 @@ class Worker(threading.Thread):
         components = members[0][0]
         job.timings["load_s"] = round(time.perf_counter() - t0, 4)
         self._warn_ignored_words(job)
-        request = build_request(job)
+        request = build_request(job, self.models)
         check_request(request, components.unet)
         t1 = time.perf_counter()
         image = generate(members, request, on_step=self._step_callback(job, components),
@@ -214,7 +219,7 @@ class Worker(threading.Thread):
         members, model_name = self._members(job)
         components = members[0][0]
         self._warn_ignored_words(job)
-        request = build_request(job)
+        request = build_request(job, self.models)
         check_request(request, components.unet)
         plan = WalkPlan(components, request)
         on_disk = set(self.store.frames_done(job.job_id, p["frames"]))

@@ -213,8 +213,15 @@ class Connection:
             (f"params.models[{i}].name", m["name"]) for i, m in enumerate(params.get("models") or [])]
         for where, name in checks:
             if name not in self.server.models.sources:
-                raise ProtocolError("invalid_param", f"{where} {name!r} is not served here", field=where,
+                raise ProtocolError("invalid_param", f"{where} {name!r} is not served here (nor a checkpoint in "
+                                    "the models folder; rescan after adding files)", field=where,
                                     allowed=self.server.models.names(), job_id=job_id)
+        loras = self.server.models.library.names("lora")
+        for i, term in enumerate(params.get("loras") or []):  # before anything is made
+            if term["name"] not in loras:
+                raise ProtocolError("invalid_param", f"params.loras[{i}].name {term['name']!r} is not a LoRA in "
+                                    "the models folder (rescan after adding files)", field=f"params.loras[{i}].name",
+                                    allowed=loras, job_id=job_id)
         self.server.submit(self, job_id, message.get("kind", "txt2img"), params, inputs,
                            resume=message.get("resume") is True)
 
@@ -252,6 +259,12 @@ class Connection:
 
         # Off the reader thread: encoding a long walk takes seconds, and a cancel must not wait for it.
         self.server.exporter.submit(self._answering_errors, message, export)
+
+    def on_rescan(self, message, arrays):
+        """Re-read the models folder; the answer is the new listing (and the served model names)."""
+        self.server.models.rescan()
+        welcome = self.server.welcome()
+        self.send({"type": "library", "models": welcome["models"], "library": welcome["library"]})
 
     def on_shutdown(self, message, arrays):
         self.send({"type": "bye"})
@@ -294,7 +307,8 @@ class Server:
         return {"type": "welcome", "protocol": protocol.PROTOCOL_VERSION, "server_version": __version__,
                 "device": self.models.device,
                 "models": [{"name": n, "default": n == self.models.default, "family": self.models.family(n),
-                            "size": self.models.native_size(n)} for n in self.models.names()],
+                            "size": self.models.native_size(n), **self.models.detected(n)} for n in self.models.served],
+                "library": self.models.library.listing(),
                 "capabilities": {"job_kinds": sorted(protocol.JOB_KINDS), "schedulers": list(protocol.SCHEDULERS),
                                  "output_dtypes": list(protocol.OUTPUT_DTYPES), "max_size": self.max_size,
                                  "max_payload_bytes": self.limits.max_payload_bytes}}

@@ -1,3 +1,4 @@
-from . import backend, concept, generate, history_ops, latent, notices
+from . import backend, concept, generate, history_ops, latent, models, notices
 
-classes = backend.classes + generate.classes + history_ops.classes + notices.classes + latent.classes + concept.classes
+classes = (backend.classes + generate.classes + history_ops.classes + notices.classes + latent.classes + concept.classes
+           + models.classes)

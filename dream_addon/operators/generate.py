@@ -323,13 +323,15 @@ def last_walk(states=("done",)):
 
 
 LISTS = [("extra_prompts", "Prompts", ""), ("infusion_images", "Biasing Images", ""),
-         ("ensemble_models", "Models", ""), ("walk_prompts", "Walk Prompts", "")]
+         ("ensemble_models", "Models", ""), ("walk_prompts", "Walk Prompts", ""), ("loras", "LoRAs", "")]
 
 
 def owner(context, collection):
     """The property group holding a list: walk prompts live in Scene.dream_walk."""
     if collection == "walk_prompts":
         return context.scene.dream_walk, "prompts"
+    if collection == "loras":
+        return context.scene.dream_models, "loras"
     return context.scene.dream, collection
 
 
@@ -345,6 +347,8 @@ class DREAM_OT_list_add(bpy.types.Operator):
         if self.collection == "ensemble_models" and SESSION.welcome:
             names = [m["name"] for m in SESSION.welcome["models"]]
             item.name = names[min(len(props.ensemble_models) - 1, len(names) - 1)]
+        if self.collection == "loras" and SESSION.welcome:  # the first LoRA the models folder lists
+            item.name = next((e["name"] for e in (SESSION.welcome.get("library") or {}).get("loras") or []), "")
         setattr(props, name + "_index", len(getattr(props, name)) - 1)
         return {"FINISHED"}
 

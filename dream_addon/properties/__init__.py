@@ -42,10 +42,22 @@ def model_items(self, context):
     """Models the backend serves (from its welcome); kept in a module list, as Blender requires."""
     from ..session import SESSION
 
-    names = [m["name"] for m in (SESSION.welcome or {}).get("models", [])]
+    models = [(m["name"], m.get("base"), m.get("kind"), "") for m in (SESSION.welcome or {}).get("models", [])]
+    served = {m[0] for m in models}
+    from .models import listed
+
+    models += [(e["name"], e.get("family"), e.get("kind"), e.get("note", "")) for e in listed("checkpoints")
+               if e["name"] not in served]  # the models folder's checkpoints
     _MODEL_ITEMS[:] = [(BACKEND_DEFAULT_MODEL, "Backend Default", "The backend's default model")] + [
-        (n, n, "") for n in names if n != BACKEND_DEFAULT_MODEL]
+        (name, model_label(name, base, kind), note) for name, base, kind, note in models
+        if name != BACKEND_DEFAULT_MODEL]
     return _MODEL_ITEMS
+
+
+def model_label(name: str, base, kind) -> str:
+    """A model's name with what was detected in it: "dreamshaper (sd1, inpaint)"."""
+    detected = [value for value in (base, kind) if value]
+    return f"{name} ({', '.join(detected)})" if detected else name
 
 
 _MODEL_ITEMS = []
@@ -213,6 +225,7 @@ class DreamWalkProperties(bpy.types.PropertyGroup):
 
 from .latent import DreamLatentProperties  # noqa: E402  (the Latent Codec panel)
 from .concept import classes as concept_classes  # noqa: E402  (the Teach a Concept panel)
+from .models import DreamLora, DreamModelsProperties  # noqa: E402  (the models folder: LoRAs)
 
-classes = (DreamLatentProperties, DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties,
-           DreamWalkPrompt, DreamWalkProperties) + concept_classes
+classes = (DreamLora, DreamModelsProperties, DreamLatentProperties, DreamPrompt, DreamBiasImage, DreamEnsembleModel,
+           DreamHistoryItem, DreamSceneProperties, DreamWalkPrompt, DreamWalkProperties) + concept_classes

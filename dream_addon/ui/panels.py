@@ -27,6 +27,13 @@ class DREAM_UL_models(bpy.types.UIList):
         row.prop(item, "weight", text="")
 
 
+class DREAM_UL_loras(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        row = layout.row(align=True)
+        row.prop(item, "name", text="")
+        row.prop(item, "weight", text="")
+
+
 class DREAM_UL_history(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
         row = layout.row(align=True)
@@ -61,7 +68,11 @@ def draw_generation(layout, context):
     col.prop(props, "steps")
     col.prop(props, "guidance")
     col.prop(props, "scheduler")
-    layout.prop(props, "model")
+    row = layout.row(align=True)
+    row.prop(props, "model")
+    row.operator("dream.rescan_models", text="", icon="FILE_REFRESH")
+    layout.label(text="LoRAs")
+    draw_list(layout, context.scene.dream_models, "loras", "DREAM_UL_loras")
     row = layout.row(align=True)
     row.prop(props, "width")
     row.prop(props, "height")
@@ -346,7 +357,7 @@ def draw_status_bar(self, context):
                              text=f"Dream: {job.progress_text()}")
 
 
-classes = ((DREAM_UL_prompts, DREAM_UL_images, DREAM_UL_models, DREAM_UL_history, VIEW3D_PT_dream,
+classes = ((DREAM_UL_prompts, DREAM_UL_images, DREAM_UL_models, DREAM_UL_loras, DREAM_UL_history, VIEW3D_PT_dream,
             VIEW3D_PT_dream_faces) + sub_panels("VIEW3D", "VIEW_3D", "VIEW3D_PT_dream")
            + (IMAGE_PT_dream, IMAGE_PT_dream_tools, IMAGE_PT_dream_latent, DREAM_UL_concept_images,
               IMAGE_PT_dream_concept) + sub_panels("IMAGE", "IMAGE_EDITOR", "IMAGE_PT_dream")

@@ -38,6 +38,10 @@ class Technique:
     def prepare(self, run):
         """2. After the timesteps, before any model is changed (the layout pass)."""
 
+    def weights(self, run):
+        """A context manager around every stage, from 1 (model weights changed and restored: LoRA)."""
+        return nullcontext()
+
     def context(self, run):
         """A context manager around stages 3-5 (models changed and restored)."""
         return nullcontext()
@@ -77,11 +81,11 @@ class Technique:
         return None
 
 
-from . import img2img, inpaint, infusion, layout, seamless, walk  # noqa: E402
+from . import img2img, inpaint, infusion, layout, lora, seamless, walk  # noqa: E402
 
 # Registry order: the order of contributions to each stage (and of the random draws).
 TECHNIQUES = (walk.TECHNIQUE, img2img.TECHNIQUE, inpaint.TECHNIQUE, layout.TECHNIQUE, infusion.TECHNIQUE,
-              seamless.TECHNIQUE)
+              seamless.TECHNIQUE, lora.TECHNIQUE)
 
 
 def active(c, req) -> list:

@@ -151,6 +151,7 @@ def _mirrors():
           for group, default in (("down", 0.3), ("mid", 0.5), ("up", 0.3))],
         (props.DreamPrompt, "weight", p.PROMPT_TERM_FIELDS["weight"], {"default": 1.0}),
         (props.DreamEnsembleModel, "weight", p.MODEL_TERM_FIELDS["weight"], {"default": 0.5}),
+        (props.DreamLora, "weight", p.LORA_TERM_FIELDS["weight"], {}),
         (walk_group, "kind", walk["walk"], {"default": "circular"}),  # the one walk that needs no more input
         (walk_group, "interpolation", walk["interpolation"], {}),
         (walk_group, "step_size", walk["step_size"], {}), (walk_group, "walk_seed", walk["walk_seed"], blender_int),

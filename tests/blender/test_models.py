@@ -1,0 +1,127 @@
+"""The models folder in Blender: the Model menu after a Rescan, the LoRA list with weights, refusals.
+
+The backend runs with a models folder of its own (Preferences > Models Folder); files are made in it
+by the backend's Python (torch never enters this process)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import bpy
+import numpy as np
+import pytest
+
+from tests.blender.helpers import REPO, addon, generate
+
+BACKEND_PYTHON = os.environ.get("DREAM_BACKEND_PYTHON", sys.executable)
+
+
+def backend_python(code: str):
+    """Run ``code`` with the backend's Python (torch, diffusers) from the repository root."""
+    done = subprocess.run([BACKEND_PYTHON, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "TRANSFORMERS_VERBOSITY": "error"})
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def folder(backend, session, prefs, tmp_path_factory):
+    """The add-on's backend restarted on a models folder holding the tiny models and one LoRA;
+    afterwards it is restarted as it was."""
+    root = tmp_path_factory.mktemp("models-folder")
+    cache = os.environ.get("DREAM_MODELS_DIR")
+    for name in ("tiny", "tiny-b", "tiny-inpaint"):
+        if cache and os.path.isdir(os.path.join(cache, name)):
+            shutil.copytree(os.path.join(cache, name), root / name)
+    backend_python(
+        "from generator_backend.models import ModelManager\n"
+        "from generator_backend.tiny_lora import build_lora\n"
+        f"c = ModelManager(['tiny'], device='cpu', models_dir={str(root)!r}).get()\n"
+        f"build_lora(c, {str(root / 'Lora' / 'bricks.safetensors')!r}, seed=4, scale=0.2, text_encoder=True)\n")
+    prefs.models_dir = str(root)
+    restart(session, prefs)
+    yield root
+    prefs.models_dir = ""
+    restart(session, prefs)
+
+
+def restart(session, prefs):
+    assert bpy.ops.dream.backend_start() == {"FINISHED"}
+    assert session.backend.wait_ready(120), "\n".join(session.backend.tail)
+    session.drain()
+    deadline = time.monotonic() + 60
+    while session.welcome is None and time.monotonic() < deadline:
+        session.drain(timeout=0.2)
+    assert session.welcome is not None, session.status
+
+
+def drain_until(session, done, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        session.drain(timeout=0.2)
+    return done()
+
+
+def result_pixels(session, job):
+    assert job.state == "done", job.message
+    image = bpy.data.images[job.image_name]
+    out = np.empty(len(image.pixels), np.float32)
+    image.pixels.foreach_get(out)
+    return out
+
+
+@pytest.fixture
+def small(scene, folder):
+    scene.dream.model = "tiny"
+    scene.dream.seed = 11
+    return scene
+
+
+def test_a_file_dropped_into_the_folder_is_in_the_model_menu_after_a_rescan(small, session, folder):
+    def labels():  # what the Model menu offers (its items come from the welcome, as Blender asks for them)
+        return {item[0]: item[1] for item in addon("properties").model_items(small.dream, bpy.context)}
+
+    assert "dropped" not in labels() and labels()["tiny-b"] == "tiny-b (sd1, txt2img)"
+    backend_python("from generator_backend.checkpoint_convert import save_single_file\n"
+                   f"save_single_file({str(folder / 'tiny')!r}, {str(folder / 'dropped.safetensors')!r})\n")
+    try:
+        assert bpy.ops.dream.rescan_models() == {"FINISHED"}
+        assert drain_until(session, lambda: "dropped" in labels())
+        assert labels()["dropped"] == "dropped (sd1, txt2img)"
+        plain = result_pixels(session, generate(session))
+        small.dream.model = "dropped"
+        np.testing.assert_array_equal(result_pixels(session, generate(session)), plain)  # the same weights
+    finally:
+        (folder / "dropped.safetensors").unlink()
+        bpy.ops.dream.rescan_models()
+        assert drain_until(session, lambda: "dropped" not in labels())
+
+
+def test_a_lora_with_a_weight_changes_the_result_and_weight_zero_is_none(small, session):
+    plain = result_pixels(session, generate(session))
+    assert bpy.ops.dream.list_add(collection="loras") == {"FINISHED"}
+    item = small.dream_models.loras[0]
+    assert (item.name, item.weight) == ("Lora/bricks", 1.0)  # the first listed LoRA, at the protocol's default
+    with_lora = result_pixels(session, generate(session))
+    assert np.abs(with_lora - plain).max() > 1e-3
+    item.weight = 0.0
+    np.testing.assert_array_equal(result_pixels(session, generate(session)), plain)
+    item.weight = -1.0
+    assert not np.array_equal(result_pixels(session, generate(session)), with_lora)
+    assert bpy.ops.dream.list_remove(collection="loras") == {"FINISHED"} and len(small.dream_models.loras) == 0
+    np.testing.assert_array_equal(result_pixels(session, generate(session)), plain)
+
+
+def test_a_bad_lora_name_is_refused_before_anything_is_made(small, session):
+    small.dream_models.loras.add().name = "Lora/nope"
+    jobs, images = set(session.jobs), set(bpy.data.images.keys())
+    with pytest.raises(RuntimeError, match=r"LoRA 1 \('Lora/nope'\) is not in the backend's models folder; "
+                                           "it has: Lora/bricks"):
+        bpy.ops.dream.generate_texture()
+    assert set(session.jobs) == jobs and set(bpy.data.images.keys()) == images
+    small.dream_models.loras[0].name = "tiny"  # a checkpoint is no LoRA
+    with pytest.raises(RuntimeError, match="LoRA 1 .'tiny'. is not"):
+        bpy.ops.dream.generate_texture()
+    assert set(session.jobs) == jobs and set(bpy.data.images.keys()) == images
+
