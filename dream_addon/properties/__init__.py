@@ -76,6 +76,13 @@ class DreamBiasImage(bpy.types.PropertyGroup):
     image: bpy.props.PointerProperty(name="Image", type=bpy.types.Image, description="Biasing image for infusion")
 
 
+def lora_names(self, context, edit_text):
+    """LoRAs the backend lists (the models folder), with their base family where it was detected."""
+    from .models import listed
+
+    return [(e["name"], e.get("family") or "") for e in listed("loras")]
+
+
 def compatible_models(self, context, edit_text):
     """Models of the same family as the panel's model, as the backend reports them."""
     from ..session import SESSION
