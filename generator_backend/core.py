@@ -99,6 +99,7 @@ class GenerationRequest:
     frame_noise: torch.Tensor | None = None
     frame_embeds: torch.Tensor | None = None
     walk: object = None  # a walk job's WalkSettings (techniques/walk.py)
+    tile_images: torch.Tensor | None = None  # tiled jobs: (B, H, W, 3) in [0, 1], one init image per frame
 
     @property
     def batch(self) -> int:
