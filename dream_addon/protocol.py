@@ -645,7 +645,7 @@ def mosaic_fields(max_size: int = 2048) -> dict:
     """Photomosaic and hypermosaic: a primary image (the array 'init_image', or generated at width x height)
     cut into a grid; every cell img2img'd at the tile size; levels zoom into one cell."""
     walk = walk_fields(max_size)
-    return {**_tiled_fields(max_size, 0.5, "How much each tile is repainted: 0 keeps the upsampled cell"),
+    return {**_tiled_fields(max_size, 0.3, "How much each tile is repainted: 0 keeps the upsampled cell"),
             "grid_x": Field("int", 4, min=1, max=MAX_GRID, doc="Cells across"),
             "grid_y": Field("int", 4, min=1, max=MAX_GRID, doc="Cells down"),
             "cell_prompts": Field("strings", None, doc="Prompts given to the cells in turn (row by row); "

@@ -307,6 +307,17 @@ def zoom_frame_count(levels: int, per_level: int, loop: bool) -> int:
     return levels * per_level if loop else (levels - 1) * per_level + 1
 
 
+def zoom_frame_size(width: int, height: int, grid: tuple) -> tuple:
+    """Frames are larger than the mosaic by √grid per side (multiples of 8, as video needs even sides).
+    A level's mosaic then reaches the frame's own resolution halfway through the zoom into the level
+    above, not at the handover: the sharpest frames (the largest frame-to-frame change) fall inside
+    the levels, and a handover is no larger a change than the frames around it."""
+    return tuple(max(8, round(side * math.sqrt(g) / 8) * 8) for side, g in ((width, grid[0]), (height, grid[1])))
+
+
+SUPERSAMPLE = 2  # frames are drawn at twice their size and averaged down: resampling without aliasing
+
+
 def zoom_frames(mosaics: list, grid: tuple, cell: tuple, per_level: int, loop: bool = False, crossfade: bool = True):
     """Frames zooming from each level's mosaic into its chosen cell, where the next level's mosaic lies.
 
@@ -317,6 +328,8 @@ def zoom_frames(mosaics: list, grid: tuple, cell: tuple, per_level: int, loop: b
     levels = len(mosaics)
     height, width = mosaics[0].shape[:2]
     gx, gy = grid
+    out_w, out_h = zoom_frame_size(width, height, grid)
+    fw, fh = out_w * SUPERSAMPLE, out_h * SUPERSAMPLE
     box = cell_box(cell[0], cell[1], grid, width, height)
     # The point that scaling by 1/grid maps the whole view onto the cell: p = box0 · g / (g − 1).
     px = box[0] * gx / (gx - 1) if gx > 1 else width / 2
@@ -325,8 +338,8 @@ def zoom_frames(mosaics: list, grid: tuple, cell: tuple, per_level: int, loop: b
     bx, by = (box[2] - box[0]) / width, (box[3] - box[1]) / height  # the cell's share of each side
 
     def view(image, window):
-        return np.asarray(image.transform((width, height), Image.Transform.EXTENT, window,
-                                          Image.Resampling.BICUBIC), np.float32)
+        return np.asarray(image.transform((fw, fh), Image.Transform.EXTENT, window, Image.Resampling.BICUBIC),
+                          np.float32)
 
     for j in range(zoom_frame_count(levels, per_level, loop)):
         k, step = divmod(j, per_level)
@@ -338,13 +351,14 @@ def zoom_frames(mosaics: list, grid: tuple, cell: tuple, per_level: int, loop: b
         alpha = smoothstep(u) if crossfade else 0.0
         if inner < levels and alpha > 0:
             # The window in the inner mosaic's coordinates: the cell box spans all of it.
-            fx, fy = width / (box[2] - box[0]), height / (box[3] - box[1])
-            inner_window = ((window[0] - box[0]) * fx, (window[1] - box[1]) * fy,
-                            (window[2] - box[0]) * fx, (window[3] - box[1]) * fy)
+            ix, iy = width / (box[2] - box[0]), height / (box[3] - box[1])
+            inner_window = ((window[0] - box[0]) * ix, (window[1] - box[1]) * iy,
+                            (window[2] - box[0]) * ix, (window[3] - box[1]) * iy)
             top = view(images[inner], inner_window)
             # The cell's place in the frame, antialiased.
-            zx, zy = width / (window[2] - window[0]), height / (window[3] - window[1])
-            cover = (_coverage((box[1] - window[1]) * zy, (box[3] - window[1]) * zy, height)[:, None]
-                     * _coverage((box[0] - window[0]) * zx, (box[2] - window[0]) * zx, width)[None, :])
+            zx, zy = fw / (window[2] - window[0]), fh / (window[3] - window[1])
+            cover = (_coverage((box[1] - window[1]) * zy, (box[3] - window[1]) * zy, fh)[:, None]
+                     * _coverage((box[0] - window[0]) * zx, (box[2] - window[0]) * zx, fw)[None, :])
             frame = frame + (alpha * cover)[..., None] * (top - frame)
+        frame = frame.reshape(out_h, SUPERSAMPLE, out_w, SUPERSAMPLE, 3).mean((1, 3))
         yield j, frame.round().clip(0, 255).astype(np.uint8)
