@@ -406,6 +406,8 @@ class Session:
         elif kind == "result":
             job.state, job.step, job.message = "done", job.total, f"Done in {sum(message['timings'].values()):.1f} s"
             self._write(job, arrays["image"], message, final=True)
+            if job.walk_target and "folder" in message:  # a mosaic's zoom frames, placed as a walk's are
+                walk_frames.fill(job, message["folder"], message["frames"])
             history.record(job)
         elif kind == "cancelled":
             self._end(job, "cancelled", f"Cancelled at step {message.get('step', 0)}")

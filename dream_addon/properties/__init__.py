@@ -95,6 +95,7 @@ class DreamHistoryItem(bpy.types.PropertyGroup):
     source: bpy.props.PointerProperty(type=bpy.types.Image, description="The image repainted (img2img, inpaint)")
     mask: bpy.props.StringProperty(description="The repainted pixels (inpaint), packed, for Re-run")
     frames: bpy.props.IntProperty(description="Walks: the number of frames")
+    sequence: bpy.props.PointerProperty(type=bpy.types.Image, description="Mosaics: the zoom's frames, a sequence")
     created: bpy.props.StringProperty()
 
 
@@ -207,6 +208,7 @@ class DreamWalkProperties(bpy.types.PropertyGroup):
 
 
 from .latent import DreamLatentProperties  # noqa: E402  (the Latent Codec panel)
+from .mosaic import classes as mosaic_classes  # noqa: E402  (the Mosaic panel, Enhance Region)
 
-classes = (DreamLatentProperties, DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties,
+classes = mosaic_classes + (DreamLatentProperties, DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties,
            DreamWalkPrompt, DreamWalkProperties)
