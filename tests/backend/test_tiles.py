@@ -404,3 +404,28 @@ def test_a_mosaic_too_large_is_refused_before_any_tile(worker):
     message = recorder.events[-1][0]
     assert message["type"] == "error" and message["field"] == "params.tile_size"
     assert not (worker.store.job_dir("mosaic-too-large") / "tiles").exists()
+
+
+def test_a_mosaic_zoom_over_the_socket_streams_its_frames_and_exports_like_a_walk(backend):
+    from PIL import Image
+
+    from tests.backend.test_server import connect, events_until_terminal
+
+    conn = connect(backend)
+    params = {**MOSAIC, "model": "tiny", "grid_x": 2, "grid_y": 2, "levels": 2, "zoom_frames": 3, "steps": 4}
+    conn.send({"type": "submit", "job_id": "mosaic-socket", "kind": "mosaic", "params": params})
+    events = events_until_terminal(conn, "mosaic-socket")
+    result = events[-1][0]
+    assert result["type"] == "result" and (result["width"], result["height"]) == (64, 64)
+    assert result["frames"] == 4 and [m["index"] for m, _ in events if m["type"] == "frame"] == [0, 1, 2, 3]
+    conn.send({"type": "export", "job_id": "mosaic-socket", "options": {"format": "gif"}})
+    exported = conn.recv()[0]
+    assert exported["type"] == "exported" and exported["frames"] == 4
+    with Image.open(exported["path"]) as gif:
+        assert gif.n_frames == 4 and gif.size == (88, 88)  # 64 x √2, in multiples of 8
+    plain = dict(params, levels=1, zoom_frames=24)  # one level, no loop: no zoom, nothing to export
+    conn.send({"type": "submit", "job_id": "mosaic-flat", "kind": "mosaic", "params": plain})
+    assert events_until_terminal(conn, "mosaic-flat")[-1][0]["type"] == "result"
+    conn.send({"type": "export", "job_id": "mosaic-flat", "options": {}})
+    assert conn.recv()[0]["code"] == "not_found"
+    conn.close()

@@ -157,7 +157,20 @@ def _mirrors():
         (walk_group, "frames", walk["frames"], {}), (walk_group, "fps", walk["fps"], {}),
         (walk_group, "batch_size", walk["batch_size"], {}),
         (walk_group, "export_format", p.EXPORT_FIELDS["format"], {}),
+        *_mosaic_mirrors(p),
     ]
+
+
+def _mosaic_mirrors(p):
+    """The Mosaic panel's and Enhance Region's rows (dream_addon/properties/mosaic.py)."""
+    group = addon("properties").mosaic
+    mosaic, enhance = p.mosaic_fields(), p.enhance_fields()
+    tile = {"default": 64, "min": 32}  # the panel names a size: the mosaic image is made at grid x tile first
+    return [*[(group.DreamMosaicProperties, name, mosaic[name], tile if name == "tile_size" else {})
+              for name in ("grid_x", "grid_y", "tile_size", "strength", "levels", "zoom_frames", "fps", "batch_size")],
+            (group.DreamEnhanceProperties, "strength", enhance["strength"], {}),
+            (group.DreamEnhanceProperties, "feather", enhance["region_feather"], {}),
+            (group.DreamEnhanceProperties, "tile_size", enhance["tile_size"], {})]
 
 
 def test_properties_have_the_protocols_bounds_defaults_and_choices():
