@@ -18,6 +18,8 @@ def register():
     bpy.types.Scene.dream_latent = bpy.props.PointerProperty(type=properties.DreamLatentProperties)
     bpy.types.Scene.dream_concept = bpy.props.PointerProperty(type=properties.concept.DreamConceptProperties)
     bpy.types.Scene.dream_models = bpy.props.PointerProperty(type=properties.DreamModelsProperties)
+    bpy.types.Scene.dream_mosaic = bpy.props.PointerProperty(type=properties.mosaic.DreamMosaicProperties)
+    bpy.types.Scene.dream_enhance = bpy.props.PointerProperty(type=properties.mosaic.DreamEnhanceProperties)
     bpy.types.STATUSBAR_HT_header.append(ui.panels.draw_status_bar)
     bpy.app.handlers.save_pre.append(walk_frames.keep_frames_with_project)
     # No network and no process start here: the connection opens on first use.
@@ -40,6 +42,7 @@ def unregister():
     if walk_frames.keep_frames_with_project in bpy.app.handlers.save_pre:
         bpy.app.handlers.save_pre.remove(walk_frames.keep_frames_with_project)
     del bpy.types.Scene.dream, bpy.types.Scene.dream_history, bpy.types.Scene.dream_history_index
-    del bpy.types.Scene.dream_walk, bpy.types.Scene.dream_latent, bpy.types.Scene.dream_concept, bpy.types.Scene.dream_models
+    del bpy.types.Scene.dream_walk, bpy.types.Scene.dream_latent, bpy.types.Scene.dream_concept
+    del bpy.types.Scene.dream_models, bpy.types.Scene.dream_mosaic, bpy.types.Scene.dream_enhance
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

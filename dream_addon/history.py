@@ -43,6 +43,13 @@ def apply(props, settings: dict):
             setattr(props, name, settings[name])
         except (TypeError, ValueError):  # e.g. a model the backend no longer serves
             pass
+    for group, values in settings.get("groups", {}).items():  # other panels' settings (Mosaic, Enhance Region)
+        target = getattr(props.id_data, group, None)
+        for name, value in values.items() if target is not None else ():
+            try:
+                setattr(target, name, value)
+            except (TypeError, ValueError, AttributeError):
+                pass
 
 
 def record(job):
@@ -59,6 +66,10 @@ def record(job):
         from .walk_frames import frames_image
 
         item.image, item.frames = frames_image(job), len(job.walk_target.get("placed", ()))
+    elif job.walk_target.get("placed"):  # a mosaic's zoom: its image is the mosaic, its frames a sequence
+        from .walk_frames import frames_image
+
+        item.sequence, item.frames = frames_image(job), len(job.walk_target["placed"])
     if job.backup_name:
         backup = job.datablock("backup")  # a Re-run names the entry's own earlier backup instead
         item.original = backup if backup is not None and backup.name == job.backup_name else \

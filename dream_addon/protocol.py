@@ -89,6 +89,18 @@ class ConnectionClosed(Exception):
 
 
 # --------------------------------------------------------------------------- framing
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (the backend listens nowhere else unless told to)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _describe_arrays(arrays):
     descriptors, buffers, total = [], [], 0
     for name, array in (arrays or {}).items():
@@ -648,6 +660,101 @@ def validate_latent_file(params, arrays):
                             allowed={"shape": shape, "dtype": "uint8"})
 
 
+# --------------------------------------------------------------------------- tiled kinds (docs/techniques.md)
+TILE_KINDS = ("mosaic", "detail", "enhance")  # planned as lists of tile tasks (generator_backend/tiles.py)
+FRAME_KINDS = ("walk", "mosaic")  # kinds whose frames go where walk frames go
+MAX_GRID = 16
+MAX_LEVELS = 6
+MAX_TILED_SIDE = 8192  # the largest side a tiled result may have (an array dimension)
+
+
+def _tiled_fields(max_size: int, strength: float, strength_doc: str) -> dict:
+    """img2img's parameters with a strength default of the kind's own, plus the tiles' size."""
+    fields = img2img_fields(max_size)
+    fields["strength"] = Field("float", strength, min=0.0, max=1.0, doc=strength_doc)
+    fields["tile_size"] = Field("int", 0, min=0, max=max_size, multiple_of=8,
+                                doc="Side of the square tile the model sees, in pixels; 0 = the model's native size")
+    fields["batch_size"] = walk_fields(max_size)["batch_size"]
+    return fields
+
+
+def mosaic_fields(max_size: int = 2048) -> dict:
+    """Photomosaic and hypermosaic: a primary image (the array 'init_image', or generated at width x height)
+    cut into a grid; every cell img2img'd at the tile size; levels zoom into one cell."""
+    walk = walk_fields(max_size)
+    return {**_tiled_fields(max_size, 0.3, "How much each tile is repainted: 0 keeps the upsampled cell"),
+            "grid_x": Field("int", 4, min=1, max=MAX_GRID, doc="Cells across"),
+            "grid_y": Field("int", 4, min=1, max=MAX_GRID, doc="Cells down"),
+            "cell_prompts": Field("strings", None, doc="Prompts given to the cells in turn (row by row); "
+                                                       "default: the prompt"),
+            "color_match": Field("bool", False, doc="Match each tile's colour mean and spread to its cell's"),
+            "levels": Field("int", 1, min=1, max=MAX_LEVELS,
+                            doc="Hypermosaic levels: a cell of level k is the primary image of level k+1"),
+            "zoom_cell_x": Field("int", -1, min=-1, max=MAX_GRID - 1, doc="Column of the cell zoomed into; -1 = centre"),
+            "zoom_cell_y": Field("int", -1, min=-1, max=MAX_GRID - 1, doc="Row of the cell zoomed into; -1 = centre"),
+            "zoom_frames": Field("int", 24, min=0, max=240, doc="Zoom animation: frames per level; 0 = no animation"),
+            "loop": Field("bool", False, doc="The zoom ends where it began (the last level hands over to the first)"),
+            "fps": walk["fps"]}
+
+
+def detail_fields(max_size: int = 2048) -> dict:
+    """The diffusion detail pass ("SD upscale"): the image enlarged, then img2img tile by tile at a low
+    strength, tiles overlapping and blended (wrapping around on seamless axes)."""
+    return {**_tiled_fields(max_size, 0.3, "How much each tile is repainted: 0 returns the enlarged image"),
+            "scale": Field("int", 2, min=1, max=4, doc="Enlargement before the pass (Lanczos); 1 = the image as sent"),
+            "overlap": Field("int", 32, min=0, max=256, doc="Pixels neighbouring tiles share, blended smoothly")}
+
+
+def enhance_fields(max_size: int = 2048) -> dict:
+    """Region enhance: a rectangle (or the array 'mask') cropped, scaled and padded to the tile size,
+    img2img'd, scaled back and pasted with a feathered edge; pixels outside stay the input's."""
+    return {**_tiled_fields(max_size, 0.5, "How much the region is repainted: 0 keeps it"),
+            "region_x": Field("int", 0, min=0, max=max_size, doc="Region's left column (pixels)"),
+            "region_y": Field("int", 0, min=0, max=max_size, doc="Region's top row (pixels, from the top)"),
+            "region_width": Field("int", 0, min=0, max=max_size, doc="Region's width; 0 = the mask's extent"),
+            "region_height": Field("int", 0, min=0, max=max_size, doc="Region's height; 0 = the mask's extent"),
+            "region_feather": Field("float", 8.0, min=0.0, max=64.0,
+                                    doc="Soft edge inside the region, in pixels, when pasting back")}
+
+
+def validate_tiled(params, arrays):
+    """What a tiled job needs besides its fields: no infusion, a deterministic sampler, one text encoder
+    for per-cell prompts, tile sizes the model can take."""
+    if params["infusion_weights"]:
+        raise ProtocolError("invalid_param", "tiled jobs take no infusion", field="params.infusion_weights")
+    if params["scheduler"] == "euler_a":
+        raise ProtocolError("invalid_param", "tiled jobs need a deterministic sampler: the fresh noise of Euler "
+                            "ancestral would differ between batched and single tiles", field="params.scheduler",
+                            allowed=[s for s in SCHEDULERS if s != "euler_a"])
+    if 0 < params["tile_size"] < 32:
+        raise ProtocolError("invalid_param", "params.tile_size must be 0 (the model's size) or 32 and more",
+                            field="params.tile_size", allowed={"choices": [0], "min": 32, "multiple_of": 8})
+    if params.get("cell_prompts") and params["models"]:
+        raise ProtocolError("invalid_param", "per-cell prompts use one text encoder: params.models (an ensemble) "
+                            "cannot join them", field="params.cell_prompts")
+    if params.get("levels", 1) > 1 and params["grid_x"] * params["grid_y"] < 2:
+        raise ProtocolError("invalid_param", "a hypermosaic needs at least two cells", field="params.grid_x",
+                            allowed={"min": 2})
+    for axis in ("x", "y"):
+        cell = params.get(f"zoom_cell_{axis}", -1)
+        if cell >= params.get(f"grid_{axis}", MAX_GRID):
+            raise ProtocolError("invalid_param", f"params.zoom_cell_{axis} must be -1 (centre) or below "
+                                f"params.grid_{axis}", field=f"params.zoom_cell_{axis}",
+                                allowed={"min": -1, "max": params[f"grid_{axis}"] - 1})
+    if "scale" in params and max(params["width"], params["height"]) * params["scale"] > MAX_TILED_SIDE:
+        raise ProtocolError("invalid_param", f"params.scale makes a side longer than {MAX_TILED_SIDE}",
+                            field="params.scale", allowed={"max_side": MAX_TILED_SIDE})
+    if "region_x" in params and not (params["region_width"] and params["region_height"]) and "mask" not in arrays:
+        raise ProtocolError("invalid_param", "region enhance needs params.region_width and region_height, or the "
+                            "array mask", field="params.region_width", allowed={"min": 1})
+    if "region_x" in params:
+        for start, length, size in (("region_x", "region_width", "width"), ("region_y", "region_height", "height")):
+            if params[start] + params[length] > params[size]:
+                raise ProtocolError("invalid_param", f"params.{start} + params.{length} must be within "
+                                    f"params.{size} ({params[size]})", field=f"params.{length}",
+                                    allowed={"max": params[size] - params[start]})
+
+
 CONCEPT_ARRAYS = tuple(f"concept_{i}" for i in range(10))  # teach_concept: 3..10 images of the job's size
 CONCEPT_IMAGES = (3, 10)
 CONCEPT_WORD = r"[a-z0-9][a-z0-9_-]{0,63}"  # also the embedding file's name
@@ -714,6 +821,7 @@ class JobKind:
     check: object = None  # (params, arrays) -> None: rules across its fields, after the arrays are checked
     raw_arrays: object = None  # (params, arrays) -> None: for arrays that are not images (replaces the image checks)
     raw_array_names: tuple = ()  # the arrays raw_arrays checks
+    zero_strength: bool = False  # strength 0 is a valid job (it returns the input): no one-step minimum
 
     def accepts(self, params) -> tuple:
         """Every image array this kind may take with ``params`` (infusion images where it has infusion)."""
@@ -734,6 +842,10 @@ JOB_KINDS = {
     "decompress": JobKind(decompress_fields, prompted=False, raw_arrays=validate_latent_file,
                           raw_array_names=("latent_file",)),
     "teach_concept": JobKind(teach_fields, optional_arrays=CONCEPT_ARRAYS, prompted=False, check=validate_concept),
+    "mosaic": JobKind(mosaic_fields, optional_arrays=("init_image",), check=validate_tiled, zero_strength=True),
+    "detail": JobKind(detail_fields, arrays=("init_image",), check=validate_tiled, zero_strength=True),
+    "enhance": JobKind(enhance_fields, arrays=("init_image",), optional_arrays=("mask",), check=validate_tiled,
+                       zero_strength=True),
 }
 MASK_ARRAYS = ("mask",)  # one channel; every other image array has 3 or 4
 
@@ -758,7 +870,8 @@ def validate_job(kind, params, arrays, max_size: int = 2048):
         validate_image_arrays(kind, spec, params, arrays)
     if spec.check is not None:
         spec.check(params, arrays)
-    validate_strength(params, arrays)
+    if not spec.zero_strength:
+        validate_strength(params, arrays)
     return params, arrays
 
 

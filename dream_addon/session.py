@@ -421,6 +421,8 @@ class Session:
             if "word" in message:  # a taught concept (operators/concept.py)
                 job.message += f": type {message['word']!r} in any prompt"
             self._write(job, arrays["image"], message, final=True)
+            if job.walk_target and "folder" in message:  # a mosaic's zoom frames, placed as a walk's are
+                walk_frames.fill(job, message["folder"], message["frames"])
             history.record(job)
         elif kind == "cancelled":
             self._end(job, "cancelled", f"Cancelled at step {message.get('step', 0)}")

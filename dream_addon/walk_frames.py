@@ -145,10 +145,11 @@ def keep_frames_with_project(filepath, *_):
 
     folders = {}
     for item in entries():
-        if item.kind == "walk" and item.image is not None and item.image.source == "SEQUENCE":
-            old = os.path.dirname(bpy.path.abspath(item.image.filepath))
+        sequence = item.image if item.kind == "walk" else item.sequence  # a mosaic's zoom frames
+        if sequence is not None and sequence.source == "SEQUENCE":
+            old = os.path.dirname(bpy.path.abspath(sequence.filepath))
             folders[os.path.realpath(old)] = new = copy_into_project(old, filepath)
-            item.image.filepath = os.path.join(new, os.path.basename(item.image.filepath))
+            sequence.filepath = os.path.join(new, os.path.basename(sequence.filepath))
     for scene in bpy.data.scenes:
         for strip in strips_of(scene.sequence_editor) if scene.sequence_editor else ():
             if strip.type == "IMAGE":

@@ -163,6 +163,10 @@ def remove_token_file(path: Path, token: str):
 
 def serve(args) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if not args.allow_remote and not protocol.is_loopback(args.host):  # refused before torch is imported
+        print(f"cannot start: refusing to listen on {args.host}: only loopback addresses are allowed unless "
+              "--allow-remote is given", file=sys.stderr)
+        return 2
     from .jobs import OutputUnwritable
     from .models import ModelLoadError, ModelManager
     from .server import Server

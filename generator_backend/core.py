@@ -107,6 +107,7 @@ class GenerationRequest:
     walk: object = None  # a walk job's WalkSettings (techniques/walk.py)
     loras: list = field(default_factory=list)  # techniques/lora.py LoraTerms: files from the models folder
     lora_fuse: bool = _default("lora_fuse", _TXT2IMG)
+    tile_images: torch.Tensor | None = None  # tiled jobs: (B, H, W, 3) in [0, 1], one init image per frame
 
     @property
     def batch(self) -> int:

@@ -168,6 +168,16 @@ class JobStore:
         _write_atomic(folder / name, lambda p: p.write_bytes(data))
 
     @_persisting
+    def save_png(self, job_id: str, name: str, pixels: np.ndarray) -> Path:
+        """A (H, W, 3) uint8 image under the job's folder (``name`` may name a subfolder: tiles/...)."""
+        from PIL import Image
+
+        path = self.job_dir(job_id) / name
+        _private_dir(path.parent)
+        _write_atomic(path, lambda p: Image.fromarray(pixels).save(p, format="PNG"))
+        return path
+
+    @_persisting
     def save_meta(self, job_id: str, meta: dict):
         folder = self.job_dir(job_id)
         _private_dir(folder)

@@ -90,7 +90,8 @@ def input_source(job: Job, request: GenerationRequest):
 # Job kind -> the Worker method that runs it: a new kind is registered here (and in the protocol).
 EXECUTORS = {"txt2img": "execute_image", "img2img": "execute_image", "inpaint": "execute_image",
              "walk": "execute_walk", "compress": "execute_compress", "decompress": "execute_decompress",
-             "teach_concept": "execute_teach"}
+             "teach_concept": "execute_teach",
+             "mosaic": "execute_tiled", "detail": "execute_tiled", "enhance": "execute_tiled"}
 
 
 class Worker(threading.Thread):
@@ -252,6 +253,12 @@ class Worker(threading.Thread):
         job.state = DONE
         job.emit_result(lambda output: result_frame(self.store, meta, image, output))
         return meta
+
+    def execute_tiled(self, job: Job):
+        """Mosaic, detail pass, region enhance: tile tasks in batches, every tile kept on disk (tile_jobs.py)."""
+        from .tile_jobs import EXECUTORS as TILED
+
+        return TILED[job.kind](self, job)
 
     def execute_compress(self, job: Job):
         """The latent codec's encoder: the file, and the image it decodes to, both kept as the result."""

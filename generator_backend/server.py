@@ -17,7 +17,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from dream_addon import protocol
-from dream_addon.protocol import ProtocolError
+from dream_addon.protocol import ProtocolError, is_loopback
 
 from . import __version__
 from .jobs import (CANCELLED, DONE, FAILED, FINISHED, OUTPUT_FIELDS, QUEUED, RUNNING, Job, JobQueue, JobStore,
@@ -31,15 +31,6 @@ MAX_CONNECTIONS = 32  # authenticated
 MAX_PENDING = 16  # not yet authenticated; the oldest is dropped for a newcomer, so they never lock clients out
 MAX_JOBS_IN_MEMORY = 1000
 MAX_OUTBOX_BYTES = 1 << 30
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Connection:
@@ -249,7 +240,8 @@ class Connection:
         job_id = protocol.validate_job_id(message.get("job_id"))
         options = protocol.validate_params(message.get("options", {}), protocol.EXPORT_FIELDS)
         meta = self.server.store.load_meta(job_id)
-        if meta is None or meta.get("kind") != "walk" or meta.get("state") != DONE:
+        if meta is None or meta.get("kind") not in protocol.FRAME_KINDS or not meta.get("frames") \
+                or meta.get("state") != DONE:  # a walk, or a mosaic with a zoom
             raise ProtocolError("not_found", f"no finished walk {job_id!r} to export", field="job_id", job_id=job_id)
         folder, fps = self.server.store.job_dir(job_id), options["fps"] or meta["params"]["fps"]
 

@@ -2,6 +2,8 @@
 the add-on, generate a texture onto an object in a real (headless) Blender scene, save it.
 
 Writes out/demo.blend, out/texture.png and out/render.png. Run it with scripts/demo.
+With --hypermosaic it makes a small hypermosaic zoom into the Sequencer instead (out/hypermosaic.blend,
+out/mosaic.png, out/zoom_sheet.png: every fourth frame of the zoom).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def main(argv=None):
     parser.add_argument("--guidance", type=float, default=4.0, help="the pocket model does best at 3-5")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--hypermosaic", action="store_true",
+                        help="a 3 x 3 hypermosaic of 3 levels, zooming on the Sequencer (docs/techniques.md)")
     args = parser.parse_args(argv)
     OUT.mkdir(exist_ok=True)
 
@@ -60,6 +64,8 @@ def main(argv=None):
         props.prompt, props.seed, props.steps, props.guidance = args.prompt, args.seed, args.steps, args.guidance
         props.width = props.height = args.size
         props.seamless_x = props.seamless_y = True  # a texture that tiles on the cube's faces
+        if args.hypermosaic:
+            return hypermosaic(session, scene)
 
         # 4. Generate Texture, draining events as the UI timer would.
         started = time.perf_counter()
@@ -91,6 +97,39 @@ def main(argv=None):
             print(f"wrote {OUT / name}")
     finally:
         bpy.ops.dream.backend_stop()
+    return 0
+
+
+def hypermosaic(session, scene):
+    """A 3 x 3 hypermosaic of three levels with 64 px tiles; its zoom goes onto the Sequencer."""
+    import numpy as np
+
+    scene.dream.seamless_x = scene.dream.seamless_y = False
+    mosaic = scene.dream_mosaic
+    mosaic.grid_x = mosaic.grid_y = 3
+    mosaic.tile_size, mosaic.levels, mosaic.zoom_frames, mosaic.fps = 64, 3, 24, 12
+    started = time.perf_counter()
+    bpy.ops.dream.mosaic()
+    job = list(session.jobs.values())[-1]
+    deadline = time.monotonic() + 1800
+    while job.active and time.monotonic() < deadline:
+        session.drain(timeout=0.5)
+    if job.state != "done":
+        print(f"hypermosaic failed: {job.message}", file=sys.stderr)
+        return 1
+    strip = scene.sequence_editor.strips[-1] if hasattr(scene.sequence_editor, "strips") else \
+        scene.sequence_editor.sequences[-1]
+    print(f"hypermosaic in {time.perf_counter() - started:.1f} s: {len(strip.elements)} frames on the Sequencer")
+    image = job.datablock("image")
+    scene.view_settings.view_transform = "Standard"
+    image.save_render(str(OUT / "mosaic.png"), scene=scene)
+    from PIL import Image
+
+    frames = [np.asarray(Image.open(Path(strip.directory) / e.filename)) for e in strip.elements][::4]
+    Image.fromarray(np.concatenate(frames, axis=1)).save(OUT / "zoom_sheet.png")
+    bpy.ops.wm.save_as_mainfile(filepath=str(OUT / "hypermosaic.blend"))
+    for name in ("hypermosaic.blend", "mosaic.png", "zoom_sheet.png"):
+        print(f"wrote {OUT / name}")
     return 0
 
 

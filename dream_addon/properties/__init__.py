@@ -114,6 +114,7 @@ class DreamHistoryItem(bpy.types.PropertyGroup):
     source: bpy.props.PointerProperty(type=bpy.types.Image, description="The image repainted (img2img, inpaint)")
     mask: bpy.props.StringProperty(description="The repainted pixels (inpaint), packed, for Re-run")
     frames: bpy.props.IntProperty(description="Walks: the number of frames")
+    sequence: bpy.props.PointerProperty(type=bpy.types.Image, description="Mosaics: the zoom's frames, a sequence")
     created: bpy.props.StringProperty()
 
 
@@ -233,6 +234,8 @@ class DreamWalkProperties(bpy.types.PropertyGroup):
 from .latent import DreamLatentProperties  # noqa: E402  (the Latent Codec panel)
 from .concept import classes as concept_classes  # noqa: E402  (the Teach a Concept panel)
 from .models import DreamLora, DreamModelsProperties  # noqa: E402  (the models folder: LoRAs)
+from .mosaic import classes as mosaic_classes  # noqa: E402  (the Mosaic panel, Enhance Region)
 
-classes = (DreamLora, DreamModelsProperties, DreamLatentProperties, DreamPrompt, DreamBiasImage, DreamEnsembleModel,
-           DreamHistoryItem, DreamSceneProperties, DreamWalkPrompt, DreamWalkProperties) + concept_classes
+classes = mosaic_classes + (DreamLora, DreamModelsProperties, DreamLatentProperties, DreamPrompt, DreamBiasImage,
+                            DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties, DreamWalkPrompt,
+                            DreamWalkProperties) + concept_classes

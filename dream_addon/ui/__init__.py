@@ -1,3 +1,3 @@
-from . import panels
+from . import mosaic, panels
 
-classes = panels.classes
+classes = panels.classes + mosaic.classes

@@ -81,11 +81,11 @@ class Technique:
         return None
 
 
-from . import img2img, inpaint, infusion, layout, lora, seamless, walk  # noqa: E402
+from . import img2img, inpaint, infusion, layout, lora, seamless, tile_batch, walk  # noqa: E402
 
 # Registry order: the order of contributions to each stage (and of the random draws).
-TECHNIQUES = (walk.TECHNIQUE, img2img.TECHNIQUE, inpaint.TECHNIQUE, layout.TECHNIQUE, infusion.TECHNIQUE,
-              seamless.TECHNIQUE, lora.TECHNIQUE)
+TECHNIQUES = (walk.TECHNIQUE, img2img.TECHNIQUE, tile_batch.TECHNIQUE, inpaint.TECHNIQUE, layout.TECHNIQUE,
+              infusion.TECHNIQUE, seamless.TECHNIQUE, lora.TECHNIQUE)
 
 
 def active(c, req) -> list:

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 
 from dream_addon import protocol
-from generator_backend import latent_codec, teach
+from generator_backend import latent_codec, teach, tiles
 from generator_backend.core import GenerationRequest
 from generator_backend.runner import EXECUTORS
 from generator_backend.techniques import CORE_FIELDS, RUNNER_FIELDS, TECHNIQUES, request_from_params
@@ -17,7 +17,7 @@ def all_fields():
 
 
 def test_every_parameter_has_exactly_one_owner():
-    owners = [CORE_FIELDS, RUNNER_FIELDS, latent_codec.FIELDS, teach.FIELDS] + [t.fields for t in TECHNIQUES]
+    owners = [CORE_FIELDS, RUNNER_FIELDS, latent_codec.FIELDS, teach.FIELDS, tiles.FIELDS] + [t.fields for t in TECHNIQUES]
     claimed = [name for fields in owners for name in fields]
     assert sorted(claimed) == sorted(set(claimed))  # nobody claims a name twice
     assert set(claimed) == all_fields()
@@ -40,7 +40,7 @@ def test_request_defaults_are_the_protocols():
         params = protocol.validate_params({"prompt": "a"}, make())
         request = request_from_params(params, {})
         for f in dataclasses.fields(GenerationRequest):
-            if f.name in ("prompt", "walk") or (kind == "inpaint" and f.name == "strength"):
+            if f.name in ("prompt", "walk") or (kind in ("inpaint", *tiles.KINDS) and f.name == "strength"):
                 continue
             assert getattr(request, f.name) == getattr(plain, f.name), (kind, f.name)
         fields = make()

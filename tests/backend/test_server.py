@@ -244,6 +244,13 @@ def test_refuses_non_loopback_without_flag(tmp_path):
                            "--output-dir", str(tmp_path), "--token-file", str(tmp_path / "t")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "only loopback" in proc.stderr
+    # Refused before anything heavy is loaded: no torch, no model, no token file.
+    probe = ("import sys; from generator_backend import cli; "
+             f"code = cli.main(['serve', '--host', '10.0.0.1', '--output-dir', {str(tmp_path)!r}]); "
+             "print(code, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["2", "False"], proc.stdout + proc.stderr
+    assert not (tmp_path / "t").exists()
 
 
 def test_img2img_and_ensemble_over_the_socket(backend):

@@ -161,7 +161,20 @@ def _mirrors():
         *[(props.concept.DreamConceptProperties, name, p.teach_fields()[field], {})  # Teach a Concept
           for name, field in (("train_steps", "train_steps"), ("vectors", "vectors"), ("preview_every", "preview_every"),
                               ("learning_rate", "learning_rate"), ("size", "width"))],
+        *_mosaic_mirrors(p),
     ]
+
+
+def _mosaic_mirrors(p):
+    """The Mosaic panel's and Enhance Region's rows (dream_addon/properties/mosaic.py)."""
+    group = addon("properties").mosaic
+    mosaic, enhance = p.mosaic_fields(), p.enhance_fields()
+    tile = {"default": 64, "min": 32}  # the panel names a size: the mosaic image is made at grid x tile first
+    return [*[(group.DreamMosaicProperties, name, mosaic[name], tile if name == "tile_size" else {})
+              for name in ("grid_x", "grid_y", "tile_size", "strength", "levels", "zoom_frames", "fps", "batch_size")],
+            (group.DreamEnhanceProperties, "strength", enhance["strength"], {}),
+            (group.DreamEnhanceProperties, "feather", enhance["region_feather"], {}),
+            (group.DreamEnhanceProperties, "tile_size", enhance["tile_size"], {})]
 
 
 def test_properties_have_the_protocols_bounds_defaults_and_choices():

@@ -1,0 +1,176 @@
+"""The Mosaic panel against the real backend (pocket model, 32 px tiles, few steps): the mosaic image,
+the zoom's frames where walk frames go, every setting, Stop and Resume, history, refusals."""
+
+import json
+import time
+
+import bpy
+import numpy as np
+import pytest
+
+from tests.blender.helpers import addon, image_editor
+from tests.blender.test_latent import pocket_scene  # noqa: F401  (fixture: the pocket model, connected)
+
+
+def small_mosaic(scene, **settings):
+    mosaic = scene.dream_mosaic
+    scene.dream.steps = 4
+    values = dict(grid_x=2, grid_y=2, tile_size=32, levels=1, zoom_frames=4, loop=False, primary="GENERATE",
+                  target="SEQUENCER", channel=1, start_frame=1, fps=12, batch_size=4, color_match=False,
+                  strength=0.3)
+    for name, value in {**values, **settings}.items():
+        setattr(mosaic, name, value)
+    return mosaic
+
+
+def run_mosaic(session, timeout=300):
+    before = set(session.jobs)
+    assert bpy.ops.dream.mosaic() == {"FINISHED"}
+    (job_id,) = set(session.jobs) - before
+    job = session.wait_for(job_id, timeout)
+    return job
+
+
+def pixels_of(image):
+    out = np.empty(image.size[0] * image.size[1] * 4, np.float32)
+    image.pixels.foreach_get(out)
+    return out.reshape(image.size[1], image.size[0], 4)
+
+
+def strips(scene):
+    editor = scene.sequence_editor
+    return [] if editor is None else list(addon("walk_frames").strips_of(editor))
+
+
+def test_a_hypermosaic_makes_its_image_and_zooms_on_the_sequencer(pocket_scene, session):
+    small_mosaic(pocket_scene, levels=2, zoom_frames=4, fps=10, start_frame=5, channel=3)
+    job = run_mosaic(session)
+    assert job.state == "done", job.message
+    image = job.datablock("image")
+    assert tuple(image.size) == (64, 64) and image.packed_file is not None  # 2 x 2 tiles of 32 px
+    assert pixels_of(image)[..., :3].std() > 0.01
+    (strip,) = strips(pocket_scene)
+    start, duration = addon("walk_frames").strip_span(strip)
+    assert (strip.channel, start, duration, len(strip.elements)) == (3, 5, 5, 5)  # (levels - 1) x 4 + 1 frames
+    assert (pocket_scene.render.fps, pocket_scene.frame_start, pocket_scene.frame_end) == (10, 5, 9)
+    entry = pocket_scene.dream_history[-1]
+    assert entry.kind == "mosaic" and entry.image == image and entry.frames == 5
+    assert entry.sequence is not None and entry.sequence.source == "SEQUENCE"
+    assert json.loads(entry.settings)["groups"]["dream_mosaic"]["levels"] == 2
+    # Recall puts the Mosaic panel back; Re-run makes it again with a new seed.
+    small_mosaic(pocket_scene, levels=1, grid_x=3)
+    assert bpy.ops.dream.history_recall() == {"FINISHED"}
+    assert (pocket_scene.dream_mosaic.levels, pocket_scene.dream_mosaic.grid_x) == (2, 2)
+    before, seed = set(session.jobs), pocket_scene.dream.seed
+    assert bpy.ops.dream.history_rerun() == {"FINISHED"}
+    (rerun,) = set(session.jobs) - before
+    again = session.wait_for(rerun, 300)
+    assert again.state == "done" and again.kind == "mosaic" and again.params["seed"] != seed
+    assert len(strips(pocket_scene)) == 2
+
+
+def test_zoom_frames_can_go_to_an_image_sequence_texture(pocket_scene, session):
+    small_mosaic(pocket_scene, levels=1, loop=True, zoom_frames=3, target="TEXTURE")
+    job = run_mosaic(session)
+    assert job.state == "done", job.message
+    cube = bpy.data.objects["Cube"]
+    node = next(n for n in cube.active_material.node_tree.nodes if n.type == "TEX_IMAGE")
+    assert node.image.source == "SEQUENCE" and node.image_user.frame_duration == 3  # a loop: levels x 3
+    assert not strips(pocket_scene)
+
+
+def result_of(scene, session, **settings):
+    small_mosaic(scene, **settings)
+    job = run_mosaic(session)
+    assert job.state == "done", job.message
+    return job, pixels_of(job.datablock("image"))
+
+
+def test_every_mosaic_setting_changes_the_result(pocket_scene, session):
+    base_job, base = result_of(pocket_scene, session)
+    for name, value in (("grid_x", 3), ("grid_y", 3), ("tile_size", 40), ("strength", 0.8), ("color_match", True)):
+        job, pixels = result_of(pocket_scene, session, **{name: value})
+        assert job.params[name] == value and (pixels.shape != base.shape or not np.array_equal(pixels, base)), name
+    primary = bpy.data.images.new("primary", 64, 64)
+    primary.pixels.foreach_set(np.tile(np.float32([0.1, 0.3, 0.9, 1.0]), 64 * 64))
+    pocket_scene.dream_mosaic.primary_image = primary
+    _, pixels = result_of(pocket_scene, session, primary="IMAGE")
+    assert pixels[..., 2].mean() > base[..., 2].mean() + 0.1  # a blue primary makes a bluer mosaic
+    # Batch size changes how many tiles share a UNet call, not the tiles (within one 8-bit level).
+    job, pixels = result_of(pocket_scene, session, batch_size=1)
+    assert job.params["batch_size"] == 1 and np.abs(pixels - base).max() <= 1.5 / 255
+    # The zoom's settings change its frames.
+    spans = {}
+    for name, value in (("levels", 2), ("zoom_frames", 3), ("loop", True), ("fps", 6), ("channel", 2),
+                        ("start_frame", 7)):
+        settings = {"levels": 2, **{name: value}}
+        job, _ = result_of(pocket_scene, session, **settings)
+        strip = bpy.data.scenes[pocket_scene.name].sequence_editor and strips(pocket_scene)[-1]
+        start, duration = addon("walk_frames").strip_span(strip)
+        spans[name] = (len(strip.elements), strip.channel, start, pocket_scene.render.fps)
+    assert spans["levels"] == (5, 1, 1, 12)
+    assert spans["zoom_frames"][0] == 4 and spans["loop"][0] == 8
+    assert spans["fps"][3] == 6 and spans["channel"][1] == 2 and spans["start_frame"][2] == 7
+
+
+def wait_until(session, condition, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        session.drain(timeout=0.2)
+    return condition()
+
+
+def test_stop_keeps_finished_tiles_and_resume_makes_only_the_missing_ones(pocket_scene, session, prefs):
+    import os
+
+    small_mosaic(pocket_scene, grid_x=4, grid_y=4, batch_size=2)
+    pocket_scene.dream.steps = 8
+    names = set(bpy.data.images.keys())
+    before = set(session.jobs)
+    assert bpy.ops.dream.mosaic() == {"FINISHED"}
+    (job_id,) = set(session.jobs) - before
+    job = session.jobs[job_id]
+    assert wait_until(session, lambda: job.stage == "tiles" and job.step >= 2)
+    assert bpy.ops.dream.cancel() == {"FINISHED"}
+    session.wait_for(job_id, 120)
+    assert job.state == "cancelled"
+    assert set(bpy.data.images.keys()) == names  # the mosaic image it made is gone again
+    folder = os.path.join(prefs.output_dir, job_id, "tiles")
+    kept = {n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in os.listdir(folder) if n.startswith("tile_")}
+    assert 2 <= len(kept) < 16
+    assert bpy.ops.dream.mosaic_resume() == {"FINISHED"}
+    session.wait_for(job_id, 300)
+    assert job.state == "done", job.message
+    after = {n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in os.listdir(folder) if n.startswith("tile_")}
+    assert len(after) == 16 and all(after[n] == kept[n] for n in kept)  # finished tiles were not made again
+    assert tuple(job.datablock("image").size) == (128, 128)
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"primary": "IMAGE"}, "Primary Image"),
+    ({"levels": 2, "grid_x": 1, "grid_y": 1}, "two cells"),
+    ({"levels": 2, "target": "TEXTURE"}, "active mesh"),
+    ({"prompt": " "}, "Prompt is empty"),
+    ({"infusion": True}, "infusion"),
+])
+def test_bad_mosaic_input_is_refused_before_anything_is_made(pocket_scene, session, settings, message):
+    settings = dict(settings)
+    if settings.pop("prompt", None):
+        pocket_scene.dream.prompt = " "
+    if settings.pop("infusion", False):
+        pocket_scene.dream.infusion_images.add().image = bpy.data.images.new("bias", 8, 8)
+    if settings.get("target") == "TEXTURE":
+        bpy.context.view_layer.objects.active = None
+    small_mosaic(pocket_scene, **settings)
+    pocket_scene.dream_mosaic.primary_image = None
+    names, jobs = set(bpy.data.images.keys()), set(session.jobs)
+    with pytest.raises(RuntimeError, match=message):
+        bpy.ops.dream.mosaic()
+    assert set(bpy.data.images.keys()) == names and set(session.jobs) == jobs and not strips(pocket_scene)
+
+
+def test_the_mosaic_panel_is_in_the_image_editor_and_the_sequencer(pocket_scene):
+    assert hasattr(bpy.types, "IMAGE_PT_dream_mosaic") and hasattr(bpy.types, "SEQUENCER_PT_dream_mosaic")
+    image = bpy.data.images.new("shown", 8, 8)
+    with image_editor(image):
+        assert bpy.ops.dream.mosaic.poll()
