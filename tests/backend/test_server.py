@@ -40,7 +40,9 @@ def test_handshake_welcome(backend):
     assert [m["name"] for m in w["models"] if m["default"]] == ["tiny"]
     assert [m["name"] for m in w["models"]] == ["tiny", "tiny-b", "tiny-inpaint"]
     assert [m["family"] for m in w["models"]] == ["tiny/unet4", "tiny/unet4", "tiny/unet9"]
-    assert w["capabilities"]["job_kinds"] == ["compress", "decompress", "img2img", "inpaint", "txt2img", "walk"]
+    assert [m["size"] for m in w["models"]] == [256, 256, 256]  # the tiny models' native size
+    assert w["capabilities"]["job_kinds"] == ["compress", "decompress", "img2img", "inpaint", "teach_concept",
+                                              "txt2img", "walk"]
     conn.close()
 
 
