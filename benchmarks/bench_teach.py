@@ -65,8 +65,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--word", default="tealc")
     parser.add_argument("--patterns", nargs="+", default=["checker", "stripes", "dots", "bricks"],
-                        help="patterns of the training images (two images each)")
-    parser.add_argument("--evaluate", nargs="+", default=["checker", "stripes"])
+                        help="patterns of the training images")
+    parser.add_argument("--per-pattern", type=int, default=2, help="training images of each pattern")
+    parser.add_argument("--evaluate", nargs="*", default=["checker", "stripes"],
+                        help="patterns of the word-in-a-colour's-place table (none: no table)")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--vectors", type=int, default=1)
@@ -79,7 +81,7 @@ def main():
 
     models = ModelManager(["pocket"], device="cpu")
     c = models.get("pocket")
-    train = [teal_texture(p, args.size, seed) for p in args.patterns for seed in range(2)]
+    train = [teal_texture(p, args.size, seed) for p in args.patterns for seed in range(args.per_pattern)]
     settings = TeachSettings(args.word, args.initializer, args.steps, args.lr, args.vectors, 0, 0, args.size,
                              args.size)
     teacher = Teacher(c, settings, [torch.from_numpy(t) for t in train])
@@ -126,9 +128,10 @@ def main():
     print("|---|---|---|---|---|")
     for prompt, d, (colour_part, pattern_part), rgb in alone_rows:
         print(f"| {prompt} | {d:.3f} | {colour_part:.3f} | {pattern_part:.3f} | {np.round(rgb, 3).tolist()} |")
-    print()
-    print("| prompt | distance to teal references of the pattern | mean RGB |")
-    print("|---|---|---|")
+    if rows_out:
+        print()
+        print("| prompt | distance to teal references of the pattern | mean RGB |")
+        print("|---|---|---|")
     for prompt, d, rgb in rows_out:
         print(f"| {prompt} | {d:.3f} | {np.round(rgb, 3).tolist()} |")
     if seconds > args.budget:
