@@ -160,9 +160,13 @@ class Worker(threading.Thread):
         else:
             members, name = [(self.models.get(p["model"]), 1.0)], self.models.resolve(p["model"])
         for components, _ in members:  # the embeddings folder's words, new files included
-            for message in self.embeddings.apply(components):
-                job.emit({"type": "warning", "code": "embedding_skipped", "message": message})
+            self._add_embeddings(job, components)
         return members, name
+
+    def _add_embeddings(self, job: Job, components):
+        """Add new or changed embedding files to a model; a file that does not fit it is a warning."""
+        for message in self.embeddings.apply(components):
+            job.emit({"type": "warning", "code": "embedding_skipped", "message": message})
 
     @property
     def embeddings(self):
@@ -312,7 +316,7 @@ class Worker(threading.Thread):
         job.emit({"type": "progress", "step": 0, "total": p["train_steps"], "stage": "loading", "eta": None})
         name = self.models.resolve(p["model"])
         components = self.models.get(name)
-        self.embeddings.apply(components)
+        self._add_embeddings(job, components)
         images = [image_tensor(job.inputs[n], **as_sent(p)) for n in protocol.CONCEPT_ARRAYS if n in job.inputs]
         settings = teach.TeachSettings(p["word"], p["initializer"], p["train_steps"], p["learning_rate"],
                                        p["vectors"], p["preview_every"], p["seed"], p["width"], p["height"])

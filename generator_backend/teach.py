@@ -106,10 +106,14 @@ def concept_encoder(c, settings: TeachSettings, rows: torch.Tensor):
 
 
 def initial_rows(c, settings: TeachSettings, initializer_ids) -> torch.Tensor:
-    """Every vector starts as the initializer's embedding (the mean of its tokens' rows)."""
+    """An initializer of as many tokens as the word has vectors gives each vector its token's row
+    (the word starts as that phrase: "blue checker" for two vectors); otherwise every vector starts
+    as the mean of the initializer's rows."""
     weight = c.text_encoder.get_input_embeddings().weight
-    start = weight[initializer_ids].float().mean(0).detach().cpu()
-    return start.expand(settings.vectors, -1).clone()
+    rows = weight[initializer_ids].float().detach().cpu()
+    if len(initializer_ids) == settings.vectors:
+        return rows.clone()
+    return rows.mean(0).expand(settings.vectors, -1).clone()
 
 
 def training_schedule(c):

@@ -40,8 +40,10 @@ def test_handshake_welcome(backend):
     assert [m["name"] for m in w["models"] if m["default"]] == ["tiny"]
     assert [m["name"] for m in w["models"]] == ["tiny", "tiny-b", "tiny-inpaint"]
     assert [m["family"] for m in w["models"]] == ["tiny/unet4", "tiny/unet4", "tiny/unet9"]
+    assert [m["size"] for m in w["models"]] == [256, 256, 256]  # the tiny models' native size
     assert w["capabilities"]["job_kinds"] == sorted(protocol.JOB_KINDS)
-    assert {"compress", "decompress", "img2img", "inpaint", "teach_concept", "txt2img", "walk"} <= set(protocol.JOB_KINDS)
+    assert {"compress", "decompress", "detail", "enhance", "img2img", "inpaint", "mosaic", "teach_concept", "txt2img",
+            "walk"} <= set(protocol.JOB_KINDS)
     conn.close()
 
 

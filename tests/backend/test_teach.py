@@ -209,3 +209,15 @@ def test_previews_come_every_n_steps_and_at_the_end(tiny):
     teacher = Teacher(tiny, settings(preview_every=2, steps=5), [torch.from_numpy(i) for i in concept_images()])
     teacher.run(lambda step, loss: None, lambda step, image: seen.append(step), lambda state: None)
     assert seen == [2, 4, 5]
+
+
+def test_an_initializer_of_one_token_per_vector_starts_each_vector_at_its_token(tiny):
+    from generator_backend.teach import check_word, initial_rows
+
+    weight = tiny.text_encoder.get_input_embeddings().weight
+    phrase = settings(initializer="red bricks", vectors=2)
+    ids = check_word(tiny, phrase)
+    assert len(ids) == 2
+    assert torch.equal(initial_rows(tiny, phrase, ids), weight[ids])
+    one = settings(initializer="red bricks", vectors=3)
+    assert torch.equal(initial_rows(tiny, one, ids), weight[ids].mean(0).expand(3, -1))
