@@ -133,3 +133,11 @@ def test_detection_is_cached_by_mtime_and_size(tmp_path, folder, monkeypatch):
     assert reads == []
     save_single_file(folder / "tiny", tmp_path / "a.safetensors")  # replaced by a checkpoint
     assert library.scan()["a"].type == "checkpoint" and len(reads) == 1
+
+
+def test_model_type_overrides_parse_and_name_the_allowed_values():
+    assert model_library.parse_override("mine=sd2-base") == ("mine", "sd2-base", None)
+    assert model_library.parse_override("a/b=sd1/inpaint") == ("a/b", "sd1", "inpaint")
+    for bad in ("mine=sd3", "mine=sd1/video", "=sd1"):
+        with pytest.raises(ValueError, match="sd2-base"):
+            model_library.parse_override(bad)
