@@ -151,3 +151,17 @@ def test_loras_compose_with_seamless_and_img2img(manager):
         base, with_lora = run(manager, **kw), run(manager, [("Lora/one", 1.0)], **kw)
         assert not torch.equal(base, with_lora)
         assert torch.equal(run(manager, [("Lora/one", 0.0)], **kw), base)
+
+
+def test_loras_hold_through_the_layout_pass(manager):
+    """The layout pass runs the core again inside the job (techniques/layout.py): the LoRAs stay
+    applied once, not twice, and not taken off by the inner run's exit."""
+    base = run(manager, layout="on")
+    unfused, fused = run(manager, [("Lora/two", 1.0)], layout="on"), run(manager, [("Lora/two", 1.0)], True, layout="on")
+    torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=0)
+    c = manager.get("tiny")
+    with lora.active(c, [LoraTerm("Lora/two", 1.0, manager.library.get("Lora/two").path)], fuse=False):
+        held = generate(c, request(layout="on"))  # the LoRA on around both passes, from outside
+    assert torch.equal(unfused, held) and not torch.equal(unfused, base)
+    assert torch.equal(run(manager, [("Lora/two", 0.0)], layout="on"), base)
+    assert torch.equal(run(manager, layout="on"), base)
