@@ -198,17 +198,25 @@ class Lora(Technique):
     def applies(self, c, req):
         return bool(req.loras)
 
-    @contextmanager
     def weights(self, run):
-        from contextlib import ExitStack
+        return held([m for m, _ in run.members], run.req)
 
-        with ExitStack() as stack:
+
+@contextmanager
+def held(models, req):
+    """Every model of a job (an ensemble's too) with the request's LoRAs, for as long as the context
+    lasts: the runner holds them around a whole walk, whose prompt embeddings are made before its
+    frames' core runs (which then find them applied)."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        if req.loras:
             seen = set()
-            for m, _ in run.members:  # every model of an ensemble gets the LoRAs
+            for m in models:
                 if id(m.unet) not in seen:
                     seen.add(id(m.unet))
-                    stack.enter_context(active(m, run.req.loras, run.req.lora_fuse))
-            yield
+                    stack.enter_context(active(m, req.loras, req.lora_fuse))
+        yield
 
 
 TECHNIQUE = Lora()

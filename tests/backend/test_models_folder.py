@@ -22,8 +22,9 @@ SMALL = {"prompt": "red bricks", "steps": 3, "width": 64, "height": 64, "seed": 
 def folder(tmp_path_factory, models_dir):
     root = tmp_path_factory.mktemp("models-folder")
     shutil.copytree(models_dir / "tiny", root / "tiny")
-    build_lora(ModelManager(["tiny"], device="cpu", models_dir=models_dir).get(), root / "Lora" / "bricks.safetensors",
-               seed=4, text_encoder=True)
+    tiny = ModelManager(["tiny"], device="cpu", models_dir=models_dir).get()
+    build_lora(tiny, root / "Lora" / "bricks.safetensors", seed=4, text_encoder=True)
+    build_lora(tiny, root / "Lora" / "words.safetensors", seed=5, scale=0.5, text_encoder=True, unet=False)
     return root
 
 
@@ -47,7 +48,7 @@ def submit(conn, job_id, params):
 def test_the_welcome_lists_the_folder_and_a_rescan_finds_a_new_file(served, folder):
     conn = connect(served)
     library = conn.welcome["library"]
-    assert [e["name"] for e in library["loras"]] == ["Lora/bricks"] and library["embeddings"] == []
+    assert [e["name"] for e in library["loras"]] == ["Lora/bricks", "Lora/words"] and library["embeddings"] == []
     assert conn.welcome["models"][0] == {"name": "tiny", "default": True, "family": "tiny/unet4", "base": "sd1",
                                          "kind": "txt2img"}
     assert {"checkpoints", "loras", "embeddings", "upscalers"} <= set(library)
@@ -81,6 +82,22 @@ def test_loras_by_name_over_the_socket(served):
     strong = submit(conn, "lo-2", dict(SMALL, loras=[{"name": "Lora/bricks"}], lora_fuse=True))[-1]
     assert strong[0]["type"] == "result" and not np.array_equal(strong[1]["image"], plain)
     np.testing.assert_array_equal(submit(conn, "lo-3", SMALL)[-1][1]["image"], plain)  # restored
+    conn.close()
+
+
+def test_a_text_encoder_lora_reaches_a_prompts_walk(served):
+    """A prompts walk encodes its prompts before its frames' core runs: the LoRAs are held around it all.
+    Guidance 1: no negative row, so the walk's own embeddings are the only text the LoRA can change."""
+    conn = connect(served)
+    walk = {"walk": "prompts", "walk_prompts": ["red bricks", "blue waves"], "frames": 2, "batch_size": 2,
+            "steps": 2, "guidance": 1.0, "width": 64, "height": 64, "model": "tiny", "preview_interval": 0}
+    conn.send({"type": "submit", "job_id": "w-0", "kind": "walk", "params": walk})
+    plain = events_until_terminal(conn, "w-0")[-1]
+    conn.send({"type": "submit", "job_id": "w-1", "kind": "walk",
+               "params": dict(walk, loras=[{"name": "Lora/words"}])})
+    with_lora = events_until_terminal(conn, "w-1")[-1]
+    assert plain[0]["type"] == with_lora[0]["type"] == "result", with_lora[0]
+    assert np.abs(with_lora[1]["image"] - plain[1]["image"]).max() > 1e-3
     conn.close()
 
 
