@@ -66,6 +66,18 @@ def test_the_welcome_lists_the_folder_and_a_rescan_finds_a_new_file(served, fold
         single = submit(conn, "mf-single", dict(SMALL, model="dropped"))[-1]
         assert single[0]["type"] == "result", single[0]
         np.testing.assert_array_equal(single[1]["image"], plain[1]["image"])
+        conn.send({"type": "rescan", "types": "dropped=sd2"})  # the user says: a v-prediction SD 2 model
+        entry = next(e for e in conn.recv()[0]["library"]["checkpoints"] if e["name"] == "dropped")
+        assert (entry["family"], entry["detected_family"]) == ("sd2", "sd1")
+        as_sd2 = submit(conn, "mf-sd2", dict(SMALL, model="dropped"))[-1]
+        assert as_sd2[0]["type"] == "result" and not np.array_equal(as_sd2[1]["image"], plain[1]["image"])
+        conn.send({"type": "rescan", "types": "dropped=sd9"})
+        refused = conn.recv()[0]
+        assert refused["type"] == "error" and refused["field"] == "types" and "sd2-base" in refused["message"]
+        conn.send({"type": "rescan", "types": ""})
+        conn.recv()
+        np.testing.assert_array_equal(submit(conn, "mf-sd1", dict(SMALL, model="dropped"))[-1][1]["image"],
+                                      plain[1]["image"])  # reloaded as detected
     finally:
         (folder / "dropped.safetensors").unlink()
         conn.send({"type": "rescan"})

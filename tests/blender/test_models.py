@@ -67,7 +67,7 @@ def small(scene, folder):
     return scene
 
 
-def test_a_file_dropped_into_the_folder_is_in_the_model_menu_after_a_rescan(small, session, folder):
+def test_a_file_dropped_into_the_folder_is_in_the_model_menu_after_a_rescan(small, session, folder, prefs):
     def labels():  # what the Model menu offers (its items come from the welcome, as Blender asks for them)
         return {item[0]: item[1] for item in addon("properties").model_items(small.dream, bpy.context)}
 
@@ -81,7 +81,12 @@ def test_a_file_dropped_into_the_folder_is_in_the_model_menu_after_a_rescan(smal
         plain = result_pixels(session, generate(session))
         small.dream.model = "dropped"
         np.testing.assert_array_equal(result_pixels(session, generate(session)), plain)  # the same weights
+        prefs.model_types = "dropped=sd2"  # the user says: a v-prediction SD 2 model
+        assert bpy.ops.dream.rescan_models() == {"FINISHED"}
+        assert drain_until(session, lambda: labels().get("dropped") == "dropped (sd2, txt2img)")
+        assert not np.array_equal(result_pixels(session, generate(session)), plain)
     finally:
+        prefs.model_types = ""
         (folder / "dropped.safetensors").unlink()
         bpy.ops.dream.rescan_models()
         assert drain_until(session, lambda: "dropped" not in labels())
