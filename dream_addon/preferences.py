@@ -34,6 +34,11 @@ class DreamPreferences(bpy.types.AddonPreferences):
                                          description="Your checkpoints (.safetensors single files or diffusers "
                                                      "folders), LoRAs, embeddings and upscalers: Start serves them; "
                                                      "Rescan picks up files added later")
+    model_types: bpy.props.StringProperty(name="Model Types", default="",
+                                          description="Override what was detected in a models-folder checkpoint: "
+                                                      "NAME=FAMILY[/KIND], separated by commas, e.g. "
+                                                      "my-sd21-base=sd2-base (families sd1, sd2, sd2-base, sdxl); "
+                                                      "applied by Rescan and Start")
     device: bpy.props.EnumProperty(name="Device", default="auto", items=[
         ("auto", "Auto", "CUDA, then Apple MPS, then CPU"), ("cuda", "CUDA", ""), ("mps", "MPS", ""),
         ("cpu", "CPU", "")])
@@ -50,6 +55,7 @@ class DreamPreferences(bpy.types.AddonPreferences):
         col.prop(self, "python_path")
         col.prop(self, "model")
         col.prop(self, "models_dir")
+        col.prop(self, "model_types")
         col.prop(self, "device")
         col.prop(self, "output_dir")
         col.prop(self, "float_results")

@@ -162,7 +162,7 @@ class Session:
             prefs.python_path or "python3", prefs.port,
             models=[m.strip() for m in prefs.model.split(",") if m.strip()] or [protocol.DEFAULT_MODEL],
             output_dir=prefs.output_dir or None, device=prefs.device, log_path=log_path,
-            extra_args=["--models-dir", bpy.path.abspath(prefs.models_dir)] if getattr(prefs, "models_dir", "") else [],
+            extra_args=backend_model_args(prefs),
             on_ready=lambda info: self.events.put(("backend_ready", info)))
         self.backend.start()
         self.status = STARTING_MESSAGE
@@ -220,11 +220,12 @@ class Session:
         job.message = "Exporting"
         return True
 
-    def rescan(self) -> bool:
-        """Ask the backend to re-read its models folder; the new listing arrives as 'library'."""
+    def rescan(self, types: str = "") -> bool:
+        """Ask the backend to re-read its models folder, with the preferences' model types
+        ('NAME=FAMILY[/KIND], ...'); the new listing arrives as 'library'."""
         if self.worker is None or self.welcome is None:
             return False
-        self.worker.send({"type": "rescan"})
+        self.worker.send({"type": "rescan", "types": types})
         return True
 
     def cancel(self, job_id: str):
@@ -460,6 +461,15 @@ class Session:
         if final:
             blender_images.remove_created(job.datablock("object"), [job.datablock(role) for role in job.created],
                                           job.moved_faces)
+
+
+def backend_model_args(prefs) -> list:
+    """serve's --models-dir and --model-type arguments from the preferences."""
+    args = ["--models-dir", bpy.path.abspath(prefs.models_dir)] if prefs.models_dir else []
+    for item in (part.strip() for part in prefs.model_types.split(",")):
+        if item:
+            args += ["--model-type", item]
+    return args
 
 
 def show_error(text: str):

@@ -188,6 +188,17 @@ def detect_file(path: Path) -> dict:
     return {"type": "unknown"}
 
 
+MAX_OVERRIDES = 100
+
+
+def parse_overrides(text: str) -> dict:
+    """'NAME=FAMILY[/KIND], ...' (the add-on's preference) -> {name: (family, kind)}; ValueError when bad."""
+    items = [item for item in (part.strip() for part in text.split(",")) if item]
+    if len(items) > MAX_OVERRIDES:
+        raise ValueError(f"at most {MAX_OVERRIDES} model types")
+    return {name: (family, kind) for name, family, kind in map(parse_override, items)}
+
+
 def parse_override(text: str):
     """'NAME=FAMILY[/KIND]' (a --model-type) -> (name, family, kind)."""
     name, _, value = text.partition("=")

@@ -21,7 +21,7 @@ from .modifiers import Infusion
 from .walks import WalkPlan
 from .jobs import CANCELLED, DONE, FAILED, FINISHED, RUNNING, Job, JobQueue, JobStore, OutputUnwritable
 from .models import ModelLoadError, ModelManager
-from .techniques import request_from_params, untouched_pixels
+from .techniques import lora, request_from_params, untouched_pixels
 
 log = logging.getLogger("generator_backend.runner")
 
@@ -30,8 +30,6 @@ def build_request(job: Job, models: ModelManager | None = None) -> GenerationReq
     """The core's request from a validated job; its LoRAs get their files from the models folder."""
     request = request_from_params(job.params, job.inputs)
     if request.loras and models is not None:
-        from .techniques import lora
-
         lora.resolve(request, models.library)
     return request
 
@@ -226,6 +224,12 @@ class Worker(threading.Thread):
         self._warn_ignored_words(job)
         request = build_request(job, self.models)
         check_request(request, components.unet)
+        with lora.held([m for m, _ in members], request):  # the walk's embeddings are made here, with them
+            return self._walk_frames(job, members, model_name, request)
+
+    def _walk_frames(self, job: Job, members, model_name: str, request: GenerationRequest):
+        p = job.params
+        components = members[0][0]
         plan = WalkPlan(components, request)
         on_disk = set(self.store.frames_done(job.job_id, p["frames"]))
         todo = [k for k in range(p["frames"]) if k not in on_disk]

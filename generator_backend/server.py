@@ -253,7 +253,18 @@ class Connection:
         self.server.exporter.submit(self._answering_errors, message, export)
 
     def on_rescan(self, message, arrays):
-        """Re-read the models folder; the answer is the new listing (and the served model names)."""
+        """Re-read the models folder, with the model types the client overrides (``types``:
+        'NAME=FAMILY[/KIND], ...', as --model-type); the answer is the new listing."""
+        from .model_library import MAX_NAME, parse_overrides
+
+        types = message.get("types")
+        if types is not None:
+            if not isinstance(types, str) or len(types) > 100 * (MAX_NAME + 20):
+                raise ProtocolError("invalid_param", "types must be a string 'NAME=FAMILY[/KIND], ...'", field="types")
+            try:
+                self.server.models.library.overrides = parse_overrides(types)
+            except ValueError as exc:
+                raise ProtocolError("invalid_param", f"types: {exc}", field="types") from None
         self.server.models.rescan()
         welcome = self.server.welcome()
         self.send({"type": "library", "models": welcome["models"], "library": welcome["library"]})

@@ -28,13 +28,14 @@ def _with_random_lora(module, targets, rank: int, seed: int, scale: float):
 
 
 def build_lora(components, path, seed: int = 0, rank: int = 4, scale: float = 0.05, text_encoder: bool = False,
-               kohya: bool = False) -> Path:
+               kohya: bool = False, unet: bool = True) -> Path:
     """Write a random LoRA for ``components`` (a Components) to ``path`` (.safetensors)."""
     from safetensors.torch import save_file
 
     from .checkpoint_convert import peft_to_kohya
 
-    state = {f"unet.{k}": v for k, v in _with_random_lora(components.unet, UNET_TARGETS, rank, seed, scale).items()}
+    state = {f"unet.{k}": v for k, v in _with_random_lora(components.unet, UNET_TARGETS, rank, seed, scale).items()
+             } if unet else {}
     if text_encoder:
         text = _with_random_lora(components.text_encoder, TEXT_TARGETS, rank, seed + 1, scale)
         state.update({f"text_encoder.{k}": v for k, v in text.items()})

@@ -2,6 +2,7 @@
 
 import bpy
 
+from ..preferences import get_preferences
 from ..session import SESSION
 
 
@@ -15,7 +16,7 @@ class DREAM_OT_rescan_models(bpy.types.Operator):
         return SESSION.welcome is not None
 
     def execute(self, context):
-        SESSION.rescan()
+        SESSION.rescan(get_preferences().model_types)
         return {"FINISHED"}
 
 

@@ -126,9 +126,32 @@ def _lora_layers(module, names):
     return [m for m in module.modules() if isinstance(m, LoraLayer) and any(n in m.lora_A for n in names)]
 
 
+_depth = weakref.WeakKeyDictionary()  # unet -> how many ``active`` contexts hold it (the layout pass nests one)
+
+
 @contextmanager
 def active(c, terms, fuse: bool, where="params.loras"):
-    """Model ``c`` with ``terms`` applied (unfused, or fused into its weights); restored on every exit."""
+    """Model ``c`` with ``terms`` applied (unfused, or fused into its weights); restored on every exit.
+
+    A context inside another on the same model (the layout pass runs the core again within the
+    job) leaves the outer one's LoRAs as they are: applied once, taken off by the outer exit only."""
+    if _depth.get(c.unet, 0):
+        _depth[c.unet] += 1
+        try:
+            yield
+        finally:
+            _depth[c.unet] -= 1
+        return
+    _depth[c.unet] = 1
+    try:
+        with _applied(c, terms, fuse, where):
+            yield
+    finally:
+        _depth[c.unet] = 0
+
+
+@contextmanager
+def _applied(c, terms, fuse: bool, where):
     from diffusers.loaders.lora_base import set_adapters_for_text_encoder
     from diffusers.utils.peft_utils import set_adapter_layers
 
@@ -175,17 +198,25 @@ class Lora(Technique):
     def applies(self, c, req):
         return bool(req.loras)
 
-    @contextmanager
     def weights(self, run):
-        from contextlib import ExitStack
+        return held([m for m, _ in run.members], run.req)
 
-        with ExitStack() as stack:
+
+@contextmanager
+def held(models, req):
+    """Every model of a job (an ensemble's too) with the request's LoRAs, for as long as the context
+    lasts: the runner holds them around a whole walk, whose prompt embeddings are made before its
+    frames' core runs (which then find them applied)."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        if req.loras:
             seen = set()
-            for m, _ in run.members:  # every model of an ensemble gets the LoRAs
+            for m in models:
                 if id(m.unet) not in seen:
                     seen.add(id(m.unet))
-                    stack.enter_context(active(m, run.req.loras, run.req.lora_fuse))
-            yield
+                    stack.enter_context(active(m, req.loras, req.lora_fuse))
+        yield
 
 
 TECHNIQUE = Lora()

@@ -18,6 +18,7 @@ def manager(tmp_path_factory, models_dir):
 
     root = tmp_path_factory.mktemp("loras")
     shutil.copytree(models_dir / "tiny", root / "tiny")
+    shutil.copytree(models_dir / "tiny-b", root / "tiny-b")
     plain = ModelManager(["tiny"], device="cpu", models_dir=models_dir).get()
     build_lora(plain, root / "Lora" / "one.safetensors", seed=1)
     build_lora(plain, root / "Lora" / "two.safetensors", seed=2, text_encoder=True)
@@ -151,3 +152,31 @@ def test_loras_compose_with_seamless_and_img2img(manager):
         base, with_lora = run(manager, **kw), run(manager, [("Lora/one", 1.0)], **kw)
         assert not torch.equal(base, with_lora)
         assert torch.equal(run(manager, [("Lora/one", 0.0)], **kw), base)
+
+
+def test_loras_hold_through_the_layout_pass(manager):
+    """The layout pass runs the core again inside the job (techniques/layout.py): the LoRAs stay
+    applied once, not twice, and not taken off by the inner run's exit."""
+    base = run(manager, layout="on")
+    unfused, fused = run(manager, [("Lora/two", 1.0)], layout="on"), run(manager, [("Lora/two", 1.0)], True, layout="on")
+    torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=0)
+    c = manager.get("tiny")
+    with lora.active(c, [LoraTerm("Lora/two", 1.0, manager.library.get("Lora/two").path)], fuse=False):
+        held = generate(c, request(layout="on"))  # the LoRA on around both passes, from outside
+    assert torch.equal(unfused, held) and not torch.equal(unfused, base)
+    assert torch.equal(run(manager, [("Lora/two", 0.0)], layout="on"), base)
+    assert torch.equal(run(manager, layout="on"), base)
+
+
+def test_every_model_of_an_ensemble_gets_the_loras(manager):
+    members = [(manager.get("tiny"), 0.5), (manager.get("tiny-b"), 0.5)]
+    base = generate(members, request())
+    req = request([("Lora/two", 1.0)])
+    lora.resolve(req, manager.library)
+    changed = generate(members, req)
+    with lora.active(members[0][0], req.loras, fuse=False):  # the LoRA on the first model only
+        first_only = generate(members, request())
+    assert not torch.equal(changed, base) and not torch.equal(changed, first_only)
+    zero = request([("Lora/two", 0.0)])
+    lora.resolve(zero, manager.library)
+    assert torch.equal(generate(members, zero), base) and torch.equal(generate(members, request()), base)

@@ -22,8 +22,9 @@ SMALL = {"prompt": "red bricks", "steps": 3, "width": 64, "height": 64, "seed": 
 def folder(tmp_path_factory, models_dir):
     root = tmp_path_factory.mktemp("models-folder")
     shutil.copytree(models_dir / "tiny", root / "tiny")
-    build_lora(ModelManager(["tiny"], device="cpu", models_dir=models_dir).get(), root / "Lora" / "bricks.safetensors",
-               seed=4, text_encoder=True)
+    tiny = ModelManager(["tiny"], device="cpu", models_dir=models_dir).get()
+    build_lora(tiny, root / "Lora" / "bricks.safetensors", seed=4, text_encoder=True)
+    build_lora(tiny, root / "Lora" / "words.safetensors", seed=5, scale=0.5, text_encoder=True, unet=False)
     return root
 
 
@@ -47,7 +48,7 @@ def submit(conn, job_id, params):
 def test_the_welcome_lists_the_folder_and_a_rescan_finds_a_new_file(served, folder):
     conn = connect(served)
     library = conn.welcome["library"]
-    assert [e["name"] for e in library["loras"]] == ["Lora/bricks"] and library["embeddings"] == []
+    assert [e["name"] for e in library["loras"]] == ["Lora/bricks", "Lora/words"] and library["embeddings"] == []
     assert conn.welcome["models"][0] == {"name": "tiny", "default": True, "family": "tiny/unet4", "size": 256,
                                          "base": "sd1", "kind": "txt2img"}
     assert {"checkpoints", "loras", "embeddings", "upscalers"} <= set(library)
@@ -65,6 +66,18 @@ def test_the_welcome_lists_the_folder_and_a_rescan_finds_a_new_file(served, fold
         single = submit(conn, "mf-single", dict(SMALL, model="dropped"))[-1]
         assert single[0]["type"] == "result", single[0]
         np.testing.assert_array_equal(single[1]["image"], plain[1]["image"])
+        conn.send({"type": "rescan", "types": "dropped=sd2"})  # the user says: a v-prediction SD 2 model
+        entry = next(e for e in conn.recv()[0]["library"]["checkpoints"] if e["name"] == "dropped")
+        assert (entry["family"], entry["detected_family"]) == ("sd2", "sd1")
+        as_sd2 = submit(conn, "mf-sd2", dict(SMALL, model="dropped"))[-1]
+        assert as_sd2[0]["type"] == "result" and not np.array_equal(as_sd2[1]["image"], plain[1]["image"])
+        conn.send({"type": "rescan", "types": "dropped=sd9"})
+        refused = conn.recv()[0]
+        assert refused["type"] == "error" and refused["field"] == "types" and "sd2-base" in refused["message"]
+        conn.send({"type": "rescan", "types": ""})
+        conn.recv()
+        np.testing.assert_array_equal(submit(conn, "mf-sd1", dict(SMALL, model="dropped"))[-1][1]["image"],
+                                      plain[1]["image"])  # reloaded as detected
     finally:
         (folder / "dropped.safetensors").unlink()
         conn.send({"type": "rescan"})
@@ -81,6 +94,22 @@ def test_loras_by_name_over_the_socket(served):
     strong = submit(conn, "lo-2", dict(SMALL, loras=[{"name": "Lora/bricks"}], lora_fuse=True))[-1]
     assert strong[0]["type"] == "result" and not np.array_equal(strong[1]["image"], plain)
     np.testing.assert_array_equal(submit(conn, "lo-3", SMALL)[-1][1]["image"], plain)  # restored
+    conn.close()
+
+
+def test_a_text_encoder_lora_reaches_a_prompts_walk(served):
+    """A prompts walk encodes its prompts before its frames' core runs: the LoRAs are held around it all.
+    Guidance 1: no negative row, so the walk's own embeddings are the only text the LoRA can change."""
+    conn = connect(served)
+    walk = {"walk": "prompts", "walk_prompts": ["red bricks", "blue waves"], "frames": 2, "batch_size": 2,
+            "steps": 2, "guidance": 1.0, "width": 64, "height": 64, "model": "tiny", "preview_interval": 0}
+    conn.send({"type": "submit", "job_id": "w-0", "kind": "walk", "params": walk})
+    plain = events_until_terminal(conn, "w-0")[-1]
+    conn.send({"type": "submit", "job_id": "w-1", "kind": "walk",
+               "params": dict(walk, loras=[{"name": "Lora/words"}])})
+    with_lora = events_until_terminal(conn, "w-1")[-1]
+    assert plain[0]["type"] == with_lora[0]["type"] == "result", with_lora[0]
+    assert np.abs(with_lora[1]["image"] - plain[1]["image"]).max() > 1e-3
     conn.close()
 
 
@@ -133,3 +162,11 @@ def test_detection_is_cached_by_mtime_and_size(tmp_path, folder, monkeypatch):
     assert reads == []
     save_single_file(folder / "tiny", tmp_path / "a.safetensors")  # replaced by a checkpoint
     assert library.scan()["a"].type == "checkpoint" and len(reads) == 1
+
+
+def test_model_type_overrides_parse_and_name_the_allowed_values():
+    assert model_library.parse_override("mine=sd2-base") == ("mine", "sd2-base", None)
+    assert model_library.parse_override("a/b=sd1/inpaint") == ("a/b", "sd1", "inpaint")
+    for bad in ("mine=sd3", "mine=sd1/video", "=sd1"):
+        with pytest.raises(ValueError, match="sd2-base"):
+            model_library.parse_override(bad)

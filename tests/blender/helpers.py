@@ -60,3 +60,16 @@ def image_editor(image):
     area.type = "IMAGE_EDITOR"
     area.spaces.active.image = image
     return bpy.context.temp_override(window=window, area=area, region=area.regions[-1])
+
+
+def models_folder(root) -> str:
+    """A models folder for the backend (Preferences > Models Folder) holding copies of the built tiny
+    models when the cache has them (else the backend builds them there)."""
+    import os
+    import shutil
+
+    cache = os.environ.get("DREAM_MODELS_DIR")
+    for name in ("tiny", "tiny-b", "tiny-inpaint"):
+        if cache and os.path.isdir(os.path.join(cache, name)):
+            shutil.copytree(os.path.join(cache, name), os.path.join(root, name))
+    return str(root)

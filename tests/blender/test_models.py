@@ -1,13 +1,14 @@
 """The models folder in Blender: the Model menu after a Rescan, the LoRA list with weights, refusals.
 
-The backend runs with a models folder of its own (Preferences > Models Folder); files are made in it
-by the backend's Python (torch never enters this process)."""
+The backend runs with a models folder (Preferences > Models Folder, set in conftest.py); files are made
+in it by the backend's Python (torch never enters this process)."""
 
 import os
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import bpy
 import numpy as np
@@ -26,34 +27,22 @@ def backend_python(code: str):
 
 
 @pytest.fixture(scope="module")
-def folder(backend, session, prefs, tmp_path_factory):
-    """The add-on's backend restarted on a models folder holding the tiny models and one LoRA;
-    afterwards it is restarted as it was."""
-    root = tmp_path_factory.mktemp("models-folder")
-    cache = os.environ.get("DREAM_MODELS_DIR")
-    for name in ("tiny", "tiny-b", "tiny-inpaint"):
-        if cache and os.path.isdir(os.path.join(cache, name)):
-            shutil.copytree(os.path.join(cache, name), root / name)
+def folder(backend, session, prefs):
+    """The backend's models folder (conftest.py) with one LoRA of the tiny model in it, listed."""
+    root = Path(prefs.models_dir)
     backend_python(
         "from generator_backend.models import ModelManager\n"
         "from generator_backend.tiny_lora import build_lora\n"
         f"c = ModelManager(['tiny'], device='cpu', models_dir={str(root)!r}).get()\n"
         f"build_lora(c, {str(root / 'Lora' / 'bricks.safetensors')!r}, seed=4, scale=0.2, text_encoder=True)\n")
-    prefs.models_dir = str(root)
-    restart(session, prefs)
+    session.ensure_connected(prefs)
+    assert drain_until(session, lambda: session.welcome is not None), session.status
+    assert bpy.ops.dream.rescan_models() == {"FINISHED"}
+    assert drain_until(session, lambda: [e["name"] for e in session.welcome["library"]["loras"]] == ["Lora/bricks"])
     yield root
-    prefs.models_dir = ""
-    restart(session, prefs)
-
-
-def restart(session, prefs):
-    assert bpy.ops.dream.backend_start() == {"FINISHED"}
-    assert session.backend.wait_ready(120), "\n".join(session.backend.tail)
-    session.drain()
-    deadline = time.monotonic() + 60
-    while session.welcome is None and time.monotonic() < deadline:
-        session.drain(timeout=0.2)
-    assert session.welcome is not None, session.status
+    shutil.rmtree(root / "Lora")
+    bpy.ops.dream.rescan_models()
+    drain_until(session, lambda: not session.welcome["library"]["loras"])
 
 
 def drain_until(session, done, seconds=60):
@@ -78,7 +67,7 @@ def small(scene, folder):
     return scene
 
 
-def test_a_file_dropped_into_the_folder_is_in_the_model_menu_after_a_rescan(small, session, folder):
+def test_a_file_dropped_into_the_folder_is_in_the_model_menu_after_a_rescan(small, session, folder, prefs):
     def labels():  # what the Model menu offers (its items come from the welcome, as Blender asks for them)
         return {item[0]: item[1] for item in addon("properties").model_items(small.dream, bpy.context)}
 
@@ -92,7 +81,12 @@ def test_a_file_dropped_into_the_folder_is_in_the_model_menu_after_a_rescan(smal
         plain = result_pixels(session, generate(session))
         small.dream.model = "dropped"
         np.testing.assert_array_equal(result_pixels(session, generate(session)), plain)  # the same weights
+        prefs.model_types = "dropped=sd2"  # the user says: a v-prediction SD 2 model
+        assert bpy.ops.dream.rescan_models() == {"FINISHED"}
+        assert drain_until(session, lambda: labels().get("dropped") == "dropped (sd2, txt2img)")
+        assert not np.array_equal(result_pixels(session, generate(session)), plain)
     finally:
+        prefs.model_types = ""
         (folder / "dropped.safetensors").unlink()
         bpy.ops.dream.rescan_models()
         assert drain_until(session, lambda: "dropped" not in labels())
