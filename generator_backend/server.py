@@ -240,8 +240,8 @@ class Connection:
         job_id = protocol.validate_job_id(message.get("job_id"))
         options = protocol.validate_params(message.get("options", {}), protocol.EXPORT_FIELDS)
         meta = self.server.store.load_meta(job_id)
-        if meta is None or meta.get("kind") not in protocol.FRAME_KINDS or not meta.get("frames") \
-                or meta.get("state") != DONE:  # a walk, or a mosaic with a zoom
+        if meta is None or meta.get("kind") not in protocol.FRAME_KINDS or meta.get("state") != DONE \
+                or (meta["kind"] == "mosaic" and not meta.get("frames")):  # a walk, or a mosaic with a zoom
             raise ProtocolError("not_found", f"no finished walk {job_id!r} to export", field="job_id", job_id=job_id)
         folder, fps = self.server.store.job_dir(job_id), options["fps"] or meta["params"]["fps"]
 

@@ -172,14 +172,29 @@ def execute_detail(worker, job):
     members, _ = worker._members(job)
     source = source_pixels(job)
     height, width = source.shape[0] * p["scale"], source.shape[1] * p["scale"]
-    enlarged = source if p["scale"] == 1 else np.asarray(
-        Image.fromarray(source).resize((width, height), Image.Resampling.LANCZOS))
+    enlarged = enlarge(source, p["scale"], p["seamless"])
     plan = tiles.plan_detail(p, width, height, tile_side(members[0][0], p))
     run = TileRun(worker, job, len(plan))
     if not tiles.runs_steps(run.base, p["strength"]):  # nothing to repaint: the enlarged image itself
         return run.finish(enlarged / np.float32(255), untouched_source(job, p["scale"] == 1))
     made = run.run(plan, enlarged, p["seamless"])
     return run.finish(tiles.assemble_blended(plan, made, width, height, p["overlap"], p["seamless"]))
+
+
+WRAP_PAD = 4  # source pixels: more than Lanczos's reach (3) at any scale
+
+
+def enlarge(source: np.ndarray, scale: int, wrap: str = "") -> np.ndarray:
+    """Lanczos enlargement; on the ``wrap`` axes the image is padded with its own other side first, so a
+    seamless texture stays seamless (PIL's filter would clamp at the edges)."""
+    if scale == 1:
+        return source
+    pad = [(WRAP_PAD, WRAP_PAD) if axis in wrap else (0, 0) for axis in ("y", "x")] + [(0, 0)]
+    padded = np.pad(source, pad, mode="wrap")
+    big = np.asarray(Image.fromarray(padded).resize((padded.shape[1] * scale, padded.shape[0] * scale),
+                                                    Image.Resampling.LANCZOS))
+    (top, _), (left, _) = pad[0], pad[1]
+    return big[top * scale:top * scale + source.shape[0] * scale, left * scale:left * scale + source.shape[1] * scale]
 
 
 def untouched_source(job, same_size: bool, untouched: np.ndarray | None = None):

@@ -5,13 +5,12 @@ import bpy
 import numpy as np
 
 from .. import blender_images, history
-from ..job_builder import (JobInputError, check_job, image_pixels, resized, scene_params, sized_to_image,
-                           wire_array)
+from ..job_builder import JobInputError, check_job, image_pixels, resized, sized_to_image, wire_array
 from ..preferences import get_preferences
 from ..properties.mosaic import SETTINGS
 from ..session import SESSION
 from ..uv_mask import padded_size, pad_to
-from .generate import ImageEditorOperator, editor_image, report_input_errors
+from .generate import ImageEditorOperator, editor_image, prepare, report_input_errors
 
 
 def settings_of(scene) -> dict:
@@ -29,10 +28,9 @@ def frames_target(scene, mosaic, obj) -> dict:
             "material_target": scene.dream.texture_target}
 
 
-def mosaic_params(scene) -> tuple[dict, dict]:
-    """A mosaic job from Scene.dream (prompt, seed, steps, model) and Scene.dream_mosaic."""
+def mosaic_params(scene, params: dict, arrays: dict) -> tuple[dict, dict]:
+    """A mosaic job from Scene.dream's parameters (prompt, seed, steps, model) and Scene.dream_mosaic."""
     mosaic = scene.dream_mosaic
-    params, arrays = scene_params(scene.dream)
     params.update(grid_x=mosaic.grid_x, grid_y=mosaic.grid_y, tile_size=mosaic.tile_size,
                   strength=round(mosaic.strength, 4), color_match=mosaic.color_match, levels=mosaic.levels,
                   zoom_frames=mosaic.zoom_frames, loop=mosaic.loop, fps=mosaic.fps, batch_size=mosaic.batch_size,
@@ -58,11 +56,7 @@ class DREAM_OT_mosaic(bpy.types.Operator):
     @report_input_errors
     def execute(self, context):
         scene, mosaic = context.scene, context.scene.dream_mosaic
-        if scene.dream.randomize_seed:
-            from ..field_props import random_seed
-
-            scene.dream.seed = random_seed()
-        params, arrays = mosaic_params(scene)
+        params, arrays = mosaic_params(scene, *prepare(self, context)[1:])
         animated = (mosaic.levels > 1 or mosaic.loop) and mosaic.zoom_frames > 0
         obj = context.active_object
         target = frames_target(scene, mosaic, obj) if animated else {}
@@ -132,11 +126,7 @@ class DREAM_OT_enhance_region(ImageEditorOperator, bpy.types.Operator):
     @report_input_errors
     def execute(self, context):
         scene, enhance, image = context.scene, context.scene.dream_enhance, editor_image(context)
-        if scene.dream.randomize_seed:
-            from ..field_props import random_seed
-
-            scene.dream.seed = random_seed()
-        params, arrays = scene_params(scene.dream)
+        _, params, arrays = prepare(self, context)
         width, height = sized_to_image(params, image)
         pixels = image_pixels(image)
         arrays["init_image"] = pad_to(wire_array(image, pixels), params["height"], params["width"])

@@ -325,6 +325,19 @@ def test_detail_pass_repaints_a_little_and_keeps_a_seamless_texture_seamless(wor
     assert seam <= 2 * inner
 
 
+def test_the_enlargement_wraps_on_seamless_axes():
+    """Enlarging commutes with shifting a seamless texture around (the edges are not special); PIL's
+    own filter clamps at the edges, which this measure sees."""
+    from generator_backend.pocket_dataset import render
+    from generator_backend.tile_jobs import enlarge
+
+    texture = (render("green", "scales", 64, seed=3) * 255).round().astype(np.uint8)
+    shifted = enlarge(np.roll(texture, (16, 24), axis=(0, 1)), 2, "xy").astype(int)
+    np.testing.assert_array_equal(shifted, np.roll(enlarge(texture, 2, "xy"), (32, 48), axis=(0, 1)))
+    clamped = enlarge(np.roll(texture, (16, 24), axis=(0, 1)), 2, "").astype(int)
+    assert np.abs(clamped - np.roll(enlarge(texture, 2, ""), (32, 48), axis=(0, 1))).max() > 10
+
+
 # --------------------------------------------------------------------------- region enhance
 def test_region_enhance_keeps_every_pixel_outside_the_region_bit_for_bit(worker):
     image = blender_float(colourful(64, 64, seed=9))

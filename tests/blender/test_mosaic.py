@@ -174,3 +174,21 @@ def test_the_mosaic_panel_is_in_the_image_editor_and_the_sequencer(pocket_scene)
     image = bpy.data.images.new("shown", 8, 8)
     with image_editor(image):
         assert bpy.ops.dream.mosaic.poll()
+
+
+def test_saving_the_project_copies_the_zoom_frames_beside_it(pocket_scene, session, tmp_path):
+    import os
+
+    small_mosaic(pocket_scene, levels=2, zoom_frames=2)
+    job = run_mosaic(session)
+    assert job.state == "done", job.message
+    (strip,) = strips(pocket_scene)
+    backend_folder = os.path.realpath(bpy.path.abspath(strip.directory))
+    project = tmp_path / "project"
+    project.mkdir()
+    bpy.ops.wm.save_as_mainfile(filepath=str(project / "shot.blend"))
+    folder = os.path.realpath(bpy.path.abspath(strip.directory))
+    assert folder != backend_folder and folder.startswith(os.path.realpath(project / "shot_dream_frames"))
+    assert sorted(n for n in os.listdir(folder) if n.startswith("frame_")) == [f"frame_{i:06d}.png" for i in (1, 2, 3)]
+    sequence = pocket_scene.dream_history[-1].sequence
+    assert os.path.realpath(os.path.dirname(bpy.path.abspath(sequence.filepath))) == folder
