@@ -623,11 +623,43 @@ def validate_latent_file(params, arrays):
                             allowed={"shape": shape, "dtype": "uint8"})
 
 
+UPSCALE_MAX_SIDE = 8192  # the largest upscaled side: the protocol's largest array side (a 1 GiB float32 RGBA result)
+
+
+def upscale_fields(max_size: int = 2048) -> dict:
+    """Tiled model upscaling (docs/techniques.md, "Upscaling"): the image travels as the array 'init_image'."""
+    common = common_fields(max_size)
+    return {
+        **output_fields(), **{k: common[k] for k in ("input_linear", "input_flip_y", "seamless")},
+        "width": Field("int", None, min=8, max=max_size, required=True, doc="Width of the input image in pixels"),
+        "height": Field("int", None, min=8, max=max_size, required=True, doc="Height of the input image in pixels"),
+        "upscaler": Field("str", "", max_length=1000, doc="Upscaler name from the welcome; empty = the default"),
+        "factor": Field("int", 4, min=1, max=8, doc="Output size over input size; at most the upscaler's scale "
+                        f"(the net runs once, then Lanczos to the factor); sides up to {UPSCALE_MAX_SIDE}"),
+        "tile_size": Field("int", 256, min=32, max=1024, doc="Input pixels per tile side: memory holds one tile"),
+        "tile_overlap": Field("int", 16, min=0, max=128,
+                              doc="Input pixels neighbouring tiles share and blend over (at most tile_size / 2)"),
+    }
+
+
+def validate_upscale(params):
+    """The result fits the protocol (each side at most UPSCALE_MAX_SIDE) and the overlap its tiles."""
+    side = max(params["width"], params["height"])
+    if side * params["factor"] > UPSCALE_MAX_SIDE:
+        raise ProtocolError("invalid_param", f"params.factor {params['factor']} makes a {side * params['factor']} "
+                            f"pixel side; the largest result side is {UPSCALE_MAX_SIDE}", field="params.factor",
+                            allowed={"min": 1, "max": max(1, UPSCALE_MAX_SIDE // side)})
+    if params["tile_overlap"] > params["tile_size"] // 2:
+        raise ProtocolError("invalid_param", f"params.tile_overlap must be at most half of params.tile_size "
+                            f"({params['tile_size'] // 2}), got {params['tile_overlap']}", field="params.tile_overlap",
+                            allowed={"min": 0, "max": params["tile_size"] // 2})
+
+
 JOB_KINDS = {"txt2img": txt2img_fields, "img2img": img2img_fields, "inpaint": inpaint_fields, "walk": walk_fields,
-             "compress": compress_fields, "decompress": decompress_fields}
+             "compress": compress_fields, "decompress": decompress_fields, "upscale": upscale_fields}
 JOB_ARRAYS = {"txt2img": (), "img2img": ("init_image",), "inpaint": ("init_image", "mask"), "walk": (),
-              "compress": ("init_image",), "decompress": ()}
-PROMPTLESS_KINDS = ("walk", "compress", "decompress")  # walks have prompts of their own; the codec none
+              "compress": ("init_image",), "decompress": (), "upscale": ("init_image",)}
+PROMPTLESS_KINDS = ("walk", "compress", "decompress", "upscale")  # walks have prompts of their own; the codec none
 ARRAY_CHECKS = {"decompress": validate_latent_file}  # kinds whose arrays are not images of the job's size
 
 
@@ -641,7 +673,7 @@ def validate_palette(params):
                             allowed={"choices": [0], "min": PALETTE_RANGE[0], "max": PALETTE_RANGE[1]})
 
 
-PARAM_CHECKS = {"compress": validate_palette}  # kind -> checks across its parameters
+PARAM_CHECKS = {"compress": validate_palette, "upscale": validate_upscale}  # kind -> checks across its parameters
 OPTIONAL_ARRAYS = {"walk": ("init_image",)}
 INFUSION_ARRAYS = tuple(f"infusion_{i}" for i in range(MAX_INFUSION_IMAGES))
 

@@ -23,6 +23,7 @@ from . import __version__
 from .jobs import (CANCELLED, DONE, FAILED, FINISHED, OUTPUT_FIELDS, QUEUED, RUNNING, Job, JobQueue, JobStore,
                    OutputUnwritable)
 from .runner import Worker, result_frame
+from .upscalers import UpscalerManager
 
 log = logging.getLogger("generator_backend.server")
 
@@ -260,7 +261,7 @@ class Connection:
 
 class Server:
     def __init__(self, models, output_dir, token: str, host="127.0.0.1", port=protocol.DEFAULT_PORT,
-                 allow_remote=False, max_size=2048, hello_timeout=HELLO_TIMEOUT_S):
+                 allow_remote=False, max_size=2048, hello_timeout=HELLO_TIMEOUT_S, upscalers=None):
         if not is_loopback(host) and not allow_remote:
             raise ValueError(f"refusing to listen on {host}: only loopback addresses are allowed "
                              "unless --allow-remote is given")
@@ -278,6 +279,7 @@ class Server:
         self.jobs = {}
         self.queue = JobQueue()
         self.worker = Worker(self.queue, models, self.store)
+        self.worker.upscalers = self.upscalers = upscalers or UpscalerManager(device=models.device)
         self.exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dream-export")  # one at a time
         self.connections = set()  # authenticated
         self.pending = set()  # accepted, not yet authenticated
@@ -295,6 +297,7 @@ class Server:
                 "device": self.models.device,
                 "models": [{"name": n, "default": n == self.models.default, "family": self.models.family(n)}
                            for n in self.models.names()],
+                "upscalers": self.upscalers.describe(),
                 "capabilities": {"job_kinds": sorted(protocol.JOB_KINDS), "schedulers": list(protocol.SCHEDULERS),
                                  "output_dtypes": list(protocol.OUTPUT_DTYPES), "max_size": self.max_size,
                                  "max_payload_bytes": self.limits.max_payload_bytes}}
