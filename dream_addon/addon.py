@@ -16,6 +16,7 @@ def register():
     bpy.types.Scene.dream_history_index = bpy.props.IntProperty()
     bpy.types.Scene.dream_walk = bpy.props.PointerProperty(type=properties.DreamWalkProperties)
     bpy.types.Scene.dream_latent = bpy.props.PointerProperty(type=properties.DreamLatentProperties)
+    bpy.types.Scene.dream_upscale = bpy.props.PointerProperty(type=properties.DreamUpscaleProperties)
     bpy.types.STATUSBAR_HT_header.append(ui.panels.draw_status_bar)
     bpy.app.handlers.save_pre.append(walk_frames.keep_frames_with_project)
     # No network and no process start here: the connection opens on first use.
@@ -38,6 +39,6 @@ def unregister():
     if walk_frames.keep_frames_with_project in bpy.app.handlers.save_pre:
         bpy.app.handlers.save_pre.remove(walk_frames.keep_frames_with_project)
     del bpy.types.Scene.dream, bpy.types.Scene.dream_history, bpy.types.Scene.dream_history_index
-    del bpy.types.Scene.dream_walk, bpy.types.Scene.dream_latent
+    del bpy.types.Scene.dream_walk, bpy.types.Scene.dream_latent, bpy.types.Scene.dream_upscale
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

@@ -30,6 +30,10 @@ class DreamPreferences(bpy.types.AddonPreferences):
                                     description="Diffusers folders or hub ids to serve, separated by commas (the "
                                                 "first is the default); 'pocket' is the small offline texture "
                                                 "model that ships with the backend")
+    upscalers: bpy.props.StringProperty(name="Upscalers", default="",
+                                        description="Upscaler files (.safetensors, or weights-only .pth: ESRGAN, "
+                                                    "Real-ESRGAN, SwinIR, HAT, DAT...) or folders of them, separated "
+                                                    "by commas; the shipped pocket-x4 is always served")
     device: bpy.props.EnumProperty(name="Device", default="auto", items=[
         ("auto", "Auto", "CUDA, then Apple MPS, then CPU"), ("cuda", "CUDA", ""), ("mps", "MPS", ""),
         ("cpu", "CPU", "")])
@@ -45,6 +49,7 @@ class DreamPreferences(bpy.types.AddonPreferences):
         col = layout.column()
         col.prop(self, "python_path")
         col.prop(self, "model")
+        col.prop(self, "upscalers")
         col.prop(self, "device")
         col.prop(self, "output_dir")
         col.prop(self, "float_results")

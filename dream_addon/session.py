@@ -162,6 +162,7 @@ class Session:
             prefs.python_path or "python3", prefs.port,
             models=[m.strip() for m in prefs.model.split(",") if m.strip()] or [protocol.DEFAULT_MODEL],
             output_dir=prefs.output_dir or None, device=prefs.device, log_path=log_path,
+            extra_args=[f"--upscaler={u.strip()}" for u in prefs.upscalers.split(",") if u.strip()],
             on_ready=lambda info: self.events.put(("backend_ready", info)))
         self.backend.start()
         self.status = STARTING_MESSAGE

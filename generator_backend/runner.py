@@ -278,12 +278,8 @@ class Worker(threading.Thread):
         from .encoding import as_sent, image_tensor
 
         p = job.params
-        self.upscalers.check(p["upscaler"])
+        self.upscalers.check_job(p)  # the server checked at submit; a resumed job's backend may serve others
         name = self.upscalers.resolve(p["upscaler"])
-        scale = self.upscalers.scale(name)
-        if p["factor"] > scale:
-            raise ProtocolError("invalid_param", f"params.factor {p['factor']} is more than the scale of upscaler "
-                                f"{name!r} ({scale})", field="params.factor", allowed={"min": 1, "max": scale})
         job.emit({"type": "progress", "step": 0, "total": job.total, "stage": "loading", "eta": None})
         net = self.upscalers.get(name)
         image = image_tensor(job.inputs["init_image"], **as_sent(p)).numpy()

@@ -210,7 +210,13 @@ class Connection:
         except ProtocolError as exc:
             exc.job_id = job_id
             raise
-        checks = ([("params.model", params["model"])] if params["model"] else []) + [
+        if "upscaler" in params:  # the upscale kind: a served upscaler, a factor within its scale
+            try:
+                self.server.upscalers.check_job(params)
+            except ProtocolError as exc:
+                exc.job_id = job_id
+                raise
+        checks = ([("params.model", params["model"])] if params.get("model") else []) + [
             (f"params.models[{i}].name", m["name"]) for i, m in enumerate(params.get("models") or [])]
         for where, name in checks:
             if name not in self.server.models.sources:

@@ -96,10 +96,11 @@ def bicubic_down(image, scale=SCALE) -> np.ndarray:
     return np.asarray(to_pil(image).resize((w // scale, h // scale), Image.Resampling.BICUBIC), np.float32) / 255
 
 
-def degrade(image, rng, scale=SCALE) -> np.ndarray:
-    """A realistic low-resolution input for ``image``: blur, reduction, noise, JPEG, 8-bit; sometimes clean bicubic."""
+def degrade(image, rng, scale=SCALE, clean_share=0.3) -> np.ndarray:
+    """A realistic low-resolution input for ``image``: blur, reduction, noise, JPEG, 8-bit; a ``clean_share``
+    of them clean bicubic."""
     h, w = image.shape[:2]
-    if rng.random() < 0.3:
+    if rng.random() < clean_share:
         return bicubic_down(image, scale)
     pil = to_pil(image)
     if rng.random() < 0.6:

@@ -140,14 +140,19 @@ class UpscalerManager:
     def resolve(self, name: str) -> str:
         return name or self.default
 
-    def check(self, name: str, field: str = "params.upscaler"):
-        """Raise the protocol's invalid_param for a name this backend does not serve."""
+    def check_job(self, params: dict):
+        """An upscale job's upscaler is served here and its factor within the upscaler's scale (invalid_param)."""
         from dream_addon.protocol import ProtocolError
 
-        if self.resolve(name) not in self.paths:
-            raise ProtocolError("invalid_param", f"{field} {name!r} is not served here; allowed: {self.names()} "
-                                "(start the backend with --upscaler NAME=FILE to add one)", field=field,
-                                allowed=self.names())
+        name = self.resolve(params["upscaler"])
+        if name not in self.paths:
+            raise ProtocolError("invalid_param", f"params.upscaler {name!r} is not served here; allowed: "
+                                f"{self.names()} (start the backend with --upscaler NAME=FILE to add one)",
+                                field="params.upscaler", allowed=self.names())
+        if params["factor"] > self.scale(name):
+            raise ProtocolError("invalid_param", f"params.factor {params['factor']} is more than the scale of "
+                                f"upscaler {name!r} ({self.scale(name)})", field="params.factor",
+                                allowed={"min": 1, "max": self.scale(name)})
 
     def get(self, name: str = ""):
         """The loaded descriptor of ``name`` on this manager's device."""

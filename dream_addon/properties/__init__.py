@@ -207,6 +207,7 @@ class DreamWalkProperties(bpy.types.PropertyGroup):
 
 
 from .latent import DreamLatentProperties  # noqa: E402  (the Latent Codec panel)
+from .upscale import DreamUpscaleProperties  # noqa: E402  (the Upscale panel)
 
-classes = (DreamLatentProperties, DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties,
+classes = (DreamLatentProperties, DreamUpscaleProperties, DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties,
            DreamWalkPrompt, DreamWalkProperties)

@@ -7,7 +7,7 @@ import sys
 import bpy
 import pytest
 
-from tests.blender.helpers import MODULE, addon
+from tests.blender.helpers import MODULE, addon, write_compact_upscaler
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +28,7 @@ def backend(session, prefs, tmp_path_factory):
     prefs.device = "cpu"
     prefs.model = "tiny, tiny-b, tiny-inpaint, pocket"
     prefs.output_dir = str(tmp_path_factory.mktemp("outputs"))
+    prefs.upscalers = str(write_compact_upscaler(tmp_path_factory.mktemp("upscalers") / "rand-x2.safetensors"))
     assert bpy.ops.dream.backend_start() == {"FINISHED"}
     assert session.backend.wait_ready(120), "\n".join(session.backend.tail)
     session.drain()  # the ready event opens the connection
