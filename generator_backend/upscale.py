@@ -155,7 +155,9 @@ def upscale_image(net, image: np.ndarray, tile: int = 256, overlap: int = 16, wr
                 col_weight[x0:x0 + nx] += wx[sx:sx + nx]
         if on_tile:
             on_tile(t, result, done, len(tiles))
-    out /= (row_weight[:, None, None] * col_weight[None, :, None]).astype(np.float32)
+    col_weight = col_weight.astype(np.float32)[None, :, None]
+    for y0 in range(0, h * s, 256):  # in bands: a full-size weight array would grow with the image
+        out[y0:y0 + 256] /= row_weight[y0:y0 + 256].astype(np.float32)[:, None, None] * col_weight
     return out
 
 

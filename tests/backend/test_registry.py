@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 
 from dream_addon import protocol
-from generator_backend import latent_codec
+from generator_backend import latent_codec, upscale
 from generator_backend.core import GenerationRequest
 from generator_backend.runner import EXECUTORS
 from generator_backend.techniques import CORE_FIELDS, RUNNER_FIELDS, TECHNIQUES, request_from_params
@@ -17,7 +17,7 @@ def all_fields():
 
 
 def test_every_parameter_has_exactly_one_owner():
-    owners = [CORE_FIELDS, RUNNER_FIELDS, latent_codec.FIELDS] + [t.fields for t in TECHNIQUES]
+    owners = [CORE_FIELDS, RUNNER_FIELDS, latent_codec.FIELDS, upscale.FIELDS] + [t.fields for t in TECHNIQUES]
     claimed = [name for fields in owners for name in fields]
     assert sorted(claimed) == sorted(set(claimed))  # nobody claims a name twice
     assert set(claimed) == all_fields()
@@ -33,7 +33,7 @@ def test_request_defaults_are_the_protocols():
     """A request built from defaults equals GenerationRequest's own defaults, kind by kind."""
     plain = GenerationRequest()
     for kind, make in protocol.JOB_KINDS.items():
-        if kind in latent_codec.KINDS:  # they make no GenerationRequest
+        if kind in latent_codec.KINDS + upscale.KINDS:  # they make no GenerationRequest
             continue
         params = protocol.validate_params({"prompt": "a"}, make())
         request = request_from_params(params, {})

@@ -40,7 +40,9 @@ def test_handshake_welcome(backend):
     assert [m["name"] for m in w["models"] if m["default"]] == ["tiny"]
     assert [m["name"] for m in w["models"]] == ["tiny", "tiny-b", "tiny-inpaint"]
     assert [m["family"] for m in w["models"]] == ["tiny/unet4", "tiny/unet4", "tiny/unet9"]
-    assert w["capabilities"]["job_kinds"] == ["compress", "decompress", "img2img", "inpaint", "txt2img", "walk"]
+    assert w["capabilities"]["job_kinds"] == ["compress", "decompress", "img2img", "inpaint", "txt2img", "upscale",
+                                              "walk"]
+    assert w["upscalers"] == [{"name": "pocket-x4", "architecture": "SRVGGNetCompact", "scale": 4, "default": True}]
     conn.close()
 
 

@@ -157,6 +157,8 @@ def _mirrors():
         (walk_group, "frames", walk["frames"], {}), (walk_group, "fps", walk["fps"], {}),
         (walk_group, "batch_size", walk["batch_size"], {}),
         (walk_group, "export_format", p.EXPORT_FIELDS["format"], {}),
+        *[(props.DreamUpscaleProperties, name, p.upscale_fields()[name], {})
+          for name in ("factor", "tile_size", "tile_overlap")],
     ]
 
 
