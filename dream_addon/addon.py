@@ -20,6 +20,7 @@ def register():
     bpy.types.Scene.dream_models = bpy.props.PointerProperty(type=properties.DreamModelsProperties)
     bpy.types.Scene.dream_mosaic = bpy.props.PointerProperty(type=properties.mosaic.DreamMosaicProperties)
     bpy.types.Scene.dream_enhance = bpy.props.PointerProperty(type=properties.mosaic.DreamEnhanceProperties)
+    bpy.types.Scene.dream_upscale = bpy.props.PointerProperty(type=properties.DreamUpscaleProperties)
     bpy.types.STATUSBAR_HT_header.append(ui.panels.draw_status_bar)
     bpy.app.handlers.save_pre.append(walk_frames.keep_frames_with_project)
     # No network and no process start here: the connection opens on first use.
@@ -44,5 +45,6 @@ def unregister():
     del bpy.types.Scene.dream, bpy.types.Scene.dream_history, bpy.types.Scene.dream_history_index
     del bpy.types.Scene.dream_walk, bpy.types.Scene.dream_latent, bpy.types.Scene.dream_concept
     del bpy.types.Scene.dream_models, bpy.types.Scene.dream_mosaic, bpy.types.Scene.dream_enhance
+    del bpy.types.Scene.dream_upscale
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

@@ -39,6 +39,10 @@ class DreamPreferences(bpy.types.AddonPreferences):
                                                       "NAME=FAMILY[/KIND], separated by commas, e.g. "
                                                       "my-sd21-base=sd2-base (families sd1, sd2, sd2-base, sdxl); "
                                                       "applied by Rescan and Start")
+    upscalers: bpy.props.StringProperty(name="Upscalers", default="",
+                                        description="Upscaler files (.safetensors, or weights-only .pth: ESRGAN, "
+                                                    "Real-ESRGAN, SwinIR, HAT, DAT...) or folders of them, separated "
+                                                    "by commas; the shipped pocket-x4 is always served")
     device: bpy.props.EnumProperty(name="Device", default="auto", items=[
         ("auto", "Auto", "CUDA, then Apple MPS, then CPU"), ("cuda", "CUDA", ""), ("mps", "MPS", ""),
         ("cpu", "CPU", "")])
@@ -56,6 +60,7 @@ class DreamPreferences(bpy.types.AddonPreferences):
         col.prop(self, "model")
         col.prop(self, "models_dir")
         col.prop(self, "model_types")
+        col.prop(self, "upscalers")
         col.prop(self, "device")
         col.prop(self, "output_dir")
         col.prop(self, "float_results")

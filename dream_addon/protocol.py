@@ -668,6 +668,38 @@ MAX_LEVELS = 6
 MAX_TILED_SIDE = 8192  # the largest side a tiled result may have (an array dimension)
 
 
+UPSCALE_MAX_SIDE = 8192  # the largest upscaled side: the protocol's largest array side (a 1 GiB float32 RGBA result)
+
+
+def upscale_fields(max_size: int = 2048) -> dict:
+    """Tiled model upscaling (docs/techniques.md, "Upscaling"): the image travels as the array 'init_image'."""
+    common = common_fields(max_size)
+    return {
+        **output_fields(), **{k: common[k] for k in ("input_linear", "input_flip_y", "seamless")},
+        "width": Field("int", None, min=8, max=max_size, required=True, doc="Width of the input image in pixels"),
+        "height": Field("int", None, min=8, max=max_size, required=True, doc="Height of the input image in pixels"),
+        "upscaler": Field("str", "", max_length=1000, doc="Upscaler name from the welcome; empty = the default"),
+        "factor": Field("int", 4, min=1, max=8, doc="Output size over input size; at most the upscaler's scale "
+                        f"(the net runs once, then Lanczos to the factor); sides up to {UPSCALE_MAX_SIDE}"),
+        "tile_size": Field("int", 256, min=32, max=1024, doc="Input pixels per tile side: memory holds one tile"),
+        "tile_overlap": Field("int", 16, min=0, max=128,
+                              doc="Input pixels neighbouring tiles share and blend over (at most tile_size / 2)"),
+    }
+
+
+def validate_upscale(params, arrays):
+    """The result fits the protocol (each side at most UPSCALE_MAX_SIDE) and the overlap its tiles."""
+    side = max(params["width"], params["height"])
+    if side * params["factor"] > UPSCALE_MAX_SIDE:
+        raise ProtocolError("invalid_param", f"params.factor {params['factor']} makes a {side * params['factor']} "
+                            f"pixel side; the largest result side is {UPSCALE_MAX_SIDE}", field="params.factor",
+                            allowed={"min": 1, "max": max(1, UPSCALE_MAX_SIDE // side)})
+    if params["tile_overlap"] > params["tile_size"] // 2:
+        raise ProtocolError("invalid_param", f"params.tile_overlap must be at most half of params.tile_size "
+                            f"({params['tile_size'] // 2}), got {params['tile_overlap']}", field="params.tile_overlap",
+                            allowed={"min": 0, "max": params["tile_size"] // 2})
+
+
 def _tiled_fields(max_size: int, strength: float, strength_doc: str) -> dict:
     """img2img's parameters with a strength default of the kind's own, plus the tiles' size."""
     fields = img2img_fields(max_size)
@@ -847,6 +879,7 @@ JOB_KINDS = {
     "detail": JobKind(detail_fields, arrays=("init_image",), check=validate_tiled, zero_strength=True),
     "enhance": JobKind(enhance_fields, arrays=("init_image",), optional_arrays=("mask",), check=validate_tiled,
                        zero_strength=True),
+    "upscale": JobKind(upscale_fields, arrays=("init_image",), prompted=False, check=validate_upscale),
 }
 MASK_ARRAYS = ("mask",)  # one channel; every other image array has 3 or 4
 

@@ -464,12 +464,12 @@ class Session:
 
 
 def backend_model_args(prefs) -> list:
-    """serve's --models-dir and --model-type arguments from the preferences."""
+    """serve's --models-dir, --model-type and --upscaler arguments from the preferences."""
     args = ["--models-dir", bpy.path.abspath(prefs.models_dir)] if prefs.models_dir else []
     for item in (part.strip() for part in prefs.model_types.split(",")):
         if item:
             args += ["--model-type", item]
-    return args
+    return args + [f"--upscaler={u.strip()}" for u in prefs.upscalers.split(",") if u.strip()]
 
 
 def show_error(text: str):

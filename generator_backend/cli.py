@@ -101,6 +101,10 @@ def build_parser():
                        help="local diffusers folder, hub id, 'pocket' (the small offline texture model) or "
                             "'tiny' (the random test model); repeatable, the first is the default "
                             "(default: pocket)")
+    serve.add_argument("--upscaler", action="append", dest="upscalers", metavar="[NAME=]FILE",
+                       help="an upscaler file (.safetensors, or a weights-only .pth: ESRGAN, Real-ESRGAN, SwinIR, "
+                            "HAT, DAT... detected by spandrel) or a folder of them; repeatable; the shipped "
+                            "pocket-x4 is always served and is the default")
     serve.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     serve.add_argument("--output-dir", type=Path, default=default_data_dir() / "outputs",
                        help="where every result is written before it is sent")
@@ -161,6 +165,13 @@ def remove_token_file(path: Path, token: str):
         pass
 
 
+def serve_upscalers(specs, device):
+    """The upscalers named on the command line, checked now: a file that cannot be served stops the start."""
+    from .upscalers import UpscalerManager, parse_upscaler_specs
+
+    return UpscalerManager(parse_upscaler_specs(specs), device=device)
+
+
 def serve(args) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if not args.allow_remote and not protocol.is_loopback(args.host):  # refused before torch is imported
@@ -186,13 +197,15 @@ def serve(args) -> int:
                           overrides=overrides, memory=memory_options(args))
     token = os.environ.get(protocol.TOKEN_ENV) or secrets.token_urlsafe(32)
     try:
+        upscalers = serve_upscalers(args.upscalers, models.device)
         server = Server(models, args.output_dir, token, host=args.host, port=args.port,
-                        allow_remote=args.allow_remote, max_size=args.max_size, hello_timeout=args.hello_timeout)
+                        allow_remote=args.allow_remote, max_size=args.max_size, hello_timeout=args.hello_timeout,
+                        upscalers=upscalers)
     except OutputUnwritable as exc:
         log.error("cannot start: the output folder %s is not writable (%s); make it writable or choose another "
                   "with --output-dir", args.output_dir, exc)
         return 2
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # UpscalerError is a ValueError
         log.error("cannot start: %s", exc)
         return 2
     if args.preload:

@@ -89,7 +89,8 @@ def input_source(job: Job, request: GenerationRequest):
 EXECUTORS = {"txt2img": "execute_image", "img2img": "execute_image", "inpaint": "execute_image",
              "walk": "execute_walk", "compress": "execute_compress", "decompress": "execute_decompress",
              "teach_concept": "execute_teach",
-             "mosaic": "execute_tiled", "detail": "execute_tiled", "enhance": "execute_tiled"}
+             "mosaic": "execute_tiled", "detail": "execute_tiled", "enhance": "execute_tiled",
+             "upscale": "execute_upscale"}
 
 
 class Worker(threading.Thread):
@@ -98,6 +99,7 @@ class Worker(threading.Thread):
     def __init__(self, queue: JobQueue, models: ModelManager, store: JobStore):
         super().__init__(name="dream-worker", daemon=True)
         self.queue, self.models, self.store = queue, models, store
+        self.upscalers = None  # upscalers.UpscalerManager, set by the server
 
     def run(self):
         while (job := self.queue.take()) is not None:
@@ -357,6 +359,49 @@ class Worker(threading.Thread):
         meta = self.store.save_result(job, image.cpu().numpy(), name)
         meta.update(word=p["word"], embedding=str(path), losses=teacher.losses[-1:])
         self.store.save_meta(job.job_id, meta)
+
+    def execute_upscale(self, job: Job):
+        """Tiled model upscaling: every tile is kept in the job's folder as it is done, so cancel keeps
+        them and a resumed job makes only the missing ones."""
+        from . import upscale as up
+        from .encoding import as_sent, image_tensor
+
+        p = job.params
+        self.upscalers.check_job(p)  # the server checked at submit; a resumed job's backend may serve others
+        name = self.upscalers.resolve(p["upscaler"])
+        job.emit({"type": "progress", "step": 0, "total": job.total, "stage": "loading", "eta": None})
+        net = self.upscalers.get(name)
+        image = image_tensor(job.inputs["init_image"], **as_sent(p)).numpy()
+        wrap_x, wrap_y = "x" in p["seamless"], "y" in p["seamless"]
+        tiles = up.TileStore(self.store.job_dir(job.job_id) / "tiles",
+                             up.fingerprint(image, name, self.upscalers.digest(name), p["tile_size"],
+                                            p["tile_overlap"], p["seamless"]))
+        job.total = len(up.plan_tiles(*image.shape[:2], p["tile_size"], p["tile_overlap"], wrap_x, wrap_y))
+        timer, started, loaded = StepTimer(), time.perf_counter(), set()
+
+        def load_tile(tile):
+            output = tiles.load(tile)
+            if output is not None:
+                loaded.add(tile.name)
+            return output
+
+        def on_tile(tile, output, done, total):
+            if tile.name not in loaded:
+                tiles.save(tile, output)
+            job.step = done
+            job.emit({"type": "progress", "step": done, "total": total, "stage": "tiles",
+                      "eta": round(timer.eta(max(tiles.made, 1), total - done + tiles.made), 3)}, coalesce=True)
+            if job.cancel_requested.is_set() and done < total:
+                raise Cancelled()
+
+        result = up.upscale_to(net, image, p["factor"], p["tile_size"], p["tile_overlap"], wrap_x, wrap_y,
+                               on_tile=on_tile, load_tile=load_tile)
+        job.timings["upscale_s"] = round(time.perf_counter() - started, 4)
+        image = torch.from_numpy(result)
+        meta = self.store.save_result(job, result, name)
+        meta.update(tiles=job.total, tiles_made=tiles.made)
+        self.store.save_meta(job.job_id, meta)
+        tiles.clear()
         job.state = DONE
         job.emit_result(lambda output: result_frame(self.store, meta, image, output))
         return meta

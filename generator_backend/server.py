@@ -23,6 +23,7 @@ from . import __version__
 from .jobs import (CANCELLED, DONE, FAILED, FINISHED, OUTPUT_FIELDS, QUEUED, RUNNING, Job, JobQueue, JobStore,
                    OutputUnwritable)
 from .runner import Worker, result_frame
+from .upscalers import UpscalerManager
 
 log = logging.getLogger("generator_backend.server")
 
@@ -200,7 +201,13 @@ class Connection:
         except ProtocolError as exc:
             exc.job_id = job_id
             raise
-        checks = ([("params.model", params["model"])] if params["model"] else []) + [
+        if "upscaler" in params:  # the upscale kind: a served upscaler, a factor within its scale
+            try:
+                self.server.upscalers.check_job(params)
+            except ProtocolError as exc:
+                exc.job_id = job_id
+                raise
+        checks = ([("params.model", params["model"])] if params.get("model") else []) + [
             (f"params.models[{i}].name", m["name"]) for i, m in enumerate(params.get("models") or [])]
         for where, name in checks:
             if name not in self.server.models.sources:
@@ -276,7 +283,7 @@ class Connection:
 
 class Server:
     def __init__(self, models, output_dir, token: str, host="127.0.0.1", port=protocol.DEFAULT_PORT,
-                 allow_remote=False, max_size=2048, hello_timeout=HELLO_TIMEOUT_S):
+                 allow_remote=False, max_size=2048, hello_timeout=HELLO_TIMEOUT_S, upscalers=None):
         if not is_loopback(host) and not allow_remote:
             raise ValueError(f"refusing to listen on {host}: only loopback addresses are allowed "
                              "unless --allow-remote is given")
@@ -294,6 +301,7 @@ class Server:
         self.jobs = {}
         self.queue = JobQueue()
         self.worker = Worker(self.queue, models, self.store)
+        self.worker.upscalers = self.upscalers = upscalers or UpscalerManager(device=models.device)
         self.exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dream-export")  # one at a time
         self.connections = set()  # authenticated
         self.pending = set()  # accepted, not yet authenticated
@@ -312,6 +320,7 @@ class Server:
                 "models": [{"name": n, "default": n == self.models.default, "family": self.models.family(n),
                             "size": self.models.native_size(n), **self.models.detected(n)} for n in self.models.served],
                 "library": self.models.library.listing(),
+                "upscalers": self.upscalers.describe(),
                 "capabilities": {"job_kinds": sorted(protocol.JOB_KINDS), "schedulers": list(protocol.SCHEDULERS),
                                  "output_dtypes": list(protocol.OUTPUT_DTYPES), "max_size": self.max_size,
                                  "max_payload_bytes": self.limits.max_payload_bytes}}

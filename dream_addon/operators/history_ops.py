@@ -8,6 +8,7 @@ from bl_operators.presets import AddPresetBase
 from .. import history
 from ..field_props import random_seed
 from ..job_builder import JobInputError
+from . import upscale
 from ..properties import PRESET_SETTINGS
 from .generate import image_job, report_input_errors
 
@@ -33,6 +34,8 @@ class DREAM_OT_history_recall(HistoryOperator, bpy.types.Operator):
 
     def execute(self, context):
         history.apply(context.scene.dream, json.loads(self.entry(context).settings))
+        if self.entry(context).kind == "upscale":
+            upscale.recall(context.scene, json.loads(self.entry(context).settings))
         return {"FINISHED"}
 
 
@@ -45,6 +48,8 @@ class DREAM_OT_history_rerun(HistoryOperator, bpy.types.Operator):
     @report_input_errors
     def execute(self, context):
         entry = self.entry(context)
+        if entry.kind == "upscale":  # its own settings, on its own original
+            return upscale.rerun(self, context, entry)
         props = context.scene.dream
         history.apply(props, json.loads(entry.settings))
         props.seed = random_seed()

@@ -235,7 +235,8 @@ from .latent import DreamLatentProperties  # noqa: E402  (the Latent Codec panel
 from .concept import classes as concept_classes  # noqa: E402  (the Teach a Concept panel)
 from .models import DreamLora, DreamModelsProperties  # noqa: E402  (the models folder: LoRAs)
 from .mosaic import classes as mosaic_classes  # noqa: E402  (the Mosaic panel, Enhance Region)
+from .upscale import DreamUpscaleProperties  # noqa: E402  (the Upscale panel)
 
-classes = mosaic_classes + (DreamLora, DreamModelsProperties, DreamLatentProperties, DreamPrompt, DreamBiasImage,
-                            DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties, DreamWalkPrompt,
-                            DreamWalkProperties) + concept_classes
+classes = mosaic_classes + (DreamLora, DreamModelsProperties, DreamLatentProperties, DreamUpscaleProperties,
+                            DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties,
+                            DreamWalkPrompt, DreamWalkProperties) + concept_classes

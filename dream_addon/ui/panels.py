@@ -286,6 +286,24 @@ class IMAGE_PT_dream_concept(DreamPanel, bpy.types.Panel):
         layout.operator("dream.concept_use_word", icon="ADD")
 
 
+class IMAGE_PT_dream_upscale(DreamPanel, bpy.types.Panel):
+    bl_space_type = "IMAGE_EDITOR"
+    bl_label = "Upscale"
+    bl_parent_id = "IMAGE_PT_dream"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        up, layout = context.scene.dream_upscale, self.layout
+        layout.prop(up, "upscaler")
+        layout.prop(up, "factor")
+        row = layout.row(align=True)
+        row.prop(up, "tile_size")
+        row.prop(up, "tile_overlap")
+        layout.prop(up, "seamless")
+        layout.prop(up, "result_target", expand=True)
+        layout.operator("dream.upscale", icon="FULLSCREEN_ENTER")
+
+
 def sub_panels(prefix, space, parent):
     """The ensemble, infusion, model, queue and history panels, under ``parent`` in ``space``."""
     made = []
@@ -360,6 +378,6 @@ def draw_status_bar(self, context):
 classes = ((DREAM_UL_prompts, DREAM_UL_images, DREAM_UL_models, DREAM_UL_loras, DREAM_UL_history, VIEW3D_PT_dream,
             VIEW3D_PT_dream_faces) + sub_panels("VIEW3D", "VIEW_3D", "VIEW3D_PT_dream")
            + (IMAGE_PT_dream, IMAGE_PT_dream_tools, IMAGE_PT_dream_latent, DREAM_UL_concept_images,
-              IMAGE_PT_dream_concept) + sub_panels("IMAGE", "IMAGE_EDITOR", "IMAGE_PT_dream")
+              IMAGE_PT_dream_concept, IMAGE_PT_dream_upscale) + sub_panels("IMAGE", "IMAGE_EDITOR", "IMAGE_PT_dream")
            + (DREAM_UL_walk_prompts, SEQUENCER_PT_dream)
            + sub_panels("SEQUENCER", "SEQUENCE_EDITOR", "SEQUENCER_PT_dream"))

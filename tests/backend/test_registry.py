@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 
 from dream_addon import protocol
-from generator_backend import latent_codec, teach, tiles
+from generator_backend import latent_codec, teach, tiles, upscale
 from generator_backend.core import GenerationRequest
 from generator_backend.runner import EXECUTORS
 from generator_backend.techniques import CORE_FIELDS, RUNNER_FIELDS, TECHNIQUES, request_from_params
@@ -17,16 +17,22 @@ def all_fields():
 
 
 def test_every_parameter_has_exactly_one_owner():
-    owners = [CORE_FIELDS, RUNNER_FIELDS, latent_codec.FIELDS, teach.FIELDS, tiles.FIELDS] + [t.fields for t in TECHNIQUES]
-    claimed = [name for fields in owners for name in fields]
-    assert sorted(claimed) == sorted(set(claimed))  # nobody claims a name twice
-    assert set(claimed) == all_fields()
+    # (the kinds an owner's fields belong to, or None for every kind; its field names)
+    owners = [(None, CORE_FIELDS), (None, RUNNER_FIELDS), (latent_codec.KINDS, latent_codec.FIELDS),
+              ((teach.KIND,), teach.FIELDS), (tiles.KINDS, tiles.FIELDS), (upscale.KINDS, upscale.FIELDS)] + \
+        [(None, t.fields) for t in TECHNIQUES]
+    for kind, spec in protocol.JOB_KINDS.items():  # two kinds may each have a field of one name (tile_size)
+        for name in spec.fields():
+            claims = [fields for kinds, fields in owners if name in fields and (kinds is None or kind in kinds)]
+            assert len(claims) == 1, (kind, name, claims)
+    assert {name for _, fields in owners for name in fields} == all_fields()  # no owner claims a name nobody takes
 
 
 def test_every_array_has_an_owner_and_every_kind_a_runner():
     arrays = {name for spec in protocol.JOB_KINDS.values() for name in spec.arrays + spec.optional_arrays} | \
         set(protocol.INFUSION_ARRAYS)
-    assert {name for t in TECHNIQUES for name in t.arrays} | {"init_image"} | set(protocol.CONCEPT_ARRAYS) >= arrays  # teach.py owns the concept images
+    # init_image: the runner's; teach.py owns the concept images
+    assert {name for t in TECHNIQUES for name in t.arrays} | {"init_image"} | set(protocol.CONCEPT_ARRAYS) >= arrays
     assert set(EXECUTORS) == set(protocol.JOB_KINDS)
 
 
@@ -35,7 +41,7 @@ def test_request_defaults_are_the_protocols():
     plain = GenerationRequest()
     for kind, spec in protocol.JOB_KINDS.items():
         make = spec.fields
-        if kind in latent_codec.KINDS or kind == teach.KIND:  # they make no GenerationRequest
+        if kind in latent_codec.KINDS + upscale.KINDS or kind == teach.KIND:  # they make no GenerationRequest
             continue
         params = protocol.validate_params({"prompt": "a"}, make())
         request = request_from_params(params, {})

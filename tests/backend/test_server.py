@@ -43,7 +43,8 @@ def test_handshake_welcome(backend):
     assert [m["size"] for m in w["models"]] == [256, 256, 256]  # the tiny models' native size
     assert w["capabilities"]["job_kinds"] == sorted(protocol.JOB_KINDS)
     assert {"compress", "decompress", "detail", "enhance", "img2img", "inpaint", "mosaic", "teach_concept", "txt2img",
-            "walk"} <= set(protocol.JOB_KINDS)
+            "upscale", "walk"} <= set(protocol.JOB_KINDS)
+    assert w["upscalers"] == [{"name": "pocket-x4", "architecture": "SRVGGNetCompact", "scale": 4, "default": True}]
     conn.close()
 
 

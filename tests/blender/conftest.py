@@ -7,7 +7,7 @@ import sys
 import bpy
 import pytest
 
-from tests.blender.helpers import MODULE, addon, models_folder
+from tests.blender.helpers import MODULE, addon, models_folder, write_compact_upscaler
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +29,7 @@ def backend(session, prefs, tmp_path_factory):
     prefs.model = "tiny, tiny-b, tiny-inpaint, pocket"
     prefs.output_dir = str(tmp_path_factory.mktemp("outputs"))
     prefs.models_dir = models_folder(tmp_path_factory.mktemp("models"))  # test_models.py drops files in it
+    prefs.upscalers = str(write_compact_upscaler(tmp_path_factory.mktemp("upscalers") / "rand-x2.safetensors"))
     assert bpy.ops.dream.backend_start() == {"FINISHED"}
     assert session.backend.wait_ready(120), "\n".join(session.backend.tail)
     session.drain()  # the ready event opens the connection

@@ -73,3 +73,28 @@ def models_folder(root) -> str:
         if cache and os.path.isdir(os.path.join(cache, name)):
             shutil.copytree(os.path.join(cache, name), os.path.join(root, name))
     return str(root)
+
+
+def write_compact_upscaler(path, scale=2, features=4, seed=0):
+    """A small random SRVGGNetCompact (one inner convolution) as .safetensors, written with numpy alone
+    (the Blender side has no torch): a second upscaler for the backend the tests start."""
+    import json
+    import struct
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    shapes = {"body.0.weight": (features, 3, 3, 3), "body.0.bias": (features,), "body.1.weight": (features,),
+              "body.2.weight": (features, features, 3, 3), "body.2.bias": (features,), "body.3.weight": (features,),
+              "body.4.weight": (3 * scale * scale, features, 3, 3), "body.4.bias": (3 * scale * scale,)}
+    header, blobs, offset = {}, [], 0
+    for name, shape in shapes.items():
+        data = (rng.normal(0, 0.1, shape) + (0.25 if name in ("body.1.weight", "body.3.weight") else 0)).astype("<f4")
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + data.nbytes]}
+        blobs.append(data.tobytes())
+        offset += data.nbytes
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+    return path

@@ -162,6 +162,8 @@ def _mirrors():
           for name, field in (("train_steps", "train_steps"), ("vectors", "vectors"), ("preview_every", "preview_every"),
                               ("learning_rate", "learning_rate"), ("size", "width"))],
         *_mosaic_mirrors(p),
+        *[(props.DreamUpscaleProperties, name, p.upscale_fields()[name], {})
+          for name in ("factor", "tile_size", "tile_overlap")],
     ]
 
 

@@ -1,0 +1,108 @@
+"""Tiled upscaling against one untiled call of the same net, side by side, and peak memory at two sizes.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_upscale.py [--size 512] [--repeats 3]
+
+Every case runs in a fresh process (peak RSS is a process's high-water mark): it loads the net,
+reads its RSS, upscales, and reports time, peak RSS and what it ran (net file digest, input size,
+scale, tile settings). The script fails loudly (SidesDiffer) if the two sides of the time/memory
+comparison ran another net, size or scale. Peak memory is reported as the growth over the RSS
+after loading, and again less the result array itself (H*s x W*s x 3 float32), which any
+upscaler must hold: what tiling keeps flat is the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_common import SidesDiffer  # noqa: E402
+
+
+def child(args):
+    """One case, in this process: print a JSON line."""
+    import numpy as np
+    import torch
+
+    from generator_backend import upscale as up
+    from generator_backend.pocket_dataset import render
+    from generator_backend.upscalers import POCKET_UPSCALER, load_descriptor
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
+    net = load_descriptor(POCKET_UPSCALER)
+    image = np.tile(render("red", "bricks", 256, seed=1), (args.size // 256 + 1, args.size // 256 + 1, 1))
+    image = np.ascontiguousarray(image[:args.size, :args.size])
+    up.run_net(net, image[:32, :32])  # warm-up: first-call allocations are not the method's
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    times = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        out = up.run_net(net, image) if args.tile == 0 else up.upscale_image(net, image, args.tile, args.overlap)
+        times.append(time.perf_counter() - t)
+        del out
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"net": hashlib.sha256(POCKET_UPSCALER.read_bytes()).hexdigest()[:16], "size": args.size,
+                      "scale": int(net.scale), "tile": args.tile, "overlap": args.overlap,
+                      "seconds": sorted(times)[len(times) // 2], "base_rss": base, "peak_rss": peak,
+                      "result_bytes": (args.size * int(net.scale)) ** 2 * 3 * 4}))
+
+
+def run_case(size, tile, overlap, repeats):
+    cmd = [sys.executable, __file__, "--child", "--size", str(size), "--tile", str(tile), "--overlap", str(overlap),
+           "--repeats", str(repeats)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=3600)
+    if out.returncode:
+        raise SystemExit(f"case {cmd} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def mib(n):
+    return f"{n / 2**20:.0f}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=512, help="input side of the tiled/untiled comparison")
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--overlap", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", default="256,1024", help="input sides of the tiled peak-memory comparison")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args)
+    tiled = run_case(args.size, args.tile, args.overlap, args.repeats)
+    untiled = run_case(args.size, 0, 0, args.repeats)
+    for key in ("net", "size", "scale"):
+        if tiled[key] != untiled[key]:
+            raise SidesDiffer(f"the sides differ in {key}: tiled {tiled[key]}, untiled {untiled[key]}")
+    s = tiled["scale"]
+    print(f"x{s} of a {args.size}² texture (pocket-x4 {tiled['net']}), OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, median of {args.repeats}")
+    print("| side | time (s) | peak RSS growth (MiB) | less the result (MiB) |")
+    print("|---|---|---|---|")
+    for name, r in (("tiled", tiled), ("untiled", untiled)):
+        grow = r["peak_rss"] - r["base_rss"]
+        print(f"| {name} (tile {r['tile']}, overlap {r['overlap']}) | {r['seconds']:.2f} | {mib(grow)} | "
+              f"{mib(grow - r['result_bytes'])} |")
+    print(f"time ratio tiled / untiled: {tiled['seconds'] / untiled['seconds']:.2f}")
+    print()
+    print("| input → output (tiled, tile %d) | time (s) | peak RSS growth (MiB) | less the result (MiB) |" % args.tile)
+    print("|---|---|---|---|")
+    for size in (int(v) for v in args.sizes.split(",")):
+        r = run_case(size, args.tile, args.overlap, 1)
+        grow = r["peak_rss"] - r["base_rss"]
+        print(f"| {size}² → {size * s}² | {r['seconds']:.1f} | {mib(grow)} | {mib(grow - r['result_bytes'])} |")
+
+
+if __name__ == "__main__":
+    main()

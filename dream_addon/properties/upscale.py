@@ -1,0 +1,49 @@
+"""The Upscale panel's settings (Image Editor, Scene.dream_upscale); bounds and defaults are the protocol's."""
+
+import bpy
+
+from .. import protocol
+from ..field_props import number_args
+
+_FIELDS = protocol.upscale_fields()
+BACKEND_DEFAULT_UPSCALER = "DEFAULT"  # enum identifiers cannot be empty: sent as ""
+
+
+def upscaler_items(self, context):
+    """Upscalers the backend serves (from its welcome), with their architecture and scale."""
+    from ..session import SESSION
+
+    served = (SESSION.welcome or {}).get("upscalers", [])
+    _UPSCALER_ITEMS[:] = [(BACKEND_DEFAULT_UPSCALER, "Backend Default", "The backend's default upscaler")] + [
+        (u["name"], u["name"], f"{u['architecture']}, x{u['scale']}") for u in served]
+    return _UPSCALER_ITEMS
+
+
+_UPSCALER_ITEMS = []
+
+
+class DreamUpscaleProperties(bpy.types.PropertyGroup):
+    upscaler: bpy.props.EnumProperty(name="Upscaler", items=upscaler_items, description=_FIELDS["upscaler"].doc)
+    factor: bpy.props.IntProperty(name="Factor", **number_args(_FIELDS["factor"]))
+    tile_size: bpy.props.IntProperty(name="Tile Size", subtype="PIXEL", **number_args(_FIELDS["tile_size"]))
+    tile_overlap: bpy.props.IntProperty(name="Overlap", subtype="PIXEL", **number_args(_FIELDS["tile_overlap"]))
+    seamless: bpy.props.EnumProperty(name="Seamless", default="IMAGE", items=[
+        ("IMAGE", "From Image", "The axes the image was made seamless along (its Dream settings), else the panel's "
+                                "Seamless X / Y"),
+        ("NONE", "None", "Upscale as a plain image"),
+        ("X", "X", "The image tiles left to right"),
+        ("Y", "Y", "The image tiles bottom to top"),
+        ("XY", "X and Y", "The image tiles both ways")], description=_FIELDS["seamless"].doc)
+    result_target: bpy.props.EnumProperty(name="Result", default="NEW", items=[
+        ("NEW", "New Image", "Put the upscaled image in a new image"),
+        ("REPLACE", "Replace", "Write the upscaled image into the active one (the original is kept as a copy)")])
+
+
+SETTINGS = ("upscaler", "factor", "tile_size", "tile_overlap", "seamless", "result_target")
+
+
+def snapshot(props) -> dict:
+    return {name: getattr(props, name) for name in SETTINGS}
+
+
+classes = (DreamUpscaleProperties,)

@@ -1,0 +1,42 @@
+"""Train the offline x4 upscaler (see generator_backend/upscaler_train.py). Resumable: run it again with
+the same --work folder and it continues from its last checkpoint. Run it gently on a shared machine:
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/train_upscaler.py --work .cache/upscaler \
+        --steps 3000 --export generator_backend/upscaler_model/dream-texture-x4.safetensors
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from generator_backend.upscaler_train import Trainer  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="checkpoint folder")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=12)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--num-feat", type=int, default=32)
+    parser.add_argument("--num-conv", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--deadline-min", type=float, help="stop (checkpointed) after this many minutes")
+    parser.add_argument("--export", type=Path, help="write the weights here as .safetensors when done")
+    parser.add_argument("--export-only", action="store_true", help="export the last checkpoint without training")
+    args = parser.parse_args(argv)
+    trainer = Trainer(args.work, seed=args.seed, steps=args.steps, batch_size=args.batch, lr=args.lr,
+                      num_feat=args.num_feat, num_conv=args.num_conv)
+    if trainer.load():
+        print(f"resumed at {trainer.step}", flush=True)
+    if not args.export_only:
+        trainer.train(args.checkpoint_every, args.deadline_min and args.deadline_min * 60)
+    if args.export:
+        print(f"exported step {trainer.step} to {trainer.export(args.export)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
