@@ -98,7 +98,7 @@ def test_teach_a_concept_then_use_the_word(scene, session, concept, word):
 
 
 def test_cancel_then_resume_teaching(scene, session, concept):
-    concept.train_steps, concept.preview_every = 300, 0
+    concept.train_steps, concept.preview_every = 80, 0
     before = set(session.jobs)
     assert bpy.ops.dream.teach_concept() == {"FINISHED"}
     (job_id,) = set(session.jobs) - before
