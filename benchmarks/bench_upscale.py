@@ -2,10 +2,13 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_upscale.py [--size 512] [--repeats 3]
 
-Every case runs in a fresh process (peak RSS is a process's high-water mark): it loads the net,
-reads its RSS, upscales, and reports time, peak RSS and what it ran (net file digest, input size,
-scale, tile settings). The script fails loudly (SidesDiffer) if the two sides of the time/memory
-comparison ran another net, size or scale. Peak memory is reported as the growth over the RSS
+The time ratio comes from one process running both sides on one loaded net and one image, taken
+in turn (bench_common.interleaved), so drift on a shared machine hits them alike. Peak memory:
+every case runs in a fresh process (peak RSS is a process's high-water mark): it loads the net,
+reads its RSS, upscales, and reports peak RSS and what it ran (net file digest, input size,
+scale, tile settings). The script fails loudly (SidesDiffer) if the two sides of the memory
+comparison ran another net, size or scale, or if their results differ by more than the blend
+zones allow. Peak memory is reported as the growth over the RSS
 after loading, and again less the result array itself (H*s x W*s x 3 float32), which any
 upscaler must hold: what tiling keeps flat is the rest.
 """
@@ -56,6 +59,26 @@ def child(args):
                       "result_bytes": (args.size * int(net.scale)) ** 2 * 3 * 4}))
 
 
+def timed_sides(size, tile, overlap, repeats):
+    """Median seconds of tiled and untiled upscaling, interleaved in this process, and their largest difference."""
+    import numpy as np
+    import torch
+
+    from benchmarks.bench_common import interleaved
+    from generator_backend import upscale as up
+    from generator_backend.pocket_dataset import render
+    from generator_backend.upscalers import POCKET_UPSCALER, load_descriptor
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
+    net = load_descriptor(POCKET_UPSCALER)
+    image = np.ascontiguousarray(np.tile(render("red", "bricks", 256, seed=1), (size // 256 + 1,) * 2 + (1,))[
+        :size, :size])
+    times = interleaved({"tiled": lambda: up.upscale_image(net, image, tile, overlap),
+                         "untiled": lambda: up.run_net(net, image)}, repeats)
+    difference = float(np.abs(up.upscale_image(net, image, tile, overlap) - up.run_net(net, image)).max())
+    return times, difference
+
+
 def run_case(size, tile, overlap, repeats):
     cmd = [sys.executable, __file__, "--child", "--size", str(size), "--tile", str(tile), "--overlap", str(overlap),
            "--repeats", str(repeats)]
@@ -80,21 +103,25 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.child:
         return child(args)
-    tiled = run_case(args.size, args.tile, args.overlap, args.repeats)
-    untiled = run_case(args.size, 0, 0, args.repeats)
+    times, difference = timed_sides(args.size, args.tile, args.overlap, args.repeats)
+    if difference > 0.05:  # the blend zones' border effects of a trained net are far smaller
+        raise SidesDiffer(f"tiled and untiled results differ by {difference}: not the same computation")
+    tiled = run_case(args.size, args.tile, args.overlap, 1)
+    untiled = run_case(args.size, 0, 0, 1)
     for key in ("net", "size", "scale"):
         if tiled[key] != untiled[key]:
             raise SidesDiffer(f"the sides differ in {key}: tiled {tiled[key]}, untiled {untiled[key]}")
     s = tiled["scale"]
     print(f"x{s} of a {args.size}² texture (pocket-x4 {tiled['net']}), OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, median of {args.repeats}")
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; times: median of {args.repeats}, interleaved; "
+          f"largest difference tiled - untiled {difference:.4f}")
     print("| side | time (s) | peak RSS growth (MiB) | less the result (MiB) |")
     print("|---|---|---|---|")
     for name, r in (("tiled", tiled), ("untiled", untiled)):
         grow = r["peak_rss"] - r["base_rss"]
-        print(f"| {name} (tile {r['tile']}, overlap {r['overlap']}) | {r['seconds']:.2f} | {mib(grow)} | "
+        print(f"| {name} (tile {r['tile']}, overlap {r['overlap']}) | {times[name]:.2f} | {mib(grow)} | "
               f"{mib(grow - r['result_bytes'])} |")
-    print(f"time ratio tiled / untiled: {tiled['seconds'] / untiled['seconds']:.2f}")
+    print(f"time ratio tiled / untiled: {times['tiled'] / times['untiled']:.2f}")
     print()
     print("| input → output (tiled, tile %d) | time (s) | peak RSS growth (MiB) | less the result (MiB) |" % args.tile)
     print("|---|---|---|---|")

@@ -205,7 +205,7 @@ class TileStore:
     def __init__(self, folder, key: str):
         from pathlib import Path
 
-        from .jobs import _private_dir
+        from .jobs import _private_dir, _write_atomic
 
         self.folder = Path(folder)
         _private_dir(self.folder)
@@ -213,7 +213,7 @@ class TileStore:
         if not stamp.exists() or stamp.read_text() != key:
             for old in self.folder.glob("tile_*.npy"):
                 old.unlink()
-            stamp.write_text(key)
+            _write_atomic(stamp, lambda p: p.write_text(key))
         self.made = 0  # tiles computed (not loaded) in this run
 
     def path(self, tile: Tile):
