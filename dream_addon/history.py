@@ -15,41 +15,55 @@ import numpy as np
 from .properties import SCENE_SETTINGS
 
 
-def snapshot(props) -> dict:
-    """The panel's settings as plain JSON values (collections as lists of their items' properties)."""
-    settings = {}
-    for name in SCENE_SETTINGS:
+# Other panels' settings a job reads, by Scene property: recorded with every entry, put back by Recall.
+JOB_GROUPS = {"dream_models": ("loras",)}  # LoRAs join every generation
+
+
+def plain(props, names) -> dict:
+    """``names`` of ``props`` as JSON values (collections as lists of their items' properties)."""
+    values = {}
+    for name in names:
         value = getattr(props, name)
         if isinstance(value, bpy.types.bpy_prop_collection):
             value = [{key: getattr(item, key) for key in type(item).__annotations__} for item in value]
-        settings[name] = value
-    return settings
+        values[name] = value
+    return values
+
+
+def put(props, values: dict):
+    """Set recorded ``values`` on ``props``; a value it no longer takes (a model gone) is skipped."""
+    for name, value in values.items():
+        current = getattr(props, name, None)
+        if isinstance(current, bpy.types.bpy_prop_collection):
+            current.clear()
+            for entry in value:
+                item = current.add()
+                for key, item_value in entry.items():
+                    setattr(item, key, item_value)
+            continue
+        try:
+            setattr(props, name, value)
+        except (TypeError, ValueError, AttributeError):  # e.g. a model the backend no longer serves
+            pass
+
+
+def snapshot(props, groups=None) -> dict:
+    """The panel's settings (Scene.dream) and those of other panels the job reads (``groups``: Scene
+    property -> names; JOB_GROUPS always) as plain JSON values."""
+    scene = props.id_data
+    groups = {**JOB_GROUPS, **(groups or {})}
+    return {**plain(props, SCENE_SETTINGS),
+            "groups": {group: plain(getattr(scene, group), names) for group, names in groups.items()
+                       if getattr(scene, group, None) is not None}}
 
 
 def apply(props, settings: dict):
-    """Put recorded settings back into the panel."""
-    for name in SCENE_SETTINGS:
-        if name not in settings:
-            continue
-        current = getattr(props, name)
-        if isinstance(current, bpy.types.bpy_prop_collection):
-            current.clear()
-            for entry in settings[name]:
-                item = current.add()
-                for key, value in entry.items():
-                    setattr(item, key, value)
-            continue
-        try:
-            setattr(props, name, settings[name])
-        except (TypeError, ValueError):  # e.g. a model the backend no longer serves
-            pass
-    for group, values in settings.get("groups", {}).items():  # other panels' settings (Mosaic, Enhance Region)
+    """Put recorded settings back into the panel and the other panels they name."""
+    put(props, {name: settings[name] for name in SCENE_SETTINGS if name in settings})
+    for group, values in settings.get("groups", {}).items():
         target = getattr(props.id_data, group, None)
-        for name, value in values.items() if target is not None else ():
-            try:
-                setattr(target, name, value)
-            except (TypeError, ValueError, AttributeError):
-                pass
+        if target is not None:
+            put(target, values)
 
 
 def record(job):

@@ -34,8 +34,6 @@ class DREAM_OT_history_recall(HistoryOperator, bpy.types.Operator):
 
     def execute(self, context):
         history.apply(context.scene.dream, json.loads(self.entry(context).settings))
-        if self.entry(context).kind == "upscale":
-            upscale.recall(context.scene, json.loads(self.entry(context).settings))
         return {"FINISHED"}
 
 

@@ -15,9 +15,7 @@ from .generate import ImageEditorOperator, editor_image, prepare, report_input_e
 
 def settings_of(scene) -> dict:
     """The panel's settings for history (Recall): Scene.dream plus the Mosaic and Enhance groups."""
-    groups = {group: {name: getattr(getattr(scene, group), name) for name in names}
-              for group, names in SETTINGS.items()}
-    return {**history.snapshot(scene.dream), "groups": groups}
+    return history.snapshot(scene.dream, SETTINGS)
 
 
 def frames_target(scene, mosaic, obj) -> dict:

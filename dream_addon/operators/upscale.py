@@ -8,7 +8,7 @@ import bpy
 from .. import blender_images, history, protocol
 from ..job_builder import JobInputError, check_job, image_pixels, wire_array
 from ..preferences import get_preferences
-from ..properties.upscale import BACKEND_DEFAULT_UPSCALER, snapshot
+from ..properties.upscale import BACKEND_DEFAULT_UPSCALER, SETTINGS as UPSCALE_SETTINGS
 from ..session import BLENDER_OUTPUT, SESSION
 from .generate import ImageEditorOperator, editor_image, report_input_errors
 
@@ -72,7 +72,7 @@ def upscale_job(operator, context, image, rerun=None):
         if space is not None and space.type == "IMAGE_EDITOR":
             space.image = target
     target[SEAMLESS_KEY] = params["seamless"]
-    settings = {**history.snapshot(scene.dream), "upscale": snapshot(scene.dream_upscale)}
+    settings = history.snapshot(scene.dream, {"dream_upscale": UPSCALE_SETTINGS})
     SESSION.submit(get_preferences(), params, target.name, arrays,
                    datablocks={"scene": scene, "image": target, "backup": backup, "source": image},
                    kind="upscale", operator="dream.upscale", scene_name=scene.name, settings=settings,
@@ -93,18 +93,9 @@ class DREAM_OT_upscale(ImageEditorOperator, bpy.types.Operator):
         return upscale_job(self, context, editor_image(context))
 
 
-def recall(scene, settings: dict):
-    """Put an upscale entry's panel settings back."""
-    for name, value in settings.get("upscale", {}).items():
-        try:
-            setattr(scene.dream_upscale, name, value)
-        except (TypeError, ValueError):  # e.g. an upscaler the backend no longer serves
-            pass
-
-
 def rerun(operator, context, entry):
     """Re-run an upscale entry: its settings, on its own original (or its source image)."""
-    recall(context.scene, json.loads(entry.settings))
+    history.apply(context.scene.dream, json.loads(entry.settings))
     source = entry.original if entry.original is not None else entry.source
     if source is None:
         raise JobInputError("The image this upscale started from was deleted: nothing to re-run on")

@@ -42,8 +42,4 @@ class DreamUpscaleProperties(bpy.types.PropertyGroup):
 SETTINGS = ("upscaler", "factor", "tile_size", "tile_overlap", "seamless", "result_target")
 
 
-def snapshot(props) -> dict:
-    return {name: getattr(props, name) for name in SETTINGS}
-
-
 classes = (DreamUpscaleProperties,)

@@ -24,12 +24,16 @@ def test_snapshot_and_apply_round_trip_every_setting():
     dream = scene.dream
     dream.prompt, dream.steps, dream.seamless_x, dream.layout, dream.infusion_decay = "teal tiles", 7, True, "off", 0.5
     dream.extra_prompts.add().text = "grout"
+    lora = scene.dream_models.loras.add()
+    lora.name, lora.weight = "Lora/bricks", 0.5
     recorded = json.loads(json.dumps(history.snapshot(dream)))
     assert recorded["extra_prompts"] == [{"text": "grout", "weight": 1.0}]
+    assert recorded["groups"]["dream_models"] == {"loras": [{"name": "Lora/bricks", "weight": 0.5}]}
     other = bpy.data.scenes.new("other").dream
     history.apply(other, recorded)
     assert json.loads(json.dumps(history.snapshot(other))) == recorded
     assert (other.prompt, other.steps, other.seamless_x, other.layout) == ("teal tiles", 7, True, "off")
+    assert [(x.name, x.weight) for x in other.id_data.dream_models.loras] == [("Lora/bricks", 0.5)]
 
 
 def test_preset_operator_keeps_the_preset_settings():

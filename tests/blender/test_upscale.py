@@ -191,4 +191,4 @@ def test_history_recall_and_rerun(upscale_scene, session):
     assert again.state == "done" and again.params == first.params
     np.testing.assert_array_equal(pixels(again.datablock("image")), pixels(first.datablock("image")))
     entry = json.loads(upscale_scene.dream_history[-1].settings)
-    assert entry["upscale"]["factor"] == 2
+    assert entry["groups"]["dream_upscale"]["factor"] == 2
