@@ -733,7 +733,10 @@ def detail_fields(max_size: int = 2048) -> dict:
     """The diffusion detail pass ("SD upscale"): the image enlarged, then img2img tile by tile at a low
     strength, tiles overlapping and blended (wrapping around on seamless axes)."""
     return {**_tiled_fields(max_size, 0.3, "How much each tile is repainted: 0 returns the enlarged image"),
-            "scale": Field("int", 2, min=1, max=4, doc="Enlargement before the pass (Lanczos); 1 = the image as sent"),
+            "scale": Field("int", 2, min=1, max=4, doc="Enlargement before the pass; 1 = the image as sent"),
+            "enlarge_with": Field("str", "", max_length=1000,
+                                  doc="Enlarge with this upscaler (a name from the welcome's upscalers, its scale at "
+                                      "least params.scale); empty = Lanczos"),
             "overlap": Field("int", 32, min=0, max=256, doc="Pixels neighbouring tiles share, blended smoothly")}
 
 

@@ -201,9 +201,11 @@ class Connection:
         except ProtocolError as exc:
             exc.job_id = job_id
             raise
-        if "upscaler" in params:  # the upscale kind: a served upscaler, a factor within its scale
+        upscaled = [("upscaler", "factor")] if "upscaler" in params else \
+            [("enlarge_with", "scale")] if params.get("enlarge_with") else []  # upscale; the detail pass
+        for name_field, factor_field in upscaled:  # a served upscaler, a factor within its scale
             try:
-                self.server.upscalers.check_job(params)
+                self.server.upscalers.check_job(params, name_field, factor_field)
             except ProtocolError as exc:
                 exc.job_id = job_id
                 raise

@@ -172,7 +172,7 @@ def execute_detail(worker, job):
     members, _ = worker._members(job)
     source = source_pixels(job)
     height, width = source.shape[0] * p["scale"], source.shape[1] * p["scale"]
-    enlarged = enlarge(source, p["scale"], p["seamless"])
+    enlarged = enlarge(source, p["scale"], p["seamless"], worker, p["enlarge_with"])
     plan = tiles.plan_detail(p, width, height, tile_side(members[0][0], p))
     run = TileRun(worker, job, len(plan))
     if not tiles.runs_steps(run.base, p["strength"]):  # nothing to repaint: the enlarged image itself
@@ -184,11 +184,18 @@ def execute_detail(worker, job):
 WRAP_PAD = 4  # source pixels: more than Lanczos's reach (3) at any scale
 
 
-def enlarge(source: np.ndarray, scale: int, wrap: str = "") -> np.ndarray:
-    """Lanczos enlargement; on the ``wrap`` axes the image is padded with its own other side first, so a
-    seamless texture stays seamless (PIL's filter would clamp at the edges)."""
+def enlarge(source: np.ndarray, scale: int, wrap: str = "", worker=None, upscaler: str = "") -> np.ndarray:
+    """Enlargement by the served ``upscaler`` (tiled, wrapping on seamless axes: upscale.py), or Lanczos;
+    on the ``wrap`` axes the image is padded with its own other side first, so a seamless texture stays
+    seamless (PIL's filter would clamp at the edges)."""
     if scale == 1:
         return source
+    if upscaler:
+        from .upscale import upscale_to
+
+        net = worker.upscalers.get(upscaler)
+        big = upscale_to(net, source / np.float32(255), scale, 256, 16, "x" in wrap, "y" in wrap)
+        return np.round(np.clip(big, 0, 1) * 255).astype(np.uint8)
     pad = [(WRAP_PAD, WRAP_PAD) if axis in wrap else (0, 0) for axis in ("y", "x")] + [(0, 0)]
     padded = np.pad(source, pad, mode="wrap")
     big = np.asarray(Image.fromarray(padded).resize((padded.shape[1] * scale, padded.shape[0] * scale),

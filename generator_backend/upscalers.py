@@ -140,18 +140,19 @@ class UpscalerManager:
     def resolve(self, name: str) -> str:
         return name or self.default
 
-    def check_job(self, params: dict):
-        """An upscale job's upscaler is served here and its factor within the upscaler's scale (invalid_param)."""
+    def check_job(self, params: dict, name_field: str = "upscaler", factor_field: str = "factor"):
+        """A job's upscaler is served here and its factor within the upscaler's scale (invalid_param); the
+        detail pass names them enlarge_with and scale."""
         from dream_addon.protocol import ProtocolError
 
-        name = self.resolve(params["upscaler"])
+        name = self.resolve(params[name_field])
         if name not in self.paths:
-            raise ProtocolError("invalid_param", f"params.upscaler {name!r} is not served here; allowed: "
+            raise ProtocolError("invalid_param", f"params.{name_field} {name!r} is not served here; allowed: "
                                 f"{self.names()} (start the backend with --upscaler NAME=FILE to add one)",
-                                field="params.upscaler", allowed=self.names())
-        if params["factor"] > self.scale(name):
-            raise ProtocolError("invalid_param", f"params.factor {params['factor']} is more than the scale of "
-                                f"upscaler {name!r} ({self.scale(name)})", field="params.factor",
+                                field=f"params.{name_field}", allowed=self.names())
+        if params[factor_field] > self.scale(name):
+            raise ProtocolError("invalid_param", f"params.{factor_field} {params[factor_field]} is more than the "
+                                f"scale of upscaler {name!r} ({self.scale(name)})", field=f"params.{factor_field}",
                                 allowed={"min": 1, "max": self.scale(name)})
 
     def get(self, name: str = ""):

@@ -304,6 +304,26 @@ def test_detail_pass_at_strength_0_returns_the_input_exactly(worker):
     np.testing.assert_array_equal(out["image"][..., :3], lanczos)  # the Lanczos enlargement
 
 
+def test_detail_pass_enlarges_with_the_served_upscaler(worker):
+    """enlarge_with: the enlargement is the model upscaler's (tiled, wrapped on seamless axes), so strength 0
+    returns exactly upscale.upscale_to of the input; the pass then repaints that image, not a Lanczos one."""
+    from generator_backend import upscale
+    from generator_backend.upscalers import DEFAULT_UPSCALER, UpscalerManager
+
+    worker.upscalers = UpscalerManager(device="cpu")
+    image = colourful(64, 64)
+    params = {"prompt": "bricks", "width": 64, "height": 64, "strength": 0.0, "scale": 2, "tile_size": 64,
+              "seamless": "x", "output_dtype": "uint8", "enlarge_with": DEFAULT_UPSCALER}
+    message, out, *_ = run_job(worker, "detail", params, {"init_image": image})
+    net = worker.upscalers.get(DEFAULT_UPSCALER)
+    expected = upscale.upscale_to(net, image / np.float32(255), 2, 256, 16, wrap_x=True)
+    np.testing.assert_array_equal(out["image"][..., :3], np.round(np.clip(expected, 0, 1) * 255).astype(np.uint8))
+    lanczos = run_job(worker, "detail", {**params, "enlarge_with": ""}, {"init_image": image})[1]
+    assert np.abs(lanczos["image"].astype(int) - out["image"].astype(int)).mean() > 1  # not the same enlargement
+    repainted = run_job(worker, "detail", {**params, "strength": 0.4, "steps": 10}, {"init_image": image})[1]
+    assert repainted["image"].shape == out["image"].shape and not np.array_equal(repainted["image"], out["image"])
+
+
 def test_detail_pass_repaints_a_little_and_keeps_a_seamless_texture_seamless(worker):
     from generator_backend.pocket_dataset import render
 
@@ -441,4 +461,19 @@ def test_a_mosaic_zoom_over_the_socket_streams_its_frames_and_exports_like_a_wal
     assert events_until_terminal(conn, "mosaic-flat")[-1][0]["type"] == "result"
     conn.send({"type": "export", "job_id": "mosaic-flat", "options": {}})
     assert conn.recv()[0]["code"] == "not_found"
+    conn.close()
+
+
+def test_a_detail_pass_names_its_upscaler_and_scale_at_submit(backend):
+    """An unserved enlarge_with is refused before anything runs, naming the field and the served upscalers."""
+    from tests.backend.test_server import connect, events_until_terminal
+
+    conn = connect(backend)
+    image = np.zeros((64, 64, 3), np.uint8)
+    base = {"prompt": "bricks", "model": "tiny", "width": 64, "height": 64, "scale": 2, "steps": 2}
+    conn.send({"type": "submit", "job_id": "detail-nope", "kind": "detail", "params": {**base, "enlarge_with": "nope"}},
+              {"init_image": image})
+    message = events_until_terminal(conn, "detail-nope")[-1][0]
+    assert (message["type"], message["code"], message["field"]) == ("error", "invalid_param", "params.enlarge_with")
+    assert "pocket-x4" in message["allowed"]
     conn.close()
