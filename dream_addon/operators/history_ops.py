@@ -46,7 +46,7 @@ class DREAM_OT_history_rerun(HistoryOperator, bpy.types.Operator):
     @report_input_errors
     def execute(self, context):
         entry = self.entry(context)
-        if entry.kind == "upscale":  # its own settings, on its own original
+        if entry.operator == "dream.upscale":  # its own settings, on its own original (with its detail pass)
             return upscale.rerun(self, context, entry)
         props = context.scene.dream
         history.apply(props, json.loads(entry.settings))

@@ -6,13 +6,14 @@ import json
 import bpy
 
 from .. import blender_images, history, protocol
-from ..job_builder import JobInputError, check_job, image_pixels, wire_array
+from ..job_builder import JobInputError, check_job, image_pixels, scene_params, wire_array
 from ..preferences import get_preferences
 from ..properties.upscale import BACKEND_DEFAULT_UPSCALER, SETTINGS as UPSCALE_SETTINGS
 from ..session import BLENDER_OUTPUT, SESSION
 from .generate import ImageEditorOperator, editor_image, report_input_errors
 
 SEAMLESS_KEY = "dream_seamless"  # on images Dream made: the axes they tile along
+DETAIL_MAX_SCALE = protocol.detail_fields()["scale"].max
 
 
 def image_seamless(scene, image) -> str:
@@ -38,6 +39,23 @@ def upscale_params(scene, image) -> dict:
             "tile_size": up.tile_size, "tile_overlap": up.tile_overlap}
 
 
+def detail_params(scene, params, welcome) -> dict:
+    """The detail pass of an upscale (kind detail): the upscaler enlarges, then the Dream panel's prompt,
+    model and steps img2img it tile by tile at the Upscale panel's Detail Pass strength."""
+    if params["factor"] > DETAIL_MAX_SCALE:
+        raise JobInputError(f"The detail pass enlarges at most x{DETAIL_MAX_SCALE}: lower the Factor to "
+                            f"{DETAIL_MAX_SCALE} or set Detail Pass to 0")
+    served = (welcome or {}).get("upscalers", [])
+    upscaler = params["upscaler"] or next((u["name"] for u in served if u.get("default")), "")
+    scene_part, _ = scene_params(scene.dream)  # no infusion: tiled jobs take none
+    fields = protocol.detail_fields()
+    return {**{k: v for k, v in scene_part.items() if k in fields and not k.startswith("infusion")},
+            **{k: params[k] for k in ("linear", "input_linear", "input_flip_y", "width", "height", "seamless",
+                                      "output_dtype", "flip_y")},
+            "scale": params["factor"], "enlarge_with": upscaler,
+            "strength": round(scene.dream_upscale.detail_strength, 4)}
+
+
 def check_scale(params, welcome):
     """The factor against the chosen upscaler's scale, as the welcome lists it (the backend checks it too)."""
     served = {u["name"]: u for u in (welcome or {}).get("upscalers", [])}
@@ -54,6 +72,10 @@ def upscale_job(operator, context, image, rerun=None):
     params = upscale_params(scene, start if start is not None else image)
     arrays = {"init_image": wire_array(image, pixels)}
     check_job("upscale", params, arrays, SESSION.welcome)
+    kind, job_params = "upscale", params
+    if scene.dream_upscale.detail_strength > 0:
+        kind, job_params = "detail", detail_params(scene, params, SESSION.welcome)
+        check_job("detail", job_params, arrays, SESSION.welcome)
     check_scale(params, SESSION.welcome)
     width, height = params["width"] * params["factor"], params["height"] * params["factor"]
     replace = start is not None or (rerun is None and scene.dream_upscale.result_target == "REPLACE")
@@ -73,9 +95,9 @@ def upscale_job(operator, context, image, rerun=None):
             space.image = target
     target[SEAMLESS_KEY] = params["seamless"]
     settings = history.snapshot(scene.dream, {"dream_upscale": UPSCALE_SETTINGS})
-    SESSION.submit(get_preferences(), params, target.name, arrays,
+    SESSION.submit(get_preferences(), job_params, target.name, arrays,
                    datablocks={"scene": scene, "image": target, "backup": backup, "source": image},
-                   kind="upscale", operator="dream.upscale", scene_name=scene.name, settings=settings,
+                   kind=kind, operator="dream.upscale", scene_name=scene.name, settings=settings,
                    created=created, original=pixels, restore=restore,
                    backup_name=backup.name if backup is not None else "", source_name=image.name, total=1)
     operator.report({"INFO"}, f"Upscaling {image.name!r} to {width}x{height}")

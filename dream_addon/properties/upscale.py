@@ -34,12 +34,16 @@ class DreamUpscaleProperties(bpy.types.PropertyGroup):
         ("X", "X", "The image tiles left to right"),
         ("Y", "Y", "The image tiles bottom to top"),
         ("XY", "X and Y", "The image tiles both ways")], description=_FIELDS["seamless"].doc)
+    detail_strength: bpy.props.FloatProperty(name="Detail Pass", subtype="FACTOR", **number_args(
+        protocol.detail_fields()["strength"], default=0.0,
+        description="After the upscaler, img2img the result tile by tile at this strength with the Dream panel's "
+                    "prompt, model and steps (SD upscale; at most x4); 0 turns the pass off"))
     result_target: bpy.props.EnumProperty(name="Result", default="NEW", items=[
         ("NEW", "New Image", "Put the upscaled image in a new image"),
         ("REPLACE", "Replace", "Write the upscaled image into the active one (the original is kept as a copy)")])
 
 
-SETTINGS = ("upscaler", "factor", "tile_size", "tile_overlap", "seamless", "result_target")
+SETTINGS = ("upscaler", "factor", "tile_size", "tile_overlap", "seamless", "detail_strength", "result_target")
 
 
 classes = (DreamUpscaleProperties,)

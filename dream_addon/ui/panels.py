@@ -300,6 +300,7 @@ class IMAGE_PT_dream_upscale(DreamPanel, bpy.types.Panel):
         row.prop(up, "tile_size")
         row.prop(up, "tile_overlap")
         layout.prop(up, "seamless")
+        layout.prop(up, "detail_strength")
         layout.prop(up, "result_target", expand=True)
         layout.operator("dream.upscale", icon="FULLSCREEN_ENTER")
 

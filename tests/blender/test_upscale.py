@@ -192,3 +192,29 @@ def test_history_recall_and_rerun(upscale_scene, session):
     np.testing.assert_array_equal(pixels(again.datablock("image")), pixels(first.datablock("image")))
     entry = json.loads(upscale_scene.dream_history[-1].settings)
     assert entry["groups"]["dream_upscale"]["factor"] == 2
+
+
+def test_the_detail_pass_repaints_the_upscale_with_the_panels_prompt(upscale_scene, session):
+    """Detail Pass > 0: the upscaler enlarges, then the pocket model img2imgs the tiles (kind detail); the
+    result has the same size and differs from the plain upscale; above x4 it is refused before anything is made."""
+    image, _ = checker_image(width=64, height=64)
+    dream, up = upscale_scene.dream, upscale_scene.dream_upscale
+    dream.model, dream.steps, dream.prompt = "pocket", 4, "red checker"
+    up.factor = 2
+    with image_editor(image):
+        plain = run(session)
+    up.detail_strength = 0.5
+    with image_editor(image):  # the editor shows the new image now: show the original again
+        detailed = run(session)
+    assert (plain.state, detailed.state) == ("done", "done"), detailed.message
+    assert (plain.kind, detailed.kind) == ("upscale", "detail")
+    assert detailed.params["enlarge_with"] == "pocket-x4" and detailed.params["prompt"] == "red checker"
+    a, b = pixels(plain.datablock("image")), pixels(detailed.datablock("image"))
+    assert a.shape == b.shape == (128, 128, 4) and np.abs(a - b).mean() > 0.005
+    entry = upscale_scene.dream_history[-1]
+    assert json.loads(entry.settings)["groups"]["dream_upscale"]["detail_strength"] == 0.5
+    names = set(bpy.data.images.keys())
+    up.factor = 8  # the detail pass enlarges x4 at most
+    with image_editor(image), pytest.raises(RuntimeError, match="at most x4"):
+        bpy.ops.dream.upscale()
+    assert set(bpy.data.images.keys()) == names
