@@ -221,5 +221,6 @@ class DreamWalkProperties(bpy.types.PropertyGroup):
 from .latent import DreamLatentProperties  # noqa: E402  (the Latent Codec panel)
 from .models import DreamLora, DreamModelsProperties  # noqa: E402  (the models folder: LoRAs)
 
-classes = (DreamLora, DreamModelsProperties, DreamLatentProperties, DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties,
+classes = (DreamLora, DreamModelsProperties,  # before the groups that point at them
+           DreamLatentProperties, DreamPrompt, DreamBiasImage, DreamEnsembleModel, DreamHistoryItem, DreamSceneProperties,
            DreamWalkPrompt, DreamWalkProperties)
