@@ -158,7 +158,8 @@ def test_loras_hold_through_the_layout_pass(manager):
     """The layout pass runs the core again inside the job (techniques/layout.py): the LoRAs stay
     applied once, not twice, and not taken off by the inner run's exit."""
     base = run(manager, layout="on")
-    unfused, fused = run(manager, [("Lora/two", 1.0)], layout="on"), run(manager, [("Lora/two", 1.0)], True, layout="on")
+    unfused = run(manager, [("Lora/two", 1.0)], layout="on")
+    fused = run(manager, [("Lora/two", 1.0)], True, layout="on")
     torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=0)
     c = manager.get("tiny")
     with lora.active(c, [LoraTerm("Lora/two", 1.0, manager.library.get("Lora/two").path)], fuse=False):

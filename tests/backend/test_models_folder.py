@@ -52,7 +52,8 @@ def test_the_welcome_lists_the_folder_and_a_rescan_finds_a_new_file(served, fold
     assert conn.welcome["models"][0] == {"name": "tiny", "default": True, "family": "tiny/unet4", "size": 256,
                                          "base": "sd1", "kind": "txt2img"}
     assert {"checkpoints", "loras", "embeddings", "upscalers"} <= set(library)
-    assert [e["name"] for e in library["checkpoints"]] == ["tiny"] and library["checkpoints"][0]["format"] == "diffusers"
+    assert [e["name"] for e in library["checkpoints"]] == ["tiny"]
+    assert library["checkpoints"][0]["format"] == "diffusers"
     assert all("path" not in e for kind in ("checkpoints", "loras") for e in library[kind])
     save_single_file(folder / "tiny", folder / "dropped.safetensors")  # added while the backend runs
     try:

@@ -119,3 +119,16 @@ def test_a_bad_lora_name_is_refused_before_anything_is_made(small, session):
         bpy.ops.dream.generate_texture()
     assert set(session.jobs) == jobs and set(bpy.data.images.keys()) == images
 
+
+
+def test_start_passes_the_models_folder_and_model_types(prefs):
+    args = addon("session").backend_model_args
+    folder, types = prefs.models_dir, prefs.model_types
+    try:
+        prefs.model_types = "mine=sd2-base, other=sd1/inpaint,"
+        assert args(prefs) == ["--models-dir", folder, "--model-type", "mine=sd2-base", "--model-type",
+                               "other=sd1/inpaint"]
+        prefs.models_dir, prefs.model_types = "", ""
+        assert args(prefs) == []
+    finally:
+        prefs.models_dir, prefs.model_types = folder, types
