@@ -9,6 +9,7 @@ out/mosaic.png, out/zoom_sheet.png: every fourth frame of the zoom).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,7 +46,9 @@ def main(argv=None):
 
     # 2. Start the backend through the add-on (its Start button), with this interpreter.
     prefs = bpy.context.preferences.addons[module].preferences
-    prefs.python_path, prefs.model, prefs.port = sys.executable, args.model, 0
+    # The backend's Python: this one (scripts/demo), or the one named (a Blender-only environment).
+    prefs.python_path = os.environ.get("DREAM_BACKEND_PYTHON", sys.executable)
+    prefs.model, prefs.port = args.model, 0
     prefs.output_dir = str(OUT / "outputs")
     bpy.ops.dream.backend_start()
     if not session.backend.wait_ready(300):
