@@ -24,7 +24,13 @@ the model's convolutions as the backend's seamless option does (``modifiers.seam
 with zero padding only, both read absolute colour from the canvas borders (the zero padding is
 their only anchor after GroupNorm): wrapped, they drew green purple. A wrapped step works on
 ``tileable_latents``, the latents of the texture away from any border (the encoder itself is
-never wrapped nor trained here, so the latent space stays the one the UNet knows).
+not wrapped nor trained there, so the latent space stays the one the UNet knows).
+
+A **retile** stage (between 1 and 2, after ``init_from``) trains encoder and decoder together,
+wrapped in a share of the steps, with the latents anchored to the loaded VAE's, so colour stops
+depending on the border while the loaded UNet's latent space stays; ``vae_groups`` can lower the
+VAE's GroupNorm groups (16 groups of two channels keep no absolute colour without a border).
+After it, wrapped UNet and decoder steps encode wrapped, as the backend does.
 
 The result is saved as a Stable Diffusion folder (``save_pretrained``).
 """
