@@ -4,6 +4,8 @@ layout "auto", so the layout pass runs). Times the layout pass at a share of the
 (core.LAYOUT_STEP_FRACTION) side by side, interleaved in one process, and without the pass.
 
     .venv/bin/python benchmarks/bench_pocket.py --repeats 7 --fractions 1.0,0.5
+    # two weight folders side by side (before/after a training), at the backend's default share:
+    .venv/bin/python benchmarks/bench_pocket.py --repeats 7 --against /path/to/old_pocket_model
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ def main(argv=None):
     parser.add_argument("--model", type=Path, default=POCKET_DIR)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--fractions", default="1.0,0.5", help="layout-pass shares of the steps to compare")
+    parser.add_argument("--against", type=Path, help="another pocket folder, timed interleaved with --model")
     args = parser.parse_args(argv)
+    if args.against:
+        return compare_models(args)
     components = ModelManager([f"pocket={args.model}"], device="cpu").get()
     sides = {f"layout pass, {float(f):g} of the steps": (DEMO, float(f)) for f in args.fractions.split(",")}
     sides["no layout pass"] = (replace(DEMO, layout="off"), 1.0)
@@ -54,6 +59,36 @@ def main(argv=None):
     print(f"pocket model ({args.model}), 128 px, demo settings, median of {args.repeats}, interleaved; "
           f"the backend's default share: {default_fraction:g}")
     print("| job | s / image | vs full layout pass |\n|---|---|---|")
+    reference = statistics.median(next(iter(times.values())))
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"| {name} | {median:.3f} | {median / reference:.2f}x |")
+
+
+def same_architecture(a, b):
+    """Configs of two pocket folders that must match for a fair time comparison (weights aside)."""
+    import json
+
+    keys = ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types", "sample_size")
+    configs = [{part: {k: v for k, v in json.loads((folder / part / "config.json").read_text()).items() if k in keys}
+                for part in ("unet", "vae")} for folder in (a, b)]
+    return configs[0] == configs[1]
+
+
+def compare_models(args):
+    """The demo's texture with two weight folders, interleaved, the same request and layout share."""
+    assert same_architecture(args.model, args.against), "the two folders differ in architecture"
+    sides = {f"{folder}": ModelManager([f"pocket={folder}"], device="cpu").get() for folder in (args.against, args.model)}
+    times = {name: [] for name in sides}
+    for repeat in range(args.repeats + 1):  # the first round warms up
+        for name, components in sides.items():
+            started = time.perf_counter()
+            generate(components, DEMO)
+            if repeat:
+                times[name].append(time.perf_counter() - started)
+    print(f"pocket weights side by side, 128 px, demo settings, median of {args.repeats}, interleaved; "
+          f"layout share {core.LAYOUT_STEP_FRACTION:g}")
+    print("| weights | s / image | vs first |\n|---|---|---|")
     reference = statistics.median(next(iter(times.values())))
     for name, values in times.items():
         median = statistics.median(values)

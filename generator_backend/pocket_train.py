@@ -24,7 +24,13 @@ the model's convolutions as the backend's seamless option does (``modifiers.seam
 with zero padding only, both read absolute colour from the canvas borders (the zero padding is
 their only anchor after GroupNorm): wrapped, they drew green purple. A wrapped step works on
 ``tileable_latents``, the latents of the texture away from any border (the encoder itself is
-never wrapped nor trained here, so the latent space stays the one the UNet knows).
+not wrapped nor trained there, so the latent space stays the one the UNet knows).
+
+A **retile** stage (between 1 and 2, after ``init_from``) trains encoder and decoder together,
+wrapped in a share of the steps, with the latents anchored to the loaded VAE's, so colour stops
+depending on the border while the loaded UNet's latent space stays; ``vae_groups`` can lower the
+VAE's GroupNorm groups (16 groups of two channels keep no absolute colour without a border).
+After it, wrapped UNet and decoder steps encode wrapped, as the backend does.
 
 The result is saved as a Stable Diffusion folder (``save_pretrained``).
 """
@@ -61,7 +67,7 @@ def training_words():
     return words
 
 
-def build_components(seed: int = 0):
+def build_components(seed: int = 0, vae_groups: int = 16):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -70,7 +76,8 @@ def build_components(seed: int = 0):
     torch.manual_seed(seed)
     vae = AutoencoderKL(block_out_channels=(32, 64, 64), in_channels=3, out_channels=3,
                         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                        latent_channels=4, norm_num_groups=16, layers_per_block=1, mid_block_add_attention=False)
+                        latent_channels=4, norm_num_groups=vae_groups, layers_per_block=1,
+                        mid_block_add_attention=False)
     with torch.no_grad():  # sample() == mode(): no noise from the log-variance half
         vae.quant_conv.weight[4:].zero_()
         vae.quant_conv.bias[4:].fill_(LOGVAR_BIAS)
@@ -105,6 +112,7 @@ EMA_DECAY = 0.999
 CALIBRATION_IMAGES = 256  # at the base size: enough for the latent std within ~2 %
 TILINGS = ("", "x", "y", "xy")  # seamless axes a UNet step may train with ("" = zero padding)
 DECAY_FRACTION = 0.25  # of the UNet stage, at its end, over which the learning rate falls to zero
+RETILE_ANCHOR = 1.0  # weight of the latent anchor (scaled latents) against the pixel loss in the retile stage
 
 
 TILE_MARGIN = 32  # pixels of wrap-around context on each side: beyond the encoder's border effects
@@ -140,15 +148,17 @@ class Trainer:
     """Holds the components, optimisers and random states; ``save``/``load`` make runs resumable."""
 
     def __init__(self, out: Path, seed=0, size=32, batch=16, lr=1e-3, unet_sizes=None, decoder_sizes=None,
-                 tiling=None):
+                 tiling=None, vae_groups=16, keep_scale=False):
         self.out, self.seed, self.size, self.batch = Path(out), seed, size, batch
+        self.vae_groups, self.keep_scale = vae_groups, keep_scale
         self.unet_sizes = tuple(unet_sizes or (size,))
         self.tiling = tuple(tiling or ("",))
         bad = [axes for axes in self.tiling if axes not in TILINGS]
         if bad:
             raise ValueError(f"tiling: {bad} not among {TILINGS}")
         self.decoder_sizes = tuple(decoder_sizes or (size,))
-        self.c = build_components(seed)
+        self.c = build_components(seed, vae_groups)
+        self.reference = None  # the VAE the retile stage anchors latents to (init_from's)
         self.ema = self._weights()
         self.vae_opt = torch.optim.AdamW([p for p in self.c["vae"].parameters() if p.requires_grad], lr=lr)
         self.unet_opt = torch.optim.AdamW(list(self.c["unet"].parameters())
@@ -156,11 +166,12 @@ class Trainer:
         vae = self.c["vae"]
         self.decoder_opt = torch.optim.AdamW(list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters()),
                                              lr=lr / 2)
+        self.retile_opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=lr / 2)
         self.rng = np.random.default_rng(seed)
         self.torch_gen = torch.Generator().manual_seed(seed)
         self.lr = lr
-        self.steps = {"vae": 0, "unet": 0, "decoder": 0}
-        self.targets = {"unet": 0, "decoder": 0}
+        self.steps = {"vae": 0, "retile": 0, "unet": 0, "decoder": 0}
+        self.targets = {"retile": 0, "unet": 0, "decoder": 0}
         self.calibrated = False
         self.log = []
 
@@ -188,8 +199,9 @@ class Trainer:
             self.c[name].load_state_dict(cls.from_pretrained(Path(folder) / name).state_dict())
         # kept for a run without a UNet stage; one with a UNet stage measures it again
         self.c["vae"].register_to_config(scaling_factor=loaded_scale(folder))
+        self.reference = AutoencoderKL.from_pretrained(Path(folder) / "vae").eval().requires_grad_(False)
         self.ema = self._weights()
-        self.calibrated = False
+        self.calibrated = self.keep_scale  # the loaded UNet's latent scale, when the retile stage anchors to it
 
     def calibrate_latent_scale(self):
         """Set the VAE's scaling_factor so the UNet's latents have unit standard deviation."""
@@ -207,13 +219,20 @@ class Trainer:
     def axes(self, stage, step):
         """Seamless axes of ``stage``'s step ``step``: one tiling mode per full cycle of the stage's
         sizes, so every size meets every mode."""
-        sizes = self.unet_sizes if stage == "unet" else self.decoder_sizes
+        sizes = self.unet_sizes if stage == "unet" else self.decoder_sizes  # retile: the decoder's sizes
         return self.tiling[(step // len(sizes)) % len(self.tiling)]
 
     def latents(self, pixels, axes):
-        """The frozen encoder's latents (unscaled): plain, or away from the borders for a wrapped step."""
+        """The frozen encoder's latents (unscaled): plain, or away from the borders for a wrapped step
+        (after a retile stage the encoder wraps as the backend's seamless option does)."""
+        from .modifiers import seamless
+
+        vae = self.c["vae"]
         with torch.no_grad():
-            return tileable_latents(self.c["vae"], pixels, axes) if axes else self.c["vae"].encode(pixels).latent_dist.mode()
+            if axes and self.steps["retile"]:
+                with seamless([vae], axes):
+                    return vae.encode(pixels).latent_dist.mode()
+            return tileable_latents(vae, pixels, axes) if axes else vae.encode(pixels).latent_dist.mode()
 
     def batch_size(self, size):
         return max(1, round(self.batch * (self.size / size) ** 2))  # same pixels per step
@@ -230,7 +249,10 @@ class Trainer:
                  "steps": self.steps, "rng": self.rng.bit_generator.state,
                  "torch_gen": self.torch_gen.get_state(), "log": self.log, "ema": self.ema,
                  "calibrated": self.calibrated, "scaling_factor": self.c["vae"].config.scaling_factor,
-                 "unet_sizes": self.unet_sizes, "decoder_sizes": self.decoder_sizes, "tiling": self.tiling}
+                 "unet_sizes": self.unet_sizes, "decoder_sizes": self.decoder_sizes, "tiling": self.tiling,
+                 "vae_groups": self.vae_groups, "retile_opt": self.retile_opt.state_dict(),
+                 "reference": None if self.reference is None else {
+                     "config": dict(self.reference.config), "weights": self.reference.state_dict()}}
         tmp = self.checkpoint.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.checkpoint)
@@ -240,8 +262,10 @@ class Trainer:
             return False
         state = torch.load(self.checkpoint, weights_only=False)
         # A schedule changed mid-run would silently train something else than what is recorded.
-        for key in ("unet_sizes", "decoder_sizes", "tiling"):
-            if key in state and tuple(state[key]) != getattr(self, key):
+        for key in ("unet_sizes", "decoder_sizes", "tiling", "vae_groups"):
+            if key in state and key == "vae_groups" and state[key] != self.vae_groups:
+                raise ValueError(f"vae_groups: the checkpoint in {self.out} has {state[key]}, not {self.vae_groups}")
+            if key in state and key != "vae_groups" and tuple(state[key]) != getattr(self, key):
                 raise ValueError(f"{key}: the checkpoint in {self.out} was trained with {tuple(state[key])}, "
                                  f"not {getattr(self, key)}")
         for name in ("vae", "unet", "text_encoder"):
@@ -250,13 +274,21 @@ class Trainer:
         self.unet_opt.load_state_dict(state["unet_opt"])
         if "decoder_opt" in state:  # checkpoints from before the decoder stage lack it
             self.decoder_opt.load_state_dict(state["decoder_opt"])
-        self.steps, self.log = {"decoder": 0, **state["steps"]}, state["log"]
+        if "retile_opt" in state:
+            self.retile_opt.load_state_dict(state["retile_opt"])
+        if state.get("reference"):
+            from diffusers import AutoencoderKL
+
+            config = {k: v for k, v in state["reference"]["config"].items() if not k.startswith("_")}
+            self.reference = AutoencoderKL.from_config(config).eval().requires_grad_(False)
+            self.reference.load_state_dict(state["reference"]["weights"])
+        self.steps, self.log = {"decoder": 0, "retile": 0, **state["steps"]}, state["log"]
         self.rng.bit_generator.state = state["rng"]
         self.torch_gen.set_state(state["torch_gen"])
         self.ema = state.get("ema") or self._weights()
         self.calibrated = state.get("calibrated", False)
-        if self.calibrated:
-            self.c["vae"].register_to_config(scaling_factor=state["scaling_factor"])
+        # measured, or init_from's: a resumed fine-tune must not fall back to the default scale
+        self.c["vae"].register_to_config(scaling_factor=state["scaling_factor"])
         return True
 
     def _optimise(self, stage, optimiser, loss, scheduled=True):
@@ -275,6 +307,34 @@ class Trainer:
         pixels, _ = batch_of(self.rng, self.size, self.batch)
         latents = vae.encode(pixels).latent_dist.mode()
         return self._optimise("vae", self.vae_opt, F.mse_loss(vae.decode(latents).sample, pixels), scheduled=False)
+
+    def retile_step(self):
+        """Encoder and decoder together, wrapped in a share of the steps (``tiling``), so colour stops
+        depending on the canvas border: pixels back, plus latents anchored to the reference VAE's
+        (its zero-padded latents for a zero-padded step, its border-free ``tileable_latents`` for a
+        wrapped one), so the UNet's latent space stays the one it knows; and a latent crop decoded
+        alone gives back the pixels' crop."""
+        from .modifiers import seamless
+
+        vae = self.c["vae"].train()
+        size = self.decoder_sizes[self.steps["retile"] % len(self.decoder_sizes)]
+        pixels, _ = batch_of(self.rng, size, self.batch_size(size))
+        axes = self.axes("retile", self.steps["retile"])
+        scale = vae.config.scaling_factor
+        with torch.no_grad():
+            anchor = (tileable_latents(self.reference, pixels, axes) if axes
+                      else self.reference.encode(pixels).latent_dist.mode())
+        with seamless([vae], axes):
+            latents = vae.encode(pixels).latent_dist.mode()
+            loss = F.mse_loss(vae.decode(latents).sample, pixels)
+        loss = loss + RETILE_ANCHOR * F.mse_loss(latents * scale, anchor * scale)
+        f = size // latents.shape[-1]
+        if latents.shape[-1] >= 16:  # a half-size latent crop, decoded alone, gives back its pixels
+            half = latents.shape[-1] // 2
+            y, x = (int(v) for v in self.rng.integers(0, latents.shape[-1] - half + 1, size=2))
+            crop = vae.decode(latents[..., y:y + half, x:x + half]).sample
+            loss = loss + F.mse_loss(crop, pixels[..., y * f:(y + half) * f, x * f:(x + half) * f])
+        return self._optimise("retile", self.retile_opt, loss)
 
     def unet_step(self):
         from .modifiers import seamless
@@ -310,11 +370,14 @@ class Trainer:
         return self._optimise("decoder", self.decoder_opt, loss)
 
     def train(self, vae_steps: int, unet_steps: int, decoder_steps: int = 0, checkpoint_every: int = 200,
-              report=print):
+              report=print, retile_steps: int = 0):
         """Run the stages up to the given step counts, checkpointing as it goes."""
         started = time.perf_counter()
-        self.targets = {"unet": unet_steps, "decoder": decoder_steps}
-        for stage, target, step in (("vae", vae_steps, self.vae_step), ("unet", unet_steps, self.unet_step),
+        self.targets = {"retile": retile_steps, "unet": unet_steps, "decoder": decoder_steps}
+        if retile_steps and self.reference is None:
+            raise ValueError("retile steps anchor to a reference VAE: start them with --init-from")
+        for stage, target, step in (("vae", vae_steps, self.vae_step), ("retile", retile_steps, self.retile_step),
+                                    ("unet", unet_steps, self.unet_step),
                                     ("decoder", decoder_steps, self.decoder_step)):
             if stage == "unet" and not self.calibrated and self.steps["unet"] < target:
                 report(json.dumps({"stage": "calibrate", "scaling_factor": round(self.calibrate_latent_scale(), 5)}))

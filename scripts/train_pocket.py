@@ -35,8 +35,16 @@ def main(argv=None):
                         help="the VAE decoder alone, after the UNet, at --decoder-sizes (0 to skip)")
     parser.add_argument("--decoder-sizes", default="32,64,128",
                         help="canvas sizes the decoder steps cycle through (multiples of 32)")
+    parser.add_argument("--retile-steps", type=int, default=0,
+                        help="encoder and decoder together after --init-from, wrapped per --tiling, latents anchored "
+                             "to the loaded VAE's, at --decoder-sizes (before the UNet steps)")
+    parser.add_argument("--vae-groups", type=int, default=16,
+                        help="GroupNorm groups of the VAE (fewer keep more of the colour without a border)")
+    parser.add_argument("--keep-scale", action="store_true",
+                        help="keep the loaded latent scale (the loaded UNet's) instead of measuring it again")
     parser.add_argument("--init-from", type=Path,
                         help="start from an exported pocket model's weights; the step counts then train on top")
+    parser.add_argument("--lr", type=float, default=1e-3, help="the VAE stage's; the other stages take half")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=200)
     parser.add_argument("--export", type=Path, help="save the model here as a diffusers folder when done")
@@ -46,10 +54,11 @@ def main(argv=None):
     modes = args.tiling.split(",")
     if any(m not in ("none", "x", "y", "xy") for m in modes):
         parser.error(f"--tiling: {args.tiling!r}; each mode is one of none, x, y, xy")
-    trainer = Trainer(args.work, seed=args.seed, size=args.size, batch=args.batch,
+    trainer = Trainer(args.work, seed=args.seed, size=args.size, batch=args.batch, lr=args.lr,
                       unet_sizes=[int(s) for s in args.unet_sizes.split(",")],
                       decoder_sizes=[int(s) for s in args.decoder_sizes.split(",")],
-                      tiling=["" if m == "none" else m for m in modes])
+                      tiling=["" if m == "none" else m for m in modes], vae_groups=args.vae_groups,
+                      keep_scale=args.keep_scale)
     if trainer.load():
         print(f"resumed at {trainer.steps}", flush=True)
     elif args.init_from:
@@ -59,7 +68,7 @@ def main(argv=None):
         print(f"exported {trainer.steps} to {trainer.export(args.export)}", flush=True)
         return
     trainer.train(args.vae_steps, args.unet_steps, args.decoder_steps, args.checkpoint_every,
-                  report=lambda line: print(line, flush=True))
+                  report=lambda line: print(line, flush=True), retile_steps=args.retile_steps)
     if args.export:
         print(f"exported to {trainer.export(args.export)}", flush=True)
 

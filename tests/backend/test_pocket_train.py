@@ -17,7 +17,7 @@ def test_resume_continues_exactly_and_export_loads(tmp_path):
     first = Trainer(tmp_path / "b", size=32, batch=2)
     first.train(vae_steps=2, unet_steps=2, decoder_steps=1, checkpoint_every=1, report=lambda _: None)
     resumed = Trainer(tmp_path / "b", size=32, batch=2)
-    assert resumed.load() and resumed.steps == {"vae": 2, "unet": 2, "decoder": 1}
+    assert resumed.load() and resumed.steps == {"vae": 2, "retile": 0, "unet": 2, "decoder": 1}
     resumed.train(vae_steps=2, unet_steps=2, decoder_steps=2, checkpoint_every=1, report=lambda _: None)
     for component in ("unet", "vae"):
         for name, value in weights(straight, component).items():
@@ -150,3 +150,62 @@ def test_resume_with_tiling_is_exact_and_refuses_another_schedule(tmp_path):
             torch.testing.assert_close(weights(resumed, component)[name], value, rtol=0, atol=0)
     with pytest.raises(ValueError, match="tiling"):
         Trainer(tmp_path / "b", **{**kw, "tiling": ("xy",)}).load()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny trained pocket folder: what a retile run starts from (--init-from)."""
+    base = tmp_path_factory.mktemp("base")
+    trainer = Trainer(base / "run", size=32, batch=2)
+    trainer.train(vae_steps=1, unet_steps=1, checkpoint_every=10, report=lambda _: None)
+    return trainer.export(base / "model")
+
+
+def test_retile_stage_trains_encoder_and_decoder_wrapped_and_leaves_the_unet(tmp_path, exported):
+    trainer = Trainer(tmp_path / "run", size=32, batch=2, decoder_sizes=(64,), tiling=("", "xy"), vae_groups=4,
+                      keep_scale=True)
+    with pytest.raises(ValueError, match="init-from"):
+        trainer.train(vae_steps=0, unet_steps=0, retile_steps=1, report=lambda _: None)
+    trainer.init_from(exported)
+    assert trainer.calibrated  # keep_scale: the loaded UNet's latent scale stays
+    vae, unet_before = trainer.c["vae"], weights(trainer, "unet")
+    assert vae.encoder.conv_norm_out.num_groups == 4 and trainer.reference.encoder.conv_norm_out.num_groups == 16
+    vae_before = weights(trainer, "vae")
+    seen = {"encoder": padding_seen(vae.encoder.conv_in), "decoder": padding_seen(vae.decoder.conv_in)}
+    trainer.train(vae_steps=0, unet_steps=0, retile_steps=2, checkpoint_every=10, report=lambda _: None)
+    # plain, then wrapped; the decoder also decodes a latent crop alone (zero padding) in each step
+    assert seen["encoder"] == [(1, 1), (0, 0)]
+    assert seen["decoder"] == [(1, 1), (1, 1), (0, 0), (1, 1)]
+    changed = {name.split(".")[0] for name, value in weights(trainer, "vae").items()
+               if not torch.equal(value, vae_before[name])}
+    assert {"encoder", "decoder"} <= changed and "quant_conv" not in changed  # sample() stays the mode
+    assert all(torch.equal(value, unet_before[name]) for name, value in weights(trainer, "unet").items())
+    assert trainer.c["vae"].config.scaling_factor == pocket_train.loaded_scale(exported)
+
+
+def test_resume_after_retile_is_exact_and_refuses_other_groups(tmp_path, exported):
+    kw = dict(size=32, batch=2, unet_sizes=(32,), decoder_sizes=(32, 64), tiling=("", "xy"), vae_groups=4)
+    straight = Trainer(tmp_path / "a", **kw)
+    straight.init_from(exported)
+    straight.train(vae_steps=0, unet_steps=2, retile_steps=3, checkpoint_every=1, report=lambda _: None)
+    first = Trainer(tmp_path / "b", **kw)
+    first.init_from(exported)
+    first.train(vae_steps=0, unet_steps=0, retile_steps=2, checkpoint_every=1, report=lambda _: None)
+    resumed = Trainer(tmp_path / "b", **kw)
+    assert resumed.load() and resumed.reference is not None  # the anchor survives the checkpoint
+    resumed.train(vae_steps=0, unet_steps=2, retile_steps=3, checkpoint_every=1, report=lambda _: None)
+    for component in ("unet", "vae"):
+        for name, value in weights(straight, component).items():
+            torch.testing.assert_close(weights(resumed, component)[name], value, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="vae_groups"):
+        Trainer(tmp_path / "b", **{**kw, "vae_groups": 16}).load()
+
+
+def test_after_retile_wrapped_unet_steps_encode_wrapped(tmp_path, exported):
+    trainer = Trainer(tmp_path / "run", size=32, batch=2, unet_sizes=(32,), decoder_sizes=(32,), tiling=("", "xy"),
+                      keep_scale=True)  # no calibration pass: only the steps' encodes are seen
+    trainer.init_from(exported)
+    seen = padding_seen(trainer.c["vae"].encoder.conv_in)
+    trainer.train(vae_steps=0, unet_steps=2, retile_steps=2, checkpoint_every=10, report=lambda _: None)
+    # retile: plain, wrapped; unet: plain, wrapped (no margin: the encoder has learnt to wrap)
+    assert seen == [(1, 1), (0, 0), (1, 1), (0, 0)]
