@@ -232,7 +232,7 @@ class Trainer:
                     break
         self.save()
 
-    def export(self, path: Path, name="dream-texture-x4") -> Path:
+    def export(self, path: Path, name="pocket-x4") -> Path:
         """The weights as .safetensors (spandrel detects the architecture from the keys)."""
         from safetensors.torch import save_file
 
