@@ -167,13 +167,14 @@ def batch(seed, step, count, pool=None) -> tuple[torch.Tensor, torch.Tensor]:
 class Trainer:
     """The net, its optimiser and step; ``save``/``load`` make a run resumable."""
 
-    def __init__(self, out: Path, seed=0, steps=3000, batch_size=12, lr=1e-3, num_feat=32, num_conv=12):
+    def __init__(self, out: Path, seed=0, steps=1800, batch_size=12, lr=1e-3, num_feat=32, num_conv=12,
+                 pool_size=POOL_SIZE):
         self.out, self.seed, self.steps, self.batch_size, self.lr = Path(out), seed, steps, batch_size, lr
         torch.manual_seed(seed)
         self.net = build_net(num_feat, num_conv)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.step, self.log = 0, []
-        self.pool = None  # made on the first step (not for an export)
+        self.pool, self.pool_size = None, pool_size  # made on the first step (not for an export)
 
     @property
     def checkpoint(self) -> Path:
@@ -204,7 +205,7 @@ class Trainer:
 
     def train_step(self) -> float:
         if self.pool is None:
-            self.pool = texture_pool(self.seed)
+            self.pool = texture_pool(self.seed, self.pool_size)
         low, high = batch(self.seed, self.step, self.batch_size, self.pool)
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
@@ -232,7 +233,7 @@ class Trainer:
                     break
         self.save()
 
-    def export(self, path: Path, name="dream-texture-x4") -> Path:
+    def export(self, path: Path, name="pocket-x4") -> Path:
         """The weights as .safetensors (spandrel detects the architecture from the keys)."""
         from safetensors.torch import save_file
 

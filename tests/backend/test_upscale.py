@@ -272,3 +272,22 @@ def test_the_shipped_upscaler_describes_itself_without_spandrel():
     assert out.returncode == 0, out.stderr
     assert "'name': 'pocket-x4', 'architecture': 'SRVGGNetCompact', 'scale': 4, 'default': True" in out.stdout
     assert POCKET_UPSCALER.stat().st_size <= 5 * 2**20
+
+
+def test_training_is_seeded_and_resumes_where_it_stopped(tmp_path):
+    """Batches depend on (seed, step) only; a run stopped and resumed ends with the weights of one that was not."""
+    low, high = ut.batch(3, 7, 2, ut.texture_pool(3, 4))
+    again = ut.batch(3, 7, 2, ut.texture_pool(3, 4))
+    assert torch.equal(low, again[0]) and torch.equal(high, again[1]) and low.shape == (2, 3, 32, 32)
+    whole = ut.Trainer(tmp_path / "whole", steps=4, batch_size=2, num_feat=8, num_conv=2, pool_size=4)
+    whole.train(checkpoint_every=2)
+    part = ut.Trainer(tmp_path / "part", steps=4, batch_size=2, num_feat=8, num_conv=2, pool_size=4)
+    part.train(checkpoint_every=2, deadline_s=1e-9)  # stops at its first checkpoint, like a run cut short
+    assert part.step == 2
+    resumed = ut.Trainer(tmp_path / "part", steps=4, batch_size=2, num_feat=8, num_conv=2, pool_size=4)
+    assert resumed.load() and resumed.step == 2
+    resumed.train(checkpoint_every=2)
+    for key, value in whole.net.state_dict().items():
+        assert torch.equal(value, resumed.net.state_dict()[key]), key
+    path = resumed.export(tmp_path / "x4.safetensors")
+    assert load_descriptor(path).scale == 4
