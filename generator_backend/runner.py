@@ -135,7 +135,12 @@ class Worker(threading.Thread):
         job.state = RUNNING
         job.emit({"type": "started", "total": job.total})
         try:
-            return run(job)
+            result = run(job)
+            if job.state not in FINISHED:  # an executor that forgot its ending must not leave the job stuck
+                log.error("job %s: its executor returned without a result", job.job_id)
+                self._failed(job, "job_failed", f"the {job.kind} job ended without a result (a backend bug; "
+                                                "the log has details)")
+            return result
         except Cancelled:
             return self._cancelled(job)
         except ModelLoadError as exc:
@@ -359,6 +364,9 @@ class Worker(threading.Thread):
         meta = self.store.save_result(job, image.cpu().numpy(), name)
         meta.update(word=p["word"], embedding=str(path), losses=teacher.losses[-1:])
         self.store.save_meta(job.job_id, meta)
+        job.state = DONE
+        job.emit_result(lambda output: result_frame(self.store, meta, image, output))
+        return meta
 
     def execute_upscale(self, job: Job):
         """Tiled model upscaling: every tile is kept in the job's folder as it is done, so cancel keeps

@@ -303,3 +303,25 @@ def test_a_backend_served_by_hand_outlives_its_launcher(tmp_path, models_dir):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_an_executor_that_returns_without_a_result_fails_its_job_instead_of_leaving_it_running(tmp_path,
+                                                                                              monkeypatch):
+    """A merge once dropped execute_teach's last lines: the job sat 'running' with no event, for ever."""
+    from dream_addon import protocol as proto
+    from generator_backend.jobs import FAILED, Job, JobQueue, JobStore
+    from generator_backend.runner import Worker
+
+    worker = Worker(JobQueue(), None, JobStore(tmp_path / "out"))
+    monkeypatch.setattr(Worker, "execute_image", lambda self, job: None)
+    params, arrays = proto.validate_job("txt2img", {"prompt": "a", "width": 64, "height": 64}, {})
+    job = Job("silent-1", "txt2img", params, arrays)
+    events = []
+
+    class Recorder:
+        def send(self, message, arrays=None, coalesce_key=None):
+            events.append(message)
+
+    job.subscribe(Recorder())
+    worker.execute(job)
+    assert job.state == FAILED and events[-1]["type"] == "error" and events[-1]["code"] == "job_failed"
