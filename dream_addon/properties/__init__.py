@@ -76,6 +76,21 @@ class DreamBiasImage(bpy.types.PropertyGroup):
     image: bpy.props.PointerProperty(name="Image", type=bpy.types.Image, description="Biasing image for infusion")
 
 
+BACKEND_DEFAULT_UPSCALER = "DEFAULT"  # the Upscale panel's menu: enum identifiers cannot be empty, sent as ""
+_UPSCALER_ITEMS = []
+
+
+def upscaler_items(self, context):
+    """Upscalers the backend serves (from its welcome), with their architecture and scale; kept in a module
+    list, as Blender requires."""
+    from ..session import SESSION
+
+    served = (SESSION.welcome or {}).get("upscalers", [])
+    _UPSCALER_ITEMS[:] = [(BACKEND_DEFAULT_UPSCALER, "Backend Default", "The backend's default upscaler")] + [
+        (u["name"], u["name"], f"{u['architecture']}, x{u['scale']}") for u in served]
+    return _UPSCALER_ITEMS
+
+
 def lora_names(self, context, edit_text):
     """LoRAs the backend lists (the models folder), with their base family where it was detected."""
     from .models import listed

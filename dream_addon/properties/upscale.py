@@ -5,21 +5,11 @@ import bpy
 from .. import protocol
 from ..field_props import number_args
 
+# The menu's items callback lives in the package module: Blender 4.2 crashes on exit when a property
+# callback belongs to a submodule (see models.py).
+from . import BACKEND_DEFAULT_UPSCALER, upscaler_items  # noqa: E402
+
 _FIELDS = protocol.upscale_fields()
-BACKEND_DEFAULT_UPSCALER = "DEFAULT"  # enum identifiers cannot be empty: sent as ""
-
-
-def upscaler_items(self, context):
-    """Upscalers the backend serves (from its welcome), with their architecture and scale."""
-    from ..session import SESSION
-
-    served = (SESSION.welcome or {}).get("upscalers", [])
-    _UPSCALER_ITEMS[:] = [(BACKEND_DEFAULT_UPSCALER, "Backend Default", "The backend's default upscaler")] + [
-        (u["name"], u["name"], f"{u['architecture']}, x{u['scale']}") for u in served]
-    return _UPSCALER_ITEMS
-
-
-_UPSCALER_ITEMS = []
 
 
 class DreamUpscaleProperties(bpy.types.PropertyGroup):
