@@ -30,12 +30,11 @@ def pixels(image):
 
 
 @pytest.fixture
-def word():
-    """A word of this run; its embedding file is removed from the shared models folder afterwards."""
+def word(prefs):
+    """A word of this run; its embedding file is removed from the backend's models folder afterwards."""
     name = f"tealtest{os.getpid()}{time.monotonic_ns() % 100000}"
     yield name
-    folder = os.path.join(os.environ.get("DREAM_MODELS_DIR", ""), "embeddings")
-    path = os.path.join(folder, f"{name}.safetensors")
+    path = os.path.join(prefs.models_dir, "embeddings", f"{name}.safetensors")
     if os.path.exists(path):
         os.remove(path)
 
@@ -74,7 +73,7 @@ def test_panel_defaults_are_the_protocols(scene):
     assert abs(settings.learning_rate - fields["learning_rate"].default) < 1e-7
 
 
-def test_teach_a_concept_then_use_the_word(scene, session, concept, word):
+def test_teach_a_concept_then_use_the_word(scene, session, concept, word, prefs):
     assert [item.image.name for item in concept.images][:3] == ["teal a", "teal b", "teal c"]
     assert len(concept.images) == 4 and concept.images[3].image.filepath.endswith("teal_d.png")
     job = teach(session)
@@ -82,7 +81,7 @@ def test_teach_a_concept_then_use_the_word(scene, session, concept, word):
     assert word in job.message and job.previews >= 1
     preview = bpy.data.images[f"Concept {word}"]
     assert tuple(preview.size) == (SIZE, SIZE) and pixels(preview)[..., :3].std() > 0.01
-    path = os.path.join(os.environ["DREAM_MODELS_DIR"], "embeddings", f"{word}.safetensors")
+    path = os.path.join(prefs.models_dir, "embeddings", f"{word}.safetensors")  # the backend's --models-dir
     assert os.path.exists(path)
     assert scene.dream_history[-1].kind == "teach_concept"
     # The word in a prompt: no "unknown word" warning, and it changes the picture.

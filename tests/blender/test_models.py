@@ -123,12 +123,12 @@ def test_a_bad_lora_name_is_refused_before_anything_is_made(small, session):
 
 def test_start_passes_the_models_folder_and_model_types(prefs):
     args = addon("session").backend_model_args
-    folder, types = prefs.models_dir, prefs.model_types
+    folder, types, upscalers = prefs.models_dir, prefs.model_types, prefs.upscalers
     try:
         prefs.model_types = "mine=sd2-base, other=sd1/inpaint,"
         assert args(prefs) == ["--models-dir", folder, "--model-type", "mine=sd2-base", "--model-type",
-                               "other=sd1/inpaint"]
-        prefs.models_dir, prefs.model_types = "", ""
+                               "other=sd1/inpaint", f"--upscaler={upscalers}"]
+        prefs.models_dir, prefs.model_types, prefs.upscalers = "", "", ""
         assert args(prefs) == []
     finally:
-        prefs.models_dir, prefs.model_types = folder, types
+        prefs.models_dir, prefs.model_types, prefs.upscalers = folder, types, upscalers
