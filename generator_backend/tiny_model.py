@@ -60,7 +60,7 @@ def build_tiny_components(seed: int = 0, unet_in_channels: int = 4, vae_seed: in
 
     ``unet_in_channels=9`` gives an inpainting-style UNet (latents + mask + masked-image latents)."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     vocab, merges = build_tokenizer_vocab()
@@ -80,18 +80,7 @@ def build_tiny_components(seed: int = 0, unet_in_channels: int = 4, vae_seed: in
         norm_num_groups=8,
     )
     torch.manual_seed(seed if vae_seed is None else vae_seed)
-    # Four down blocks give the SD downscale factor of 8; no mid-block attention keeps it fast.
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 16, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-        mid_block_add_attention=False,
-    )
+    vae = tiny_vae()
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         bos_token_id=vocab["<|startoftext|>"],
@@ -153,3 +142,14 @@ def ensure_tiny_model(models_dir=None, name: str = "tiny") -> Path:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     return build_tiny_model(path, **TINY_VARIANTS[name])
+
+
+def tiny_vae(**config):
+    """The tiny models' VAE, random from the current torch seed: four down blocks give SD's downscale
+    factor of 8; no mid-block attention keeps it fast. ``config`` adds to diffusers' defaults."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(8, 8, 16, 16), in_channels=3, out_channels=3,
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                         latent_channels=4, norm_num_groups=4, layers_per_block=1, mid_block_add_attention=False,
+                         **config)

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .tiny_model import build_tokenizer_vocab
+from .tiny_model import build_tokenizer_vocab, tiny_vae
 
 XL_BUILD_VERSION = 1  # bump when the architecture below changes, so stale caches are rebuilt
 TIME_EMBED_DIM = 8
@@ -24,7 +24,7 @@ TEXT_DIM = 32  # each encoder's hidden size; the pooled projection has this widt
 def build_tiny_xl_components(seed: int = 0, unet_in_channels: int = 4):
     """The seeded components of the tiny SDXL pipeline; ``unet_in_channels=9`` is an inpainting UNet."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     vocab, merges = build_tokenizer_vocab()
@@ -50,19 +50,7 @@ def build_tiny_xl_components(seed: int = 0, unet_in_channels: int = 4):
         norm_num_groups=8,
     )
     torch.manual_seed(0)  # one VAE for every variant: one latent space (model ensembling)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 16, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-        mid_block_add_attention=False,
-        scaling_factor=0.13025,  # SDXL's VAE
-        force_upcast=True,
-    )
+    vae = tiny_vae(scaling_factor=0.13025, force_upcast=True)  # SDXL's VAE settings
     config = dict(bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
                   pad_token_id=vocab["<|endoftext|>"], hidden_size=TEXT_DIM, intermediate_size=37,
                   layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=3, vocab_size=len(vocab),
