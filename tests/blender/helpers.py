@@ -19,6 +19,15 @@ def addon(name):
     return sys.modules[f"{MODULE}.dream_addon.{name}"]
 
 
+def pixels(image):
+    """(h, w, 4) float32 pixels of a Blender image, rows bottom to top."""
+    import numpy as np
+
+    out = np.empty(image.size[0] * image.size[1] * 4, np.float32)
+    image.pixels.foreach_get(out)
+    return out.reshape(image.size[1], image.size[0], 4)
+
+
 def generate(session, timeout=120):
     """Run the operator and drain until its job ends, as the UI timer would."""
     before = set(session.jobs)

@@ -16,13 +16,7 @@ import numpy as np
 import pytest
 
 from dream_addon import protocol
-from tests.blender.helpers import MODULE, REPO, addon, generate
-
-
-def pixels(image):
-    out = np.empty(image.size[0] * image.size[1] * 4, np.float32)
-    image.pixels.foreach_get(out)
-    return out.reshape(image.size[1], image.size[0], 4)
+from tests.blender.helpers import MODULE, REPO, addon, generate, pixels
 
 
 def start_long_job(scene, session):

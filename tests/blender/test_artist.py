@@ -12,18 +12,12 @@ import bpy
 import numpy as np
 import pytest
 
-from tests.blender.helpers import REPO, addon, generate, run_walk, select_only_face
+from tests.blender.helpers import REPO, addon, generate, pixels, run_walk, select_only_face
 from tests.blender.test_panels import RecordingLayout
 
 job_builder = addon("job_builder")
 protocol = addon("protocol")
 uv_mask = addon("uv_mask")
-
-
-def pixels(image):
-    out = np.empty(image.size[0] * image.size[1] * 4, np.float32)
-    image.pixels.foreach_get(out)
-    return out.reshape(image.size[1], image.size[0], 4)
 
 
 def photo(name="photo", width=64, height=64, seed=5):

@@ -8,7 +8,7 @@ import bpy
 import numpy as np
 import pytest
 
-from tests.blender.helpers import addon, generate, image_editor
+from tests.blender.helpers import addon, generate, image_editor, pixels
 
 SIZE = 64
 
@@ -21,12 +21,6 @@ def teal_image(name, seed, float_buffer=False, size=96):
     image = bpy.data.images.new(name, size, size, alpha=True, float_buffer=float_buffer)
     image.pixels.foreach_set(rgba.reshape(-1))
     return image
-
-
-def pixels(image):
-    flat = np.empty(image.size[0] * image.size[1] * 4, np.float32)
-    image.pixels.foreach_get(flat)
-    return flat.reshape(image.size[1], image.size[0], 4)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import bpy
 import numpy as np
 import pytest
 
-from tests.blender.helpers import image_editor
+from tests.blender.helpers import image_editor, pixels
 from tests.blender.test_latent import pocket_scene  # noqa: F401  (fixture: the pocket model, connected)
 
 
@@ -19,12 +19,6 @@ def picture(name, width=60, height=44, float_buffer=False):
     image = bpy.data.images.new(name, width, height, alpha=True, float_buffer=float_buffer)
     image.pixels.foreach_set(rgba.reshape(-1))
     return image
-
-
-def pixels_of(image):
-    out = np.empty(image.size[0] * image.size[1] * 4, np.float32)
-    image.pixels.foreach_get(out)
-    return out.reshape(image.size[1], image.size[0], 4)
 
 
 def enhance(session, image, cursor=(0.5, 0.5), **settings):
@@ -51,32 +45,32 @@ def region_box(width, height, cursor, w, h):
 @pytest.mark.parametrize("float_buffer", [False, True])
 def test_pixels_outside_the_region_stay_bit_for_bit(pocket_scene, session, float_buffer):
     image = picture("frame", float_buffer=float_buffer)
-    original = pixels_of(image)
+    original = pixels(image)
     job = enhance(session, image, cursor=(0.3, 0.6))
     assert job.state == "done", job.message
     result = job.datablock("image")
     assert result != image and tuple(result.size) == (60, 44)
-    out = pixels_of(result)
+    out = pixels(result)
     x, y, w, h = region_box(60, 44, (0.3, 0.6), 20, 16)
     inside = np.zeros((44, 60), bool)
     inside[y:y + h, x:x + w] = True
     np.testing.assert_array_equal(out[~inside], original[~inside])
     assert np.abs(out[inside] - original[inside])[..., :3].mean() > 0.01
-    np.testing.assert_array_equal(pixels_of(image), original)  # New Image: the source is untouched
+    np.testing.assert_array_equal(pixels(image), original)  # New Image: the source is untouched
     entry = pocket_scene.dream_history[-1]
     assert entry.kind == "enhance" and entry.image == result
 
 
 def test_replace_keeps_the_original_and_stop_puts_it_back(pocket_scene, session):
     image = picture("replace me")
-    original = pixels_of(image)
+    original = pixels(image)
     job = enhance(session, image, result_target="REPLACE")
     assert job.state == "done" and job.datablock("image") == image
     backup = bpy.data.images[job.backup_name]
-    np.testing.assert_array_equal(pixels_of(backup), original)
-    assert not np.array_equal(pixels_of(image), original)
+    np.testing.assert_array_equal(pixels(backup), original)
+    assert not np.array_equal(pixels(image), original)
     # Stopped before its result: the image it was to replace gets its pixels back.
-    now = pixels_of(image)
+    now = pixels(image)
     pocket_scene.dream.steps = 40
     before = set(session.jobs)
     with image_editor(image):
@@ -86,13 +80,13 @@ def test_replace_keeps_the_original_and_stop_puts_it_back(pocket_scene, session)
     assert bpy.ops.dream.cancel() == {"FINISHED"}
     stopped = session.wait_for(job_id, 120)
     assert stopped.state == "cancelled"
-    np.testing.assert_array_equal(pixels_of(image), now)
+    np.testing.assert_array_equal(pixels(image), now)
     assert stopped.backup_name not in bpy.data.images  # the backup it made is removed again
 
 
 def test_every_enhance_setting_changes_the_result(pocket_scene, session):
     image = picture("settings")
-    base = pixels_of(enhance(session, image).datablock("image"))
+    base = pixels(enhance(session, image).datablock("image"))
     mask = bpy.data.images.new("mask", 60, 44)
     m = np.zeros((44, 60, 4), np.float32)
     m[5:20, 30:50] = 1.0
@@ -103,7 +97,7 @@ def test_every_enhance_setting_changes_the_result(pocket_scene, session):
         settings = {} if name == "cursor" else {name: value}
         job = enhance(session, image, **({"cursor": value} if name == "cursor" else settings))
         assert job.state == "done", (name, job.message)
-        assert not np.array_equal(pixels_of(job.datablock("image")), base), name
+        assert not np.array_equal(pixels(job.datablock("image")), base), name
     # Recall restores the Enhance Region settings of an entry.
     pocket_scene.dream_enhance.strength = 0.1
     assert bpy.ops.dream.history_recall() == {"FINISHED"}

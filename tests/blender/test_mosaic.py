@@ -8,7 +8,7 @@ import bpy
 import numpy as np
 import pytest
 
-from tests.blender.helpers import addon, image_editor
+from tests.blender.helpers import addon, image_editor, pixels
 from tests.blender.test_latent import pocket_scene  # noqa: F401  (fixture: the pocket model, connected)
 
 
@@ -31,12 +31,6 @@ def run_mosaic(session, timeout=300):
     return job
 
 
-def pixels_of(image):
-    out = np.empty(image.size[0] * image.size[1] * 4, np.float32)
-    image.pixels.foreach_get(out)
-    return out.reshape(image.size[1], image.size[0], 4)
-
-
 def strips(scene):
     editor = scene.sequence_editor
     return [] if editor is None else list(addon("walk_frames").strips_of(editor))
@@ -48,7 +42,7 @@ def test_a_hypermosaic_makes_its_image_and_zooms_on_the_sequencer(pocket_scene, 
     assert job.state == "done", job.message
     image = job.datablock("image")
     assert tuple(image.size) == (64, 64) and image.packed_file is not None  # 2 x 2 tiles of 32 px
-    assert pixels_of(image)[..., :3].std() > 0.01
+    assert pixels(image)[..., :3].std() > 0.01
     (strip,) = strips(pocket_scene)
     start, duration = addon("walk_frames").strip_span(strip)
     assert (strip.channel, start, duration, len(strip.elements)) == (3, 5, 5, 5)  # (levels - 1) x 4 + 1 frames
@@ -83,7 +77,7 @@ def result_of(scene, session, **settings):
     small_mosaic(scene, **settings)
     job = run_mosaic(session)
     assert job.state == "done", job.message
-    return job, pixels_of(job.datablock("image"))
+    return job, pixels(job.datablock("image"))
 
 
 def test_every_mosaic_setting_changes_the_result(pocket_scene, session):

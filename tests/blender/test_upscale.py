@@ -8,7 +8,7 @@ import bpy
 import numpy as np
 import pytest
 
-from tests.blender.helpers import image_editor
+from tests.blender.helpers import image_editor, pixels
 
 
 def checker_image(name="checker", width=40, height=24):
@@ -20,13 +20,6 @@ def checker_image(name="checker", width=40, height=24):
     image = bpy.data.images.new(name, width, height, alpha=True)
     image.pixels.foreach_set(rgba.reshape(-1))
     return image, rgba
-
-
-def pixels(image):
-    width, height = image.size
-    out = np.empty(width * height * 4, np.float32)
-    image.pixels.foreach_get(out)
-    return out.reshape(height, width, 4)
 
 
 def run(session, **kwargs):

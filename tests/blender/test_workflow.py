@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 
 from tests.backend.test_uv_mask import reference
-from tests.blender.helpers import addon, generate, image_editor, select_only_face
+from tests.blender.helpers import addon, generate, image_editor, pixels, select_only_face
 
 job_builder = addon("job_builder")
-
-
-def pixels(image):
-    out = np.empty(image.size[0] * image.size[1] * 4, np.float32)
-    image.pixels.foreach_get(out)
-    return out.reshape(image.size[1], image.size[0], 4)
 
 
 def face_uv_box(obj, index):
