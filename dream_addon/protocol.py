@@ -737,6 +737,10 @@ def detail_fields(max_size: int = 2048) -> dict:
             "enlarge_with": Field("str", "", max_length=1000,
                                   doc="Enlarge with this upscaler (a name from the welcome's upscalers, its scale at "
                                       "least params.scale); empty = Lanczos"),
+            "enlarge_tile": Field("int", 256, min=32, max=1024,
+                                  doc="enlarge_with: input pixels per upscaler tile side (as upscale's tile_size)"),
+            "enlarge_overlap": Field("int", 16, min=0, max=128,
+                                     doc="enlarge_with: input pixels neighbouring upscaler tiles share"),
             "overlap": Field("int", 32, min=0, max=256, doc="Pixels neighbouring tiles share, blended smoothly")}
 
 
@@ -779,6 +783,10 @@ def validate_tiled(params, arrays):
     if "scale" in params and max(params["width"], params["height"]) * params["scale"] > MAX_TILED_SIDE:
         raise ProtocolError("invalid_param", f"params.scale makes a side longer than {MAX_TILED_SIDE}",
                             field="params.scale", allowed={"max_side": MAX_TILED_SIDE})
+    if "enlarge_tile" in params and params["enlarge_overlap"] > params["enlarge_tile"] // 2:
+        raise ProtocolError("invalid_param", f"params.enlarge_overlap must be at most half of params.enlarge_tile "
+                            f"({params['enlarge_tile'] // 2})", field="params.enlarge_overlap",
+                            allowed={"min": 0, "max": params["enlarge_tile"] // 2})
     if "region_x" in params and not (params["region_width"] and params["region_height"]) and "mask" not in arrays:
         raise ProtocolError("invalid_param", "region enhance needs params.region_width and region_height, or the "
                             "array mask", field="params.region_width", allowed={"min": 1})

@@ -172,7 +172,8 @@ def execute_detail(worker, job):
     members, _ = worker._members(job)
     source = source_pixels(job)
     height, width = source.shape[0] * p["scale"], source.shape[1] * p["scale"]
-    enlarged = enlarge(source, p["scale"], p["seamless"], worker, p["enlarge_with"])
+    enlarged = enlarge(source, p["scale"], p["seamless"], worker, p["enlarge_with"], p["enlarge_tile"],
+                       p["enlarge_overlap"])
     plan = tiles.plan_detail(p, width, height, tile_side(members[0][0], p))
     run = TileRun(worker, job, len(plan))
     if not tiles.runs_steps(run.base, p["strength"]):  # nothing to repaint: the enlarged image itself
@@ -184,7 +185,8 @@ def execute_detail(worker, job):
 WRAP_PAD = 4  # source pixels: more than Lanczos's reach (3) at any scale
 
 
-def enlarge(source: np.ndarray, scale: int, wrap: str = "", worker=None, upscaler: str = "") -> np.ndarray:
+def enlarge(source: np.ndarray, scale: int, wrap: str = "", worker=None, upscaler: str = "", tile: int = 256,
+            overlap: int = 16) -> np.ndarray:
     """Enlargement by the served ``upscaler`` (tiled, wrapping on seamless axes: upscale.py), or Lanczos;
     on the ``wrap`` axes the image is padded with its own other side first, so a seamless texture stays
     seamless (PIL's filter would clamp at the edges)."""
@@ -194,7 +196,7 @@ def enlarge(source: np.ndarray, scale: int, wrap: str = "", worker=None, upscale
         from .upscale import upscale_to
 
         net = worker.upscalers.get(upscaler)
-        big = upscale_to(net, source / np.float32(255), scale, 256, 16, "x" in wrap, "y" in wrap)
+        big = upscale_to(net, source / np.float32(255), scale, tile, overlap, "x" in wrap, "y" in wrap)
         return np.round(np.clip(big, 0, 1) * 255).astype(np.uint8)
     pad = [(WRAP_PAD, WRAP_PAD) if axis in wrap else (0, 0) for axis in ("y", "x")] + [(0, 0)]
     padded = np.pad(source, pad, mode="wrap")

@@ -24,7 +24,8 @@ from .core import GenerationRequest, encode_prompt, generate, stream_seed
 KINDS = TILE_KINDS
 # The parameters the tiled kinds own (strength is img2img's; batch_size and fps the walk's).
 FIELDS = ("tile_size", "grid_x", "grid_y", "cell_prompts", "color_match", "levels", "zoom_cell_x", "zoom_cell_y",
-          "zoom_frames", "loop", "scale", "enlarge_with", "overlap", "region_x", "region_y", "region_width", "region_height",
+          "zoom_frames", "loop", "scale", "enlarge_with", "enlarge_tile",
+          "enlarge_overlap", "overlap", "region_x", "region_y", "region_width", "region_height",
           "region_feather")
 
 

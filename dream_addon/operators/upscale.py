@@ -52,7 +52,8 @@ def detail_params(scene, params, welcome) -> dict:
     return {**{k: v for k, v in scene_part.items() if k in fields and not k.startswith("infusion")},
             **{k: params[k] for k in ("linear", "input_linear", "input_flip_y", "width", "height", "seamless",
                                       "output_dtype", "flip_y")},
-            "scale": params["factor"], "enlarge_with": upscaler,
+            "scale": params["factor"], "enlarge_with": upscaler, "enlarge_tile": params["tile_size"],
+            "enlarge_overlap": params["tile_overlap"],
             "strength": round(scene.dream_upscale.detail_strength, 4)}
 
 

@@ -318,6 +318,9 @@ def test_detail_pass_enlarges_with_the_served_upscaler(worker):
     net = worker.upscalers.get(DEFAULT_UPSCALER)
     expected = upscale.upscale_to(net, image / np.float32(255), 2, 256, 16, wrap_x=True)
     np.testing.assert_array_equal(out["image"][..., :3], np.round(np.clip(expected, 0, 1) * 255).astype(np.uint8))
+    small = run_job(worker, "detail", {**params, "enlarge_tile": 32, "enlarge_overlap": 4}, {"init_image": image})[1]
+    expected = upscale.upscale_to(net, image / np.float32(255), 2, 32, 4, wrap_x=True)  # the panel's tile settings
+    np.testing.assert_array_equal(small["image"][..., :3], np.round(np.clip(expected, 0, 1) * 255).astype(np.uint8))
     lanczos = run_job(worker, "detail", {**params, "enlarge_with": ""}, {"init_image": image})[1]
     assert np.abs(lanczos["image"].astype(int) - out["image"].astype(int)).mean() > 1  # not the same enlargement
     repainted = run_job(worker, "detail", {**params, "strength": 0.4, "steps": 10}, {"init_image": image})[1]

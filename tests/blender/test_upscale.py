@@ -202,6 +202,7 @@ def test_the_detail_pass_repaints_the_upscale_with_the_panels_prompt(upscale_sce
     assert (plain.state, detailed.state) == ("done", "done"), detailed.message
     assert (plain.kind, detailed.kind) == ("upscale", "detail")
     assert detailed.params["enlarge_with"] == "pocket-x4" and detailed.params["prompt"] == "red checker"
+    assert (detailed.params["enlarge_tile"], detailed.params["enlarge_overlap"]) == (32, 8)  # the panel's tiling
     a, b = pixels(plain.datablock("image")), pixels(detailed.datablock("image"))
     assert a.shape == b.shape == (128, 128, 4) and np.abs(a - b).mean() > 0.005
     entry = upscale_scene.dream_history[-1]
