@@ -31,6 +31,15 @@ KINDS = ("txt2img", "inpaint", "depth", "upscaler")
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
 _KIND_BY_CHANNELS = {4: "txt2img", 9: "inpaint", 5: "depth", 7: "upscaler"}
+# Kinds that are detected and listed but cannot run: why, and what is missing (no depth technique yet).
+KIND_REFUSALS = {"depth": "a depth-conditioned model (5 input channels: the latents and a depth map); Dream has no "
+                          "depth technique yet, so no job can give it the depth map input it needs: pick a txt2img "
+                          "or inpainting checkpoint, or set its kind in Preferences > Model Types if it is none"}
+
+
+def refusal(kind: str | None) -> str | None:
+    """Why a checkpoint of ``kind`` cannot run here, or None when it can."""
+    return KIND_REFUSALS.get(kind)
 
 
 class LibraryError(Exception):
@@ -108,7 +117,8 @@ def checkpoint_architecture(tensors, family) -> str | None:
     conv_in = _shape(tensors, UNET_IN)
     width = conv_in[0] if conv_in else None
     known = {("sd1", 768, 320): "sd15", ("sd2", 1024, 320): "sd2", ("sdxl", 2048, 320): "sdxl",
-             ("sd1", 64, 48): "pocket", ("sd1", 32, 32): "tiny"}
+             ("sd1", 64, 48): "pocket", ("sd1", 32, 32): "tiny",  # the project's own models, converted
+             ("sd2", 32, 32): "tiny-sd2", ("sdxl", 64, 32): "tiny-xl"}
     return known.get((family, context, width))
 
 
@@ -296,6 +306,8 @@ class ModelLibrary:
                       extra=detected)
         entry.family = family or entry.detected_family
         entry.kind = kind or entry.detected_kind
+        if entry.type == "checkpoint" and refusal(entry.kind):
+            entry.note = entry.note or refusal(entry.kind)
         return entry
 
     def listing(self) -> dict:

@@ -121,6 +121,17 @@ class ModelManager:
         self.sources = {**self.served, **files}
         return self.library.listing()
 
+    def refusal(self, name: str):
+        """Why the models folder's checkpoint ``name`` cannot run (a depth model), or None."""
+        from .model_library import refusal
+
+        entry = self.library.entries.get(name) if name not in self.served else None
+        return refusal(entry.kind) if entry is not None and entry.type == "checkpoint" else None
+
+    def usable(self) -> list:
+        """Every model name a job may ask for: the served ones and the folder's runnable checkpoints."""
+        return [n for n in self.sources if self.refusal(n) is None]
+
     @property
     def dtype(self):
         import torch
@@ -175,20 +186,20 @@ class ModelManager:
 
     def _file_family(self, entry):
         """family() of a single-file checkpoint, from its architecture's configs and its own channels."""
-        from .single_file import SingleFileError, config_folder
+        from .single_file import PREDICTION, SHIPPED, SingleFileError, config_folder
 
         if entry.architecture is None:
             return None
-        if entry.architecture == "tiny" and entry.family == entry.detected_family:  # as the built-in tiny models
-            return f"tiny/unet{entry.extra.get('in_channels', 4)}"
+        if entry.architecture in ("tiny", "tiny-xl") and entry.family == entry.detected_family:  # as the built-ins
+            return f"{entry.architecture}/unet{entry.extra.get('in_channels', 4)}"
         try:
             folder = config_folder(entry.architecture, self.models_dir)
             vae = json.loads((folder / "vae" / "config.json").read_text())
             scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
         except (OSError, ValueError, SingleFileError):
             return None
-        prediction = {"sd2": "v_prediction", "sd2-base": "epsilon", "sd1": "epsilon"}.get(entry.family)
-        if entry.architecture not in ("sd15", "sd2", "sdxl") and entry.family == entry.detected_family:
+        prediction = PREDICTION.get(entry.family)
+        if entry.architecture not in SHIPPED and entry.family == entry.detected_family:
             prediction = scheduler.get("prediction_type", "epsilon")
         return (f"vae{2 ** (len(vae['block_out_channels']) - 1)}/{vae.get('scaling_factor', 0.18215)}/"
                 f"lat{vae.get('latent_channels', 4)}/unet{entry.extra.get('in_channels', 4)}/{prediction}")

@@ -216,6 +216,9 @@ class Connection:
                 raise ProtocolError("invalid_param", f"{where} {name!r} is not served here (nor a checkpoint in "
                                     "the models folder; rescan after adding files)", field=where,
                                     allowed=self.server.models.names(), job_id=job_id)
+            if (why := self.server.models.refusal(name)) is not None:  # detected, listed, cannot run
+                raise ProtocolError("invalid_param", f"{where} {name!r} is {why}", field=where,
+                                    allowed=self.server.models.usable(), job_id=job_id)
         loras = self.server.models.library.names("lora")
         for i, term in enumerate(params.get("loras") or []):  # before anything is made
             if term["name"] not in loras:

@@ -1,0 +1,157 @@
+"""SDXL and SD 2.x (OpenCLIP) single files, the shipped CLIP tokenizer, and depth models refused clearly.
+
+Our tiny SDXL model written in the SGM / A1111 layout (CLIP-L ``conditioner.embedders.0.transformer.*``,
+OpenCLIP ``conditioner.embedders.1.model.*``) and a tiny SD 2-shaped one in the OpenCLIP layout
+(``cond_stage_model.model.*``) load back offline: the same weights and the same pixels as their folders."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dream_addon import protocol
+from generator_backend.checkpoint_convert import save_single_file, to_single_file
+from generator_backend.core import GenerationRequest, generate
+from generator_backend.jobs import Job, JobQueue, JobStore
+from generator_backend.model_library import ModelLibrary, read_safetensors_header
+from generator_backend.models import ModelLoadError, ModelManager
+from generator_backend.runner import Worker
+from generator_backend.sdxl import is_xl
+from generator_backend.single_file import SingleFileError, load_pipeline
+from generator_backend.tiny_sd2 import ensure_tiny_sd2_model
+from generator_backend.tiny_xl import ensure_tiny_xl_model
+
+PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+@pytest.fixture(scope="module")
+def folders(models_dir):
+    return {"xl": ensure_tiny_xl_model(models_dir, "tiny-xl"), "sd2": ensure_tiny_sd2_model(models_dir)}
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, folders):
+    """A models folder holding the tiny SDXL model as an SGM-layout file and the tiny SD 2 one as an
+    OpenCLIP-layout file."""
+    root = tmp_path_factory.mktemp("library")
+    save_single_file(folders["xl"], root / "xl-file.safetensors")
+    save_single_file(folders["sd2"], root / "sd2-file.safetensors", text_layout="openclip")
+    return root
+
+
+@pytest.fixture(scope="module")
+def manager(library, folders):
+    return ModelManager([f"tiny-xl={folders['xl']}", f"tiny-sd2={folders['sd2']}"], device="cpu",
+                        models_dir=library)
+
+
+def aligned(components):
+    """The components with every parameter in a fresh allocation: a weight mmap'd from a folder's safetensors
+    sits at an unaligned address, which changes CPU matmul rounding (about 2e-7) though its values are equal."""
+    for part in PARTS:
+        for p in getattr(components, part, None).parameters() if getattr(components, part, None) else ():
+            p.data = p.data.clone()
+    return components
+
+
+def request(**kw):
+    return GenerationRequest(**{"prompt": "red bricks", "negative_prompt": "blue", "seed": 3, "steps": 4,
+                                "width": 64, "height": 64, **kw})
+
+
+def same_weights(a, b, parts):
+    for part in parts:
+        x, y = getattr(a, part).state_dict(), getattr(b, part).state_dict()
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), part
+
+
+def test_the_sgm_layout_names_both_text_encoders(library):
+    keys = list(read_safetensors_header(library / "xl-file.safetensors"))
+    assert any(k.startswith("conditioner.embedders.0.transformer.text_model.encoder.layers.") for k in keys)
+    assert "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight" in keys
+    assert "conditioner.embedders.1.model.text_projection" in keys
+    assert "model.diffusion_model.label_emb.0.0.weight" in keys  # the added (time + pooled) embedding
+    assert not any(k.startswith("cond_stage_model.") for k in keys)
+
+
+def test_an_sdxl_single_file_loads_back_with_the_same_pixels(manager, models_dir):
+    single, folder = manager.get("xl-file"), aligned(manager.get("tiny-xl"))
+    assert is_xl(single) and single.zero_empty_negative == folder.zero_empty_negative is True
+    same_weights(single, folder, PARTS)
+    for part in ("tokenizer", "tokenizer_2"):
+        assert getattr(single, part)("red bricks", padding="max_length", max_length=77).input_ids == \
+            getattr(folder, part)("red bricks", padding="max_length", max_length=77).input_ids
+    assert single.tokenizer_2.pad_token == "!"
+    for kw in ({}, {"negative_prompt": ""}, {"width": 96, "height": 64, "guidance": 4.0}):
+        assert torch.equal(generate(single, request(**kw)), generate(folder, request(**kw))), kw
+    built_in = ModelManager(["tiny-xl"], device="cpu", models_dir=models_dir)  # one latent space: ensembles
+    assert manager.family("xl-file") == built_in.family("tiny-xl") == "tiny-xl/unet4"
+
+
+def test_the_models_folder_lists_it_as_sdxl(library):
+    library_ = ModelLibrary(library)
+    library_.scan()
+    listing = {e["name"]: e for e in library_.listing()["checkpoints"]}
+    assert (listing["xl-file"]["family"], listing["xl-file"]["kind"], listing["xl-file"]["architecture"]) == \
+        ("sdxl", "txt2img", "tiny-xl")
+    assert (listing["sd2-file"]["family"], listing["sd2-file"]["architecture"]) == ("sd2", "tiny-sd2")
+
+
+def run_job(manager, tmp_path, kind, model, arrays=None, **params):
+    params, arrays = protocol.validate_job(kind, {"prompt": "red bricks", "seed": 5, "steps": 3, "width": 64,
+                                                  "height": 64, "model": model, **params}, arrays or {})
+    store = JobStore(tmp_path / model)
+    job = Job(f"{kind}-{model}", kind, params, arrays)
+    Worker(JobQueue(), manager, store).execute(job)
+    assert job.state == "done", job.error
+    return store.load_image(job.job_id)
+
+
+@pytest.mark.parametrize("kind", ["txt2img", "img2img"])
+def test_txt2img_and_img2img_through_the_runner(manager, tmp_path, kind):
+    aligned(manager.get("tiny-xl"))
+    arrays = {"init_image": np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)} \
+        if kind == "img2img" else None
+    extra = {"strength": 0.6} if kind == "img2img" else {}
+    single = run_job(manager, tmp_path, kind, "xl-file", arrays, **extra)
+    np.testing.assert_array_equal(single, run_job(manager, tmp_path, kind, "tiny-xl", arrays, **extra))
+    assert single.std() > 0.01  # a picture, not a blank
+
+
+def test_an_sd2_openclip_single_file_loads_back_with_the_same_pixels(manager, library):
+    keys = list(read_safetensors_header(library / "sd2-file.safetensors"))
+    assert "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight" in keys
+    assert not any(k.startswith("cond_stage_model.transformer.") for k in keys)
+    single, folder = manager.get("sd2-file"), aligned(manager.get("tiny-sd2"))
+    assert single.scheduler.config.prediction_type == "v_prediction"  # the SD 2 family's, detected
+    assert single.unet.config.use_linear_projection and single.text_encoder.config.hidden_act == "gelu"
+    same_weights(single, folder, PARTS[:3])
+    assert single.tokenizer.pad_token == "!"
+    assert torch.equal(generate(single, request()), generate(folder, request()))
+
+
+def test_the_openclip_layout_round_trips_through_diffusers_converter(folders):
+    """Our writer is the inverse of diffusers' convert_open_clip_checkpoint, q/k/v packing included."""
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+    from transformers import CLIPTextModelWithProjection
+
+    encoder = CLIPTextModelWithProjection.from_pretrained(folders["xl"], subfolder="text_encoder_2")
+    from generator_backend.checkpoint_convert import XL_OPENCLIP_PREFIX, openclip_state
+
+    back = convert_open_clip_checkpoint(encoder, openclip_state(encoder, XL_OPENCLIP_PREFIX), XL_OPENCLIP_PREFIX)
+    state = encoder.state_dict()
+    assert set(back) == set(state) - {"text_model.embeddings.position_ids"}
+    assert all(torch.equal(back[k], state[k]) for k in back)
+
+
+def test_sdxl_and_sd_files_cannot_be_loaded_as_each_other(library):
+    with pytest.raises(SingleFileError, match="cannot load as sd1"):
+        load_pipeline(library / "xl-file.safetensors", torch.float32, family="sd1")
+    with pytest.raises(SingleFileError, match="cannot load as sdxl"):
+        load_pipeline(library / "sd2-file.safetensors", torch.float32, family="sdxl")
+
+
+def test_a_bad_text_layout_is_refused(folders):
+    with pytest.raises(ValueError, match="text_layout"):
+        to_single_file(None, None, None, text_layout="t5")
