@@ -3,14 +3,12 @@
 Builds random-weight SD 1.5 components from the shipped config (generator_backend/model_configs/sd15),
 writes them in the A1111 single-file layout (fp16, ~2 GB) with checkpoint_convert, lists the file
 (header only), then loads it with single_file.load_pipeline and checks that every tensor is the file's, exactly.
-The tokenizer's vocabulary is not shippable: a stand-in (the pocket model's) is put where the loader
-looks (<models dir>/tokenizers/sd15). Usage: .venv/bin/python scripts/check_sd15_single_file.py
+The tokenizer is the shipped CLIP vocabulary (clip_vocab.py), checked to be 49408 tokens. Usage: .venv/bin/python scripts/check_sd15_single_file.py
 """
 
 from __future__ import annotations
 
 import gc
-import shutil
 import sys
 import tempfile
 import time
@@ -29,7 +27,6 @@ def main():
     from generator_backend.checkpoint_convert import (CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, to_single_file, unet_key,
                                                       vae_key)
     from generator_backend.model_library import ModelLibrary
-    from generator_backend.models import POCKET_DIR
     from generator_backend.single_file import CONFIGS_DIR, load_pipeline
 
     config = CONFIGS_DIR / "sd15"
@@ -59,10 +56,10 @@ def main():
         entry = ModelLibrary(folder).scan()["sd15-random"]
         print("listed:", entry.type, entry.family, entry.kind, entry.architecture)
         assert (entry.type, entry.family, entry.kind, entry.architecture) == ("checkpoint", "sd1", "txt2img", "sd15")
-        shutil.copytree(POCKET_DIR / "tokenizer", folder / "tokenizers" / "sd15")
         t0 = time.perf_counter()
         pipe, info = load_pipeline(path, torch.float16, models_dir=folder)
         print(f"loaded in {time.perf_counter() - t0:.0f} s:", info)
+        assert len(pipe.tokenizer) == 49408, len(pipe.tokenizer)  # CLIP's own vocabulary, offline
         saved = load_file(str(path))
         again = to_single_file(pipe.unet, pipe.vae, pipe.text_encoder)  # the loaded modules, in the file's names
         missing = sorted(set(saved) - set(again))

@@ -137,12 +137,3 @@ def test_the_shipped_configurations_match_the_real_architectures(tmp_path, archi
     path.write_bytes(len(header).to_bytes(8, "little") + header.encode())
     entry = ModelLibrary(tmp_path).scan()[architecture]
     assert (entry.family, entry.kind, entry.architecture) == (family, "txt2img", architecture)
-
-
-def test_a_shipped_architecture_needs_its_tokenizer_and_says_where_to_put_it(tmp_path):
-    from generator_backend.single_file import tokenizer_folder
-
-    with pytest.raises(SingleFileError, match="tokenizers/sd15"):
-        tokenizer_folder("sd15", CONFIGS_DIR / "sd15", tmp_path)
-    shutil.copytree(POCKET_DIR / "tokenizer", tmp_path / "tokenizers" / "sd15")
-    assert tokenizer_folder("sd15", CONFIGS_DIR / "sd15", tmp_path) == tmp_path / "tokenizers" / "sd15"

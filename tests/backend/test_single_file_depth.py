@@ -1,0 +1,61 @@
+"""Depth checkpoints: detected and listed, refused with an error naming what is missing (a depth map input)
+at submit, before anything is made, and at load."""
+
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from generator_backend.checkpoint_convert import UNET_PREFIX, save_single_file
+from generator_backend.model_library import ModelLibrary
+from generator_backend.single_file import SingleFileError, load_pipeline, load_state_dict
+from tests.backend.test_server import connect
+
+SMALL = {"prompt": "red bricks", "steps": 2, "width": 64, "height": 64, "seed": 9, "preview_interval": 0}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, models_dir):
+    """A models folder with a depth model: the tiny model's file, its UNet taking 5 channels (latents + depth)."""
+    root = tmp_path_factory.mktemp("depth")
+    save_single_file(models_dir / "tiny", root / "tiny-file.safetensors")
+    state = load_state_dict(root / "tiny-file.safetensors")
+    weight = state[UNET_PREFIX + "input_blocks.0.0.weight"]
+    state[UNET_PREFIX + "input_blocks.0.0.weight"] = torch.cat([weight, weight[:, :1]], dim=1)
+    save_file(state, str(root / "depth-file.safetensors"))
+    return root
+
+
+def test_a_depth_model_is_listed_with_why_it_cannot_run(folder):
+    library = ModelLibrary(folder)
+    library.scan()
+    listing = {e["name"]: e for e in library.listing()["checkpoints"]}
+    assert (listing["depth-file"]["kind"], listing["depth-file"]["family"]) == ("depth", "sd1")
+    assert "depth map" in listing["depth-file"]["note"] and "note" not in listing["tiny-file"]
+
+
+def test_a_depth_model_is_refused_at_load(folder):
+    with pytest.raises(SingleFileError, match="depth map input"):
+        load_pipeline(folder / "depth-file.safetensors", torch.float32)
+
+
+def test_a_depth_model_is_refused_at_submit_naming_the_missing_input(folder, tmp_path):
+    from dream_addon.supervisor import BackendProcess
+
+    process = BackendProcess(sys.executable, 0, models=("tiny",), output_dir=tmp_path, device="cpu",
+                             max_restarts=0, extra_args=["--models-dir", str(folder)])
+    process.start()
+    try:
+        assert process.wait_ready(120), "\n".join(process.tail)
+        conn = connect(process)
+        conn.send({"type": "submit", "job_id": "depth-1", "params": dict(SMALL, model="depth-file")})
+        message, _ = conn.recv()
+        assert message["type"] == "error" and message["field"] == "params.model", message
+        assert "depth map input" in message["message"] and message["job_id"] == "depth-1"
+        assert "tiny-file" in message["allowed"] and "depth-file" not in message["allowed"]
+        conn.send({"type": "status", "job_id": "depth-1"})
+        assert conn.recv()[0].get("job") is None  # no job was made
+        conn.close()
+    finally:
+        process.stop()
