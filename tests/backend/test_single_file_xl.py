@@ -49,8 +49,8 @@ def manager(library, folders):
 def aligned(components):
     """The components with every parameter in a fresh allocation: a weight mmap'd from a folder's safetensors
     sits at an unaligned address, which changes CPU matmul rounding (about 2e-7) though its values are equal."""
-    for part in PARTS:
-        for p in getattr(components, part, None).parameters() if getattr(components, part, None) else ():
+    for module in filter(None, (getattr(components, part, None) for part in PARTS)):
+        for p in module.parameters():
             p.data = p.data.clone()
     return components
 
@@ -87,6 +87,14 @@ def test_an_sdxl_single_file_loads_back_with_the_same_pixels(manager, models_dir
         assert torch.equal(generate(single, request(**kw)), generate(folder, request(**kw))), kw
     built_in = ModelManager(["tiny-xl"], device="cpu", models_dir=models_dir)  # one latent space: ensembles
     assert manager.family("xl-file") == built_in.family("tiny-xl") == "tiny-xl/unet4"
+
+
+def test_an_sdxl_inpainting_single_file_keeps_its_nine_channels(tmp_path, models_dir):
+    save_single_file(ensure_tiny_xl_model(models_dir, "tiny-xl-inpaint"), tmp_path / "xl-9.safetensors")
+    manager = ModelManager(["tiny-xl-inpaint"], device="cpu", models_dir=models_dir)
+    pipe, found = load_pipeline(tmp_path / "xl-9.safetensors", torch.float32, models_dir=models_dir)
+    assert (found["family"], found["kind"], pipe.unet.config.in_channels) == ("sdxl", "inpaint", 9)
+    same_weights(pipe, manager.get(), PARTS)
 
 
 def test_the_models_folder_lists_it_as_sdxl(library):
@@ -155,3 +163,33 @@ def test_sdxl_and_sd_files_cannot_be_loaded_as_each_other(library):
 def test_a_bad_text_layout_is_refused(folders):
     with pytest.raises(ValueError, match="text_layout"):
         to_single_file(None, None, None, text_layout="t5")
+
+
+def test_a_real_depth_sd2_text_encoder_loads_beside_openclip_s_unused_last_block(tmp_path):
+    """Real SD 2.x files hold all 24 OpenCLIP blocks and a text projection; SD 2 conditions on the
+    penultimate, so the shipped config has 23 layers: the 23 load exactly, block 23 and the projection
+    are left out. At SD 2's depth, at a narrow width. (Extra keys are dropped by diffusers whatever their
+    names, so this checks that they do not disturb the 23 layers, not which list drops them.)"""
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from generator_backend.checkpoint_convert import OPENCLIP_PREFIX, openclip_state
+    from generator_backend.single_file import CONFIGS_DIR, text_state
+
+    settings = json.loads((CONFIGS_DIR / "sd2" / "text_encoder" / "config.json").read_text())
+    settings.update(hidden_size=64, intermediate_size=128, num_attention_heads=4)
+    assert settings["num_hidden_layers"] == 23
+    config = CLIPTextConfig(**settings)
+    (tmp_path / "text_encoder").mkdir()
+    config.save_pretrained(tmp_path / "text_encoder")
+    torch.manual_seed(0)
+    encoder = CLIPTextModel(config)
+    state = openclip_state(encoder, OPENCLIP_PREFIX)
+    block = f"{OPENCLIP_PREFIX}transformer.resblocks."
+    state.update({k.replace(block + "22.", block + "23."): v + 1 for k, v in state.items() if k.startswith(block + "22.")})
+    state["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(1)  # other models' tensors are skipped
+    loaded = create_diffusers_clip_model_from_ldm(CLIPTextModel, text_state(state, "cond_stage_model."),
+                                                  subfolder="text_encoder", config=str(tmp_path),
+                                                  local_files_only=True)
+    a, b = loaded.state_dict(), encoder.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
