@@ -75,8 +75,21 @@ def scene_params(props) -> tuple[dict, dict]:
         if len(props.ensemble_models) < 2:
             raise JobInputError("A model ensemble needs at least two models")
         params["models"] = [{"name": m.name, "weight": m.weight} for m in props.ensemble_models]
+    for where, name in [("The Model", params["model"])] + [(f"Ensemble model {i + 1}", m["name"])
+                                                            for i, m in enumerate(params.get("models") or [])]:
+        check_model_runs(name, where)
     params.update(lora_params(props.id_data))
     return params, arrays
+
+
+def check_model_runs(name: str, where: str = "The Model"):
+    """A models-folder checkpoint the backend lists with a kind no job can run (a depth model) is refused
+    here, saying what it needs, before anything is made."""
+    from .properties.models import listed
+
+    for entry in listed("checkpoints"):
+        if entry["name"] == name and entry.get("kind") in protocol.REFUSED_KINDS:
+            raise JobInputError(f"{where} {name!r} is {protocol.REFUSED_KINDS[entry['kind']]}")
 
 
 def lora_params(scene) -> dict:

@@ -17,6 +17,8 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dream_addon import protocol
+
 log = logging.getLogger("generator_backend.model_library")
 
 MAX_ENTRIES = 2000  # files and folders listed; more are ignored (and logged)
@@ -31,15 +33,11 @@ KINDS = ("txt2img", "inpaint", "depth", "upscaler")
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
 _KIND_BY_CHANNELS = {4: "txt2img", 9: "inpaint", 5: "depth", 7: "upscaler"}
-# Kinds that are detected and listed but cannot run: why, and what is missing (no depth technique yet).
-KIND_REFUSALS = {"depth": "a depth-conditioned model (5 input channels: the latents and a depth map); Dream has no "
-                          "depth technique yet, so no job can give it the depth map input it needs: pick a txt2img "
-                          "or inpainting checkpoint, or set its kind in Preferences > Model Types if it is none"}
 
 
 def refusal(kind: str | None) -> str | None:
     """Why a checkpoint of ``kind`` cannot run here, or None when it can."""
-    return KIND_REFUSALS.get(kind)
+    return protocol.REFUSED_KINDS.get(kind)
 
 
 class LibraryError(Exception):

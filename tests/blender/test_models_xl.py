@@ -71,5 +71,8 @@ def test_a_depth_model_says_what_it_needs_in_the_menu_and_at_generate(dropped, s
     label, description = menu(scene)["depth-dropped"]
     assert label == "depth-dropped (sd1, depth)" and "depth map" in description
     scene.dream.model = "depth-dropped"
-    job = generate(session)
-    assert job.state != "done" and "depth map input" in job.message, (job.state, job.message)
+    jobs, images = set(session.jobs), set(bpy.data.images.keys())
+    with pytest.raises(RuntimeError, match="The Model 'depth-dropped' is a depth-conditioned model .* the depth "
+                                           "map input it needs"):
+        bpy.ops.dream.generate_texture()
+    assert set(session.jobs) == jobs and set(bpy.data.images.keys()) == images  # nothing was made
