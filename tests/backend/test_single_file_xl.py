@@ -193,3 +193,44 @@ def test_a_real_depth_sd2_text_encoder_loads_beside_openclip_s_unused_last_block
                                                   local_files_only=True)
     a, b = loaded.state_dict(), encoder.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("architecture", ["sd2", "sdxl"])
+def test_the_real_architectures_round_trip_through_diffusers_readers(architecture):
+    """At full size, on the meta device: every tensor our writer names for the shipped SD 2 / SDXL configs
+    (SDXL's 10-deep transformers, OpenCLIP bigG) comes back through diffusers' converters to the module's
+    own name and shape, so real files, which those converters read, are in the layout we test with."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
+                                                     convert_ldm_vae_checkpoint, convert_open_clip_checkpoint)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from generator_backend.checkpoint_convert import OPENCLIP_PREFIX, XL_OPENCLIP_PREFIX
+    from generator_backend.single_file import CONFIGS_DIR, text_state
+
+    config = CONFIGS_DIR / architecture
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config / "unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config / "vae"))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(config / "text_encoder"))
+        text_2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(config / "text_encoder_2")) \
+            if architecture == "sdxl" else None
+    state = to_single_file(unet, vae, text, text_2, "openclip" if architecture == "sd2" else "clip")
+    if architecture == "sdxl":
+        back = {"unet": convert_ldm_unet_checkpoint(state, dict(unet.config)),
+                "text": {k.removeprefix("text_model."): v for k, v in
+                         convert_ldm_clip_checkpoint(text_state(state, "conditioner.embedders.0.")).items()},
+                "text_2": convert_open_clip_checkpoint(text_2, text_state(state, "conditioner.embedders.1."),
+                                                       XL_OPENCLIP_PREFIX)}
+    else:
+        back = {"unet": convert_ldm_unet_checkpoint(state, dict(unet.config)),
+                "text": {k.removeprefix("text_model."): v for k, v in convert_open_clip_checkpoint(
+                    text, text_state(state, "cond_stage_model."), OPENCLIP_PREFIX).items()}}
+    back["vae"] = convert_ldm_vae_checkpoint(state, dict(vae.config))
+    for part, module in (("unet", unet), ("vae", vae), ("text", text), ("text_2", text_2)):
+        if module is None:
+            continue
+        own = {k: v for k, v in module.state_dict().items() if not k.endswith("position_ids")}
+        assert set(back[part]) == set(own), (part, sorted(set(back[part]) ^ set(own))[:4])
+        assert all(back[part][k].shape == own[k].shape for k in own), part
