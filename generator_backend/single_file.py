@@ -1,14 +1,15 @@
 """Single-file checkpoints (A1111 / Civitai layout) loaded offline through diffusers' from_single_file.
 
 The file holds weights only; the configurations come from the folders shipped in
-generator_backend/model_configs (sd15, sd2, sdxl) or from the project's own models (pocket, tiny),
-chosen by the architecture detected from the tensors. ``.ckpt`` files are read with a weights-only
-unpickler and refused when they hold anything but tensors. SD 1.x files carry a CLIP text encoder
-(``cond_stage_model.transformer.*``), SD 2.x ones OpenCLIP's (``cond_stage_model.model.*``) and SDXL
-ones both (``conditioner.embedders.0.transformer.*`` and ``conditioner.embedders.1.model.*``): an
-SDXL file loads as a StableDiffusionXLPipeline, the same Components as an SDXL folder. No
-checkpoint holds its tokenizer: the shipped CLIP vocabulary (clip_vocab.py) serves the shipped
-architectures, unless ``<models dir>/tokenizers/<architecture>`` holds one of the user's own.
+generator_backend/model_configs (sd15, sd2, sdxl) or from the project's own models (pocket, tiny,
+tiny-sd2, tiny-xl), chosen by the architecture detected from the tensors. ``.ckpt`` files are read
+with a weights-only unpickler and refused when they hold anything but tensors. SD 1.x files carry a
+CLIP text encoder (``cond_stage_model.transformer.*``), SD 2.x ones OpenCLIP's
+(``cond_stage_model.model.*``) and SDXL ones both (``conditioner.embedders.0.transformer.*`` and
+``conditioner.embedders.1.model.*``): an SDXL file loads as a StableDiffusionXLPipeline, the same
+Components as an SDXL folder. No checkpoint holds its tokenizer: the shipped CLIP vocabulary
+(clip_vocab.py) serves the shipped architectures, unless ``<models dir>/tokenizers/<architecture>``
+holds one of the user's own.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ log = logging.getLogger("generator_backend.single_file")
 CONFIGS_DIR = Path(__file__).resolve().parent / "model_configs"
 SHIPPED = ("sd15", "sd2", "sdxl")
 FAMILY_ARCHITECTURE = {"sd1": "sd15", "sd2": "sd2", "sd2-base": "sd2", "sdxl": "sdxl"}
-TINY_ARCHITECTURES = ("tiny", "tiny-sd2", "tiny-xl")  # the project's own models, converted by the tests
 PREDICTION = {"sd2": "v_prediction", "sd2-base": "epsilon", "sd1": "epsilon", "sdxl": "epsilon"}
+
 
 class SingleFileError(Exception):
     """A checkpoint that cannot be loaded, with what to do about it."""

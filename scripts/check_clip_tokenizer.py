@@ -1,10 +1,11 @@
-"""By-hand check: the shipped CLIP tokenizer (generator_backend/clip_vocab.py) against open_clip's
+r"""By-hand check: the shipped CLIP tokenizer (generator_backend/clip_vocab.py) against open_clip's
 SimpleTokenizer, the pure-Python reference implementation of CLIP's BPE (how the ids in
 tests/backend/test_clip_vocab.py were made). open_clip is no dependency of the project: unpack its
 tokenizer.py from the open_clip_torch wheel and install ftfy beside it, e.g.
     pip download --no-deps open_clip_torch==3.3.0 && unzip -j open_clip_torch-*.whl open_clip/tokenizer.py \
         open_clip/bpe_simple_vocab_16e6.txt.gz -d /tmp/oc && pip install --target /tmp/oc ftfy
-Usage: PYTHONPATH=.:/tmp/oc .venv/bin/python scripts/check_clip_tokenizer.py /tmp/oc/tokenizer.py [--random N | PROMPT ...]
+Usage: PYTHONPATH=.:/tmp/oc .venv/bin/python scripts/check_clip_tokenizer.py /tmp/oc/tokenizer.py \
+           [--random N | PROMPT ...]
 (--random N: N seeded random prompts of vocabulary words, punctuation, digits, accents, CJK, emoji,
 made-up words and upper case; 2026-12-01: 3000 prompts, 0 differ.)
 """

@@ -68,9 +68,9 @@ def test_padding_truncation_and_round_trips(tokenizer):
         assert tokenizer.convert_tokens_to_ids(tokenizer.convert_ids_to_tokens(ids)) == ids
 
 
-@pytest.mark.parametrize("architecture,subfolder,pad", [("sd15", "tokenizer", "<|endoftext|>"),
-                                                        ("sd2", "tokenizer", "!"), ("sdxl", "tokenizer", "<|endoftext|>"),
-                                                        ("sdxl", "tokenizer_2", "!")])
+@pytest.mark.parametrize("architecture,subfolder,pad", [
+    ("sd15", "tokenizer", "<|endoftext|>"), ("sd2", "tokenizer", "!"), ("sdxl", "tokenizer", "<|endoftext|>"),
+    ("sdxl", "tokenizer_2", "!")])
 def test_shipped_architectures_get_the_shipped_vocabulary(tmp_path, architecture, subfolder, pad):
     tok = load_tokenizer(architecture, CONFIGS_DIR / architecture, tmp_path, subfolder)
     assert len(tok) == 49408 and tok.pad_token == pad and tok.model_max_length == 77

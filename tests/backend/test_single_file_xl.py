@@ -186,7 +186,8 @@ def test_a_real_depth_sd2_text_encoder_loads_beside_openclip_s_unused_last_block
     encoder = CLIPTextModel(config)
     state = openclip_state(encoder, OPENCLIP_PREFIX)
     block = f"{OPENCLIP_PREFIX}transformer.resblocks."
-    state.update({k.replace(block + "22.", block + "23."): v + 1 for k, v in state.items() if k.startswith(block + "22.")})
+    state.update({k.replace(block + "22.", block + "23."): v + 1 for k, v in state.items()
+                  if k.startswith(block + "22.")})  # the 24th block, unused
     state["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(1)  # other models' tensors are skipped
     loaded = create_diffusers_clip_model_from_ldm(CLIPTextModel, text_state(state, "cond_stage_model."),
                                                   subfolder="text_encoder", config=str(tmp_path),
