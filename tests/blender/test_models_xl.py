@@ -29,8 +29,8 @@ save_file(state, str(root / "depth-dropped.safetensors"))
 """
 
 
-@pytest.fixture
-def dropped(backend, session, prefs, scene):
+@pytest.fixture(scope="module")
+def dropped(backend, session, prefs):
     """The models folder with the tiny SDXL model as a folder and as an SGM-layout single file, and a depth
     model, listed after a Rescan; all gone again afterwards."""
     root = Path(prefs.models_dir)
@@ -38,23 +38,24 @@ def dropped(backend, session, prefs, scene):
     session.ensure_connected(prefs)
     assert drain_until(session, lambda: session.welcome is not None), session.status
     assert bpy.ops.dream.rescan_models() == {"FINISHED"}
-    assert drain_until(session, lambda: "xl-dropped" in menu(scene))
-    scene.dream.seed = 7
+    assert drain_until(session, lambda: "xl-dropped" in menu())
     yield root
     shutil.rmtree(root / "tiny-xl")
     for name in ("xl-dropped", "depth-dropped"):
         (root / f"{name}.safetensors").unlink()
     bpy.ops.dream.rescan_models()
-    assert drain_until(session, lambda: "xl-dropped" not in menu(scene))
+    assert drain_until(session, lambda: "xl-dropped" not in menu())
 
 
-def menu(scene):
+def menu():
     """What the Model menu offers: {name: (label, description)}, from the welcome, as Blender asks for them."""
+    scene = bpy.context.scene
     return {item[0]: item[1:] for item in addon("properties").model_items(scene.dream, bpy.context)}
 
 
 def test_an_sdxl_single_file_is_picked_from_the_menu_and_generates(dropped, scene, session):
-    assert menu(scene)["xl-dropped"][0] == "xl-dropped (sdxl, txt2img)"
+    assert menu()["xl-dropped"][0] == "xl-dropped (sdxl, txt2img)"
+    scene.dream.seed = 7
     scene.dream.model = "tiny"
     sd = result_pixels(session, generate(session))
     scene.dream.model = "xl-dropped"
@@ -68,7 +69,7 @@ def test_an_sdxl_single_file_is_picked_from_the_menu_and_generates(dropped, scen
 
 
 def test_a_depth_model_says_what_it_needs_in_the_menu_and_at_generate(dropped, scene, session):
-    label, description = menu(scene)["depth-dropped"]
+    label, description = menu()["depth-dropped"]
     assert label == "depth-dropped (sd1, depth)" and "depth map" in description
     scene.dream.model = "depth-dropped"
     jobs, images = set(session.jobs), set(bpy.data.images.keys())
