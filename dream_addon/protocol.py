@@ -366,7 +366,9 @@ MAX_INFUSION_IMAGES = 4
 # Checkpoint kinds the models folder lists but no job can run, and why (both sides refuse them).
 REFUSED_KINDS = {"depth": "a depth-conditioned model (5 input channels: the latents and a depth map); Dream has no "
                           "depth technique yet, so no job can give it the depth map input it needs: pick a txt2img "
-                          "or inpainting checkpoint, or set its kind in Preferences > Model Types if it is none"}
+                          "or inpainting checkpoint, or set its kind in Preferences > Model Types if it is none",
+                 "upscaler": "a diffusion upscaler (7 input channels: the latents and a low-resolution image), "
+                             "which Dream does not run as a checkpoint: upscale with the Upscale panel's upscalers"}
 MAX_MODELS = 4
 MAX_PROMPTS = 8
 PROMPT_TERM_FIELDS = {

@@ -17,27 +17,28 @@ SMALL = {"prompt": "red bricks", "steps": 2, "width": 64, "height": 64, "seed": 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, models_dir):
-    """A models folder with a depth model: the tiny model's file, its UNet taking 5 channels (latents + depth)."""
+    """A models folder with a depth model (the tiny model's file, its UNet taking 5 channels: latents + depth)
+    and a diffusion upscaler (7: latents + a low-resolution image)."""
     root = tmp_path_factory.mktemp("depth")
     save_single_file(models_dir / "tiny", root / "tiny-file.safetensors")
     state = load_state_dict(root / "tiny-file.safetensors")
     weight = state[UNET_PREFIX + "input_blocks.0.0.weight"]
-    state[UNET_PREFIX + "input_blocks.0.0.weight"] = torch.cat([weight, weight[:, :1]], dim=1)
-    save_file(state, str(root / "depth-file.safetensors"))
+    for name, extra in (("depth-file", 1), ("upscaler-file", 3)):
+        state[UNET_PREFIX + "input_blocks.0.0.weight"] = torch.cat([weight, weight[:, :extra]], dim=1)
+        save_file(state, str(root / f"{name}.safetensors"))
     return root
 
 
-def test_a_depth_model_is_listed_with_why_it_cannot_run(folder):
+@pytest.mark.parametrize("name,kind,why", [("depth-file", "depth", "depth map input"),
+                                           ("upscaler-file", "upscaler", "Upscale panel")])
+def test_refused_kinds_are_listed_with_why_and_refused_at_load(folder, name, kind, why):
     library = ModelLibrary(folder)
     library.scan()
     listing = {e["name"]: e for e in library.listing()["checkpoints"]}
-    assert (listing["depth-file"]["kind"], listing["depth-file"]["family"]) == ("depth", "sd1")
-    assert "depth map" in listing["depth-file"]["note"] and "note" not in listing["tiny-file"]
-
-
-def test_a_depth_model_is_refused_at_load(folder):
-    with pytest.raises(SingleFileError, match="depth map input"):
-        load_pipeline(folder / "depth-file.safetensors", torch.float32)
+    assert (listing[name]["kind"], listing[name]["family"]) == (kind, "sd1")
+    assert why in listing[name]["note"] and "note" not in listing["tiny-file"]
+    with pytest.raises(SingleFileError, match=why):
+        load_pipeline(folder / f"{name}.safetensors", torch.float32)
 
 
 def test_a_depth_model_is_refused_at_submit_naming_the_missing_input(folder, tmp_path):
@@ -53,7 +54,7 @@ def test_a_depth_model_is_refused_at_submit_naming_the_missing_input(folder, tmp
         message, _ = conn.recv()
         assert message["type"] == "error" and message["field"] == "params.model", message
         assert "depth map input" in message["message"] and message["job_id"] == "depth-1"
-        assert "tiny-file" in message["allowed"] and "depth-file" not in message["allowed"]
+        assert "tiny-file" in message["allowed"] and not {"depth-file", "upscaler-file"} & set(message["allowed"])
         conn.send({"type": "status", "job_id": "depth-1"})
         assert conn.recv()[0].get("job") is None  # no job was made
         conn.close()
