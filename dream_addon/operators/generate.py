@@ -323,7 +323,8 @@ def last_walk(states=("done",)):
 
 
 LISTS = [("extra_prompts", "Prompts", ""), ("infusion_images", "Biasing Images", ""),
-         ("ensemble_models", "Models", ""), ("walk_prompts", "Walk Prompts", ""), ("loras", "LoRAs", "")]
+         ("ensemble_models", "Models", ""), ("walk_prompts", "Walk Prompts", ""), ("loras", "LoRAs", ""),
+         ("cell_prompts", "Cell Prompts", "")]
 
 
 def owner(context, collection):
@@ -332,6 +333,8 @@ def owner(context, collection):
         return context.scene.dream_walk, "prompts"
     if collection == "loras":
         return context.scene.dream_models, "loras"
+    if collection == "cell_prompts":
+        return context.scene.dream_mosaic, "cell_prompts"
     return context.scene.dream, collection
 
 

@@ -26,6 +26,17 @@ def frames_target(scene, mosaic, obj) -> dict:
             "material_target": scene.dream.texture_target}
 
 
+def cell_prompts(mosaic) -> list | None:
+    """The Cell Prompts list without its blank entries; None (every cell takes the Prompt) when empty."""
+    texts = [item.text.strip() for item in mosaic.cell_prompts if item.text.strip()]
+    if not texts:
+        return None
+    if not 2 <= len(texts) <= 16:
+        raise JobInputError(f"Cell Prompts: give 2 to 16 prompts (blank ones are skipped), not {len(texts)}; "
+                            "with none, every cell takes the Prompt")
+    return texts
+
+
 def mosaic_params(scene, params: dict, arrays: dict) -> tuple[dict, dict]:
     """A mosaic job from Scene.dream's parameters (prompt, seed, steps, model) and Scene.dream_mosaic."""
     mosaic = scene.dream_mosaic
@@ -33,6 +44,9 @@ def mosaic_params(scene, params: dict, arrays: dict) -> tuple[dict, dict]:
                   strength=round(mosaic.strength, 4), color_match=mosaic.color_match, levels=mosaic.levels,
                   zoom_frames=mosaic.zoom_frames, loop=mosaic.loop, fps=mosaic.fps, batch_size=mosaic.batch_size,
                   seamless="", preview_interval=0.0, linear=get_preferences().float_results)
+    prompts = cell_prompts(mosaic)
+    if prompts:
+        params["cell_prompts"] = prompts
     if mosaic.primary == "IMAGE":
         image = mosaic.primary_image
         if image is None:

@@ -12,6 +12,10 @@ _ENHANCE = protocol.enhance_fields()
 _TILE = {"default": 64, "min": 32, "step": 8}
 
 
+class DreamCellPrompt(bpy.types.PropertyGroup):
+    text: bpy.props.StringProperty(name="Prompt", default="", description="A cell's prompt")
+
+
 class DreamMosaicProperties(bpy.types.PropertyGroup):
     """Photomosaic and hypermosaic (Scene.dream_mosaic); prompt, seed and steps come from Scene.dream."""
 
@@ -24,6 +28,8 @@ class DreamMosaicProperties(bpy.types.PropertyGroup):
     grid_y: bpy.props.IntProperty(name="Rows", **number_args(_MOSAIC["grid_y"]))
     tile_size: bpy.props.IntProperty(name="Tile Size", subtype="PIXEL", **number_args(_MOSAIC["tile_size"], **_TILE))
     strength: bpy.props.FloatProperty(name="Strength", **number_args(_MOSAIC["strength"]))
+    cell_prompts: bpy.props.CollectionProperty(type=DreamCellPrompt, description=_MOSAIC["cell_prompts"].doc)
+    cell_prompts_index: bpy.props.IntProperty()
     color_match: bpy.props.BoolProperty(name="Match Colours", description=_MOSAIC["color_match"].doc)
     levels: bpy.props.IntProperty(name="Levels", **number_args(_MOSAIC["levels"]))
     zoom_frames: bpy.props.IntProperty(name="Zoom Frames", **number_args(_MOSAIC["zoom_frames"]))
@@ -58,8 +64,8 @@ class DreamEnhanceProperties(bpy.types.PropertyGroup):
         ("REPLACE", "Replace", "Write the result into the active image (a copy keeps the original)")])
 
 
-SETTINGS = {"dream_mosaic": ("primary", "grid_x", "grid_y", "tile_size", "strength", "color_match", "levels",
+SETTINGS = {"dream_mosaic": ("primary", "grid_x", "grid_y", "tile_size", "strength", "cell_prompts", "color_match", "levels",
                              "zoom_frames", "fps", "loop", "batch_size", "target", "channel", "start_frame"),
             "dream_enhance": ("region", "width", "height", "strength", "feather", "tile_size", "result_target")}
 
-classes = (DreamMosaicProperties, DreamEnhanceProperties)
+classes = (DreamCellPrompt, DreamMosaicProperties, DreamEnhanceProperties)

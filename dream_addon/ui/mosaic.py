@@ -2,7 +2,12 @@
 
 import bpy
 
-from .panels import DreamPanel
+from .panels import DreamPanel, draw_list
+
+
+class DREAM_UL_cell_prompts(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        layout.prop(item, "text", text="", emboss=False)
 
 
 class DreamMosaicPanel(DreamPanel):
@@ -20,6 +25,8 @@ class DreamMosaicPanel(DreamPanel):
         col = layout.column(align=True)
         for name in ("tile_size", "strength", "batch_size"):
             col.prop(mosaic, name)
+        layout.label(text="Cell Prompts (in turn, row by row; none: the Prompt)")
+        draw_list(layout, mosaic, "cell_prompts", "DREAM_UL_cell_prompts")
         layout.prop(mosaic, "color_match")
         layout.prop(mosaic, "levels")
         if mosaic.levels > 1 or mosaic.loop:
@@ -72,4 +79,4 @@ class SEQUENCER_PT_dream_mosaic(DreamMosaicPanel, bpy.types.Panel):
     bl_parent_id = "SEQUENCER_PT_dream"
 
 
-classes = (IMAGE_PT_dream_enhance, IMAGE_PT_dream_mosaic, SEQUENCER_PT_dream_mosaic)
+classes = (DREAM_UL_cell_prompts, IMAGE_PT_dream_enhance, IMAGE_PT_dream_mosaic, SEQUENCER_PT_dream_mosaic)

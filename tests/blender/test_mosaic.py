@@ -44,12 +44,14 @@ def test_a_hypermosaic_makes_its_image_and_zooms_on_the_sequencer(pocket_scene, 
     assert tuple(image.size) == (64, 64) and image.packed_file is not None  # 2 x 2 tiles of 32 px
     assert pixels(image)[..., :3].std() > 0.01
     (strip,) = strips(pocket_scene)
+    assert strip.name == f"Dream mosaic {job.job_id[-6:]}"
     start, duration = addon("walk_frames").strip_span(strip)
     assert (strip.channel, start, duration, len(strip.elements)) == (3, 5, 5, 5)  # (levels - 1) x 4 + 1 frames
     assert (pocket_scene.render.fps, pocket_scene.frame_start, pocket_scene.frame_end) == (10, 5, 9)
     entry = pocket_scene.dream_history[-1]
     assert entry.kind == "mosaic" and entry.image == image and entry.frames == 5
     assert entry.sequence is not None and entry.sequence.source == "SEQUENCE"
+    assert entry.sequence.name == f"Dream mosaic {job.job_id[-6:]}"
     assert json.loads(entry.settings)["groups"]["dream_mosaic"]["levels"] == 2
     # Recall puts the Mosaic panel back; Re-run makes it again with a new seed.
     small_mosaic(pocket_scene, levels=1, grid_x=3)
@@ -70,6 +72,7 @@ def test_zoom_frames_can_go_to_an_image_sequence_texture(pocket_scene, session):
     cube = bpy.data.objects["Cube"]
     node = next(n for n in cube.active_material.node_tree.nodes if n.type == "TEX_IMAGE")
     assert node.image.source == "SEQUENCE" and node.image_user.frame_duration == 3  # a loop: levels x 3
+    assert node.image.name == f"Dream mosaic {job.job_id[-6:]}"
     assert not strips(pocket_scene)
 
 
@@ -186,3 +189,37 @@ def test_saving_the_project_copies_the_zoom_frames_beside_it(pocket_scene, sessi
     assert sorted(n for n in os.listdir(folder) if n.startswith("frame_")) == [f"frame_{i:06d}.png" for i in (1, 2, 3)]
     sequence = pocket_scene.dream_history[-1].sequence
     assert os.path.realpath(os.path.dirname(bpy.path.abspath(sequence.filepath))) == folder
+
+
+def set_cell_prompts(mosaic, texts):
+    mosaic.cell_prompts.clear()
+    for text in texts:
+        mosaic.cell_prompts.add().text = text
+
+
+def test_cell_prompts_go_to_the_cells_in_turn_and_into_history(pocket_scene, session):
+    primary = bpy.data.images.new("primary", 64, 64)
+    primary.pixels.foreach_set(np.tile(np.float32([0.6, 0.4, 0.3, 1.0]), 64 * 64))
+    pocket_scene.dream_mosaic.primary_image = primary
+    pocket_scene.dream.prompt = "red bricks"
+    set_cell_prompts(pocket_scene.dream_mosaic, [])
+    plain_job, plain = result_of(pocket_scene, session, primary="IMAGE", strength=0.8)
+    assert "cell_prompts" not in plain_job.params
+    set_cell_prompts(pocket_scene.dream_mosaic, ["red bricks", "  ", "blue dots"])  # blank lines are skipped
+    job, cells = result_of(pocket_scene, session, primary="IMAGE", strength=0.8)
+    assert job.params["cell_prompts"] == ["red bricks", "blue dots"]
+    # 2 x 2 cells, prompts in turn row by row: the left column is the Prompt's, the right one "blue dots".
+    left, right = (slice(None), slice(0, 32)), (slice(None), slice(32, 64))
+    assert np.abs(cells[left] - plain[left]).max() <= 1.5 / 255  # the same prompt (batches differ by ~1e-6)
+    assert np.abs(cells[right] - plain[right]).mean() > 0.02
+    entry = pocket_scene.dream_history[-1]
+    assert json.loads(entry.settings)["groups"]["dream_mosaic"]["cell_prompts"] == [
+        {"text": "red bricks"}, {"text": "  "}, {"text": "blue dots"}]
+    set_cell_prompts(pocket_scene.dream_mosaic, ["other"])
+    assert bpy.ops.dream.history_recall() == {"FINISHED"}
+    assert [c.text for c in pocket_scene.dream_mosaic.cell_prompts] == ["red bricks", "  ", "blue dots"]
+    set_cell_prompts(pocket_scene.dream_mosaic, ["only one", ""])
+    jobs = set(session.jobs)
+    with pytest.raises(RuntimeError, match="Cell Prompts: give 2 to 16"):
+        bpy.ops.dream.mosaic()
+    assert set(session.jobs) == jobs
