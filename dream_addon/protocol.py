@@ -1005,7 +1005,7 @@ def validate_job_id(job_id) -> str:
 # --------------------------------------------------------------------------- message types
 CLIENT_MESSAGES = ("hello", "submit", "cancel", "status", "fetch", "export", "shutdown", "ping", "rescan")
 EXPORT_FIELDS = {
-    "format": Field("choice", "gif", choices=("gif", "mp4"), doc="File type"),
+    "format": Field("choice", "gif", choices=("gif", "mp4", "png"), doc="File type (png: a folder of numbered frames)"),
     "fps": Field("int", None, min=1, max=120, doc="Frames per second (default: the walk's)"),
     "rubber_band": Field("bool", False, doc="Play forward, then backward without repeating the ends"),
 }

@@ -101,6 +101,28 @@ class DREAM_OT_mosaic_resume(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class DREAM_OT_mosaic_export(bpy.types.Operator):
+    bl_idname = "dream.mosaic_export"
+    bl_label = "Export Zoom"
+    bl_description = "Write the last finished mosaic zoom as a GIF, an MP4 or a PNG sequence next to its frames"
+
+    @classmethod
+    def poll(cls, context):
+        return last_zoom() is not None
+
+    def execute(self, context):
+        mosaic = context.scene.dream_mosaic
+        SESSION.export(last_zoom().job_id, {"format": mosaic.export_format, "rubber_band": mosaic.rubber_band,
+                                            "fps": mosaic.fps})
+        return {"FINISHED"}
+
+
+def last_zoom():
+    """The last finished mosaic that made zoom frames."""
+    return next((j for j in reversed(SESSION.jobs.values())
+                 if j.kind == "mosaic" and j.state == "done" and j.walk_target.get("placed")), None)
+
+
 def last_mosaic():
     return next((j for j in reversed(SESSION.jobs.values())
                  if j.kind == "mosaic" and j.state in ("cancelled", "error", "lost")), None)
@@ -169,4 +191,4 @@ class DREAM_OT_enhance_region(ImageEditorOperator, bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (DREAM_OT_mosaic, DREAM_OT_mosaic_resume, DREAM_OT_enhance_region)
+classes = (DREAM_OT_mosaic, DREAM_OT_mosaic_resume, DREAM_OT_mosaic_export, DREAM_OT_enhance_region)

@@ -3,7 +3,7 @@
 import bpy
 
 from .. import protocol
-from ..field_props import number_args
+from ..field_props import enum_args, number_args
 
 _MOSAIC = protocol.mosaic_fields()
 _ENHANCE = protocol.enhance_fields()
@@ -41,6 +41,9 @@ class DreamMosaicProperties(bpy.types.PropertyGroup):
         ("TEXTURE", "Texture", "An image-sequence texture on the active object's material")])
     channel: bpy.props.IntProperty(name="Channel", default=1, min=1, max=128)
     start_frame: bpy.props.IntProperty(name="Start Frame", default=1)
+    export_format: bpy.props.EnumProperty(name="Export", **enum_args(protocol.EXPORT_FIELDS["format"], {
+        "gif": ("GIF", ""), "mp4": ("MP4", ""), "png": ("PNG Sequence", "A folder of numbered PNG frames")}))
+    rubber_band: bpy.props.BoolProperty(name="Rubber Band", description=protocol.EXPORT_FIELDS["rubber_band"].doc)
 
 
 class DreamEnhanceProperties(bpy.types.PropertyGroup):
@@ -65,7 +68,8 @@ class DreamEnhanceProperties(bpy.types.PropertyGroup):
 
 
 SETTINGS = {"dream_mosaic": ("primary", "grid_x", "grid_y", "tile_size", "strength", "cell_prompts", "color_match", "levels",
-                             "zoom_frames", "fps", "loop", "batch_size", "target", "channel", "start_frame"),
+                             "zoom_frames", "fps", "loop", "batch_size", "target", "channel", "start_frame",
+                             "export_format", "rubber_band"),
             "dream_enhance": ("region", "width", "height", "strength", "feather", "tile_size", "result_target")}
 
 classes = (DreamCellPrompt, DreamMosaicProperties, DreamEnhanceProperties)

@@ -40,6 +40,10 @@ class DreamMosaicPanel(DreamPanel):
             else:
                 layout.prop(context.scene.dream, "texture_target")
             layout.prop(mosaic, "start_frame")
+            row = layout.row(align=True)
+            row.prop(mosaic, "export_format", text="")
+            row.prop(mosaic, "rubber_band", toggle=True)
+            row.operator("dream.mosaic_export", text="Export", icon="EXPORT")
         else:
             layout.prop(mosaic, "loop")
         row = layout.row(align=True)

@@ -3,6 +3,7 @@ real worker: planning, strength 0, colour tracking, batching, cancel and resume,
 exactness outside regions, refusals."""
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -459,6 +460,18 @@ def test_a_mosaic_zoom_over_the_socket_streams_its_frames_and_exports_like_a_wal
     assert exported["type"] == "exported" and exported["frames"] == 4
     with Image.open(exported["path"]) as gif:
         assert gif.n_frames == 4 and gif.size == (88, 88)  # 64 x √2, in multiples of 8
+    for _ in range(2):  # a PNG sequence; a second export replaces the first whole
+        conn.send({"type": "export", "job_id": "mosaic-socket", "options": {"format": "png", "rubber_band": True}})
+        exported = conn.recv()[0]
+    folder = Path(exported["path"])
+    names = sorted(p.name for p in folder.iterdir())
+    assert folder.name == "zoom_bounce_png" and exported["frames"] == 6
+    assert names == [f"frame_{k:06d}.png" for k in range(1, 7)]  # forward, then back without the ends
+    for name, k in zip(names, (1, 2, 3, 4, 3, 2)):
+        made = np.asarray(Image.open(folder.parent / f"frame_{k:06d}.png").convert("RGB"))
+        assert np.array_equal(np.asarray(Image.open(folder / name)), made), name
+        assert (folder / name).stat().st_mode & 0o077 == 0
+    assert folder.stat().st_mode & 0o077 == 0 and not list(folder.parent.glob("*.tmp"))
     plain = dict(params, levels=1, zoom_frames=24)  # one level, no loop: no zoom, nothing to export
     conn.send({"type": "submit", "job_id": "mosaic-flat", "kind": "mosaic", "params": plain})
     assert events_until_terminal(conn, "mosaic-flat")[-1][0]["type"] == "result"

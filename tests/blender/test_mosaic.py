@@ -223,3 +223,28 @@ def test_cell_prompts_go_to_the_cells_in_turn_and_into_history(pocket_scene, ses
     with pytest.raises(RuntimeError, match="Cell Prompts: give 2 to 16"):
         bpy.ops.dream.mosaic()
     assert set(session.jobs) == jobs
+
+
+@pytest.mark.parametrize("fmt, bounce, count", [("gif", False, 5), ("mp4", True, 8), ("png", True, 8)])
+def test_export_writes_the_zoom_with_its_frame_count(pocket_scene, session, fmt, bounce, count):
+    import os
+
+    small_mosaic(pocket_scene, levels=2, zoom_frames=4, export_format=fmt, rubber_band=bounce)
+    job = run_mosaic(session)
+    assert job.state == "done", job.message
+    assert bpy.ops.dream.mosaic_export() == {"FINISHED"}
+    deadline = time.monotonic() + 120
+    while not job.message.startswith("Exported"):
+        assert time.monotonic() < deadline, job.message
+        session.drain(timeout=0.5)
+    path = job.message.split(" to ", 1)[1]
+    assert f"Exported {count} frames" in job.message  # 5 frames; the rubber band adds 5 - 2 going back
+    if fmt == "png":
+        assert path.endswith("zoom_bounce_png")
+        assert sorted(os.listdir(path)) == [f"frame_{k:06d}.png" for k in range(1, count + 1)]
+        first, last = (bpy.data.images.load(os.path.join(path, f"frame_{k:06d}.png")) for k in (2, count))
+        np.testing.assert_array_equal(pixels(first), pixels(last))  # the band comes back through frame 2
+    else:
+        assert os.path.basename(path) == f"zoom{'_bounce' if bounce else ''}.{fmt}"
+        clip = bpy.data.movieclips.load(path)
+        assert clip.frame_duration == count and tuple(clip.size) == (88, 88)  # 64 x √2, in multiples of 8
