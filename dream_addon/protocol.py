@@ -664,6 +664,7 @@ def validate_latent_file(params, arrays):
 TILE_KINDS = ("mosaic", "detail", "enhance")  # planned as lists of tile tasks (generator_backend/tiles.py)
 FRAME_KINDS = ("walk", "mosaic")  # kinds whose frames go where walk frames go
 MAX_GRID = 16
+COLOR_MATCHES = ("off", "mean", "full")  # mosaic tiles' colour against their cells' (tiles.color_matched)
 MAX_LEVELS = 6
 MAX_TILED_SIDE = 8192  # the largest side a tiled result may have (an array dimension)
 
@@ -719,7 +720,9 @@ def mosaic_fields(max_size: int = 2048) -> dict:
             "grid_y": Field("int", 4, min=1, max=MAX_GRID, doc="Cells down"),
             "cell_prompts": Field("strings", None, doc="Prompts given to the cells in turn (row by row); "
                                                        "default: the prompt"),
-            "color_match": Field("bool", False, doc="Match each tile's colour mean and spread to its cell's"),
+            "color_match": Field("choice", "mean", choices=COLOR_MATCHES,
+                                 doc="Each tile's colour against its cell's: mean = the cell's mean per channel, "
+                                     "the tile's own detail kept; full = mean and spread; off = as painted"),
             "levels": Field("int", 1, min=1, max=MAX_LEVELS,
                             doc="Hypermosaic levels: a cell of level k is the primary image of level k+1"),
             "zoom_cell_x": Field("int", -1, min=-1, max=MAX_GRID - 1, doc="Column of the cell zoomed into; -1 = centre"),

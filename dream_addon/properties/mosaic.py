@@ -30,7 +30,9 @@ class DreamMosaicProperties(bpy.types.PropertyGroup):
     strength: bpy.props.FloatProperty(name="Strength", **number_args(_MOSAIC["strength"]))
     cell_prompts: bpy.props.CollectionProperty(type=DreamCellPrompt, description=_MOSAIC["cell_prompts"].doc)
     cell_prompts_index: bpy.props.IntProperty()
-    color_match: bpy.props.BoolProperty(name="Match Colours", description=_MOSAIC["color_match"].doc)
+    color_match: bpy.props.EnumProperty(name="Match Colours", **enum_args(_MOSAIC["color_match"], {
+        "off": ("Off", "The tiles as painted"), "mean": ("Mean", "Each tile takes its cell's mean colour, keeping its detail"),
+        "full": ("Full", "Each tile takes its cell's mean colour and contrast")}))
     levels: bpy.props.IntProperty(name="Levels", **number_args(_MOSAIC["levels"]))
     zoom_frames: bpy.props.IntProperty(name="Zoom Frames", **number_args(_MOSAIC["zoom_frames"]))
     fps: bpy.props.IntProperty(name="FPS", **number_args(_MOSAIC["fps"]))

@@ -27,7 +27,7 @@ class DreamMosaicPanel(DreamPanel):
             col.prop(mosaic, name)
         layout.label(text="Cell Prompts (in turn, row by row; none: the Prompt)")
         draw_list(layout, mosaic, "cell_prompts", "DREAM_UL_cell_prompts")
-        layout.prop(mosaic, "color_match")
+        layout.prop(mosaic, "color_match", expand=True)
         layout.prop(mosaic, "levels")
         if mosaic.levels > 1 or mosaic.loop:
             col = layout.column(align=True)

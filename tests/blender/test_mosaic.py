@@ -16,7 +16,7 @@ def small_mosaic(scene, **settings):
     mosaic = scene.dream_mosaic
     scene.dream.steps = 4
     values = dict(grid_x=2, grid_y=2, tile_size=32, levels=1, zoom_frames=4, loop=False, primary="GENERATE",
-                  target="SEQUENCER", channel=1, start_frame=1, fps=12, batch_size=4, color_match=False,
+                  target="SEQUENCER", channel=1, start_frame=1, fps=12, batch_size=4, color_match="off",
                   strength=0.3)
     for name, value in {**values, **settings}.items():
         setattr(mosaic, name, value)
@@ -85,7 +85,8 @@ def result_of(scene, session, **settings):
 
 def test_every_mosaic_setting_changes_the_result(pocket_scene, session):
     base_job, base = result_of(pocket_scene, session)
-    for name, value in (("grid_x", 3), ("grid_y", 3), ("tile_size", 40), ("strength", 0.8), ("color_match", True)):
+    for name, value in (("grid_x", 3), ("grid_y", 3), ("tile_size", 40), ("strength", 0.8),
+                        ("color_match", "mean"), ("color_match", "full")):
         job, pixels = result_of(pocket_scene, session, **{name: value})
         assert job.params[name] == value and (pixels.shape != base.shape or not np.array_equal(pixels, base)), name
     primary = bpy.data.images.new("primary", 64, 64)
