@@ -291,16 +291,25 @@ class DREAM_OT_restore_material(bpy.types.Operator):
 class DREAM_OT_walk_export(bpy.types.Operator):
     bl_idname = "dream.walk_export"
     bl_label = "Export Walk"
-    bl_description = "Write the last finished walk as a GIF or MP4 next to its frames"
+    bl_description = "Write the last finished walk as a GIF, an MP4 or a PNG sequence next to its frames"
 
     @classmethod
     def poll(cls, context):
-        return last_walk() is not None
+        return cls.last_job() is not None
+
+    @staticmethod
+    def last_job():
+        return last_walk()
+
+    @staticmethod
+    def settings(context):
+        """The panel's settings with export_format, rubber_band and fps."""
+        return context.scene.dream_walk
 
     def execute(self, context):
-        walk = context.scene.dream_walk
-        SESSION.export(last_walk().job_id, {"format": walk.export_format, "rubber_band": walk.rubber_band,
-                                            "fps": walk.fps})
+        props = self.settings(context)
+        SESSION.export(self.last_job().job_id, {"format": props.export_format, "rubber_band": props.rubber_band,
+                                                "fps": props.fps})
         return {"FINISHED"}
 
 

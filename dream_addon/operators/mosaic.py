@@ -10,7 +10,7 @@ from ..preferences import get_preferences
 from ..properties.mosaic import SETTINGS
 from ..session import SESSION
 from ..uv_mask import padded_size, pad_to
-from .generate import ImageEditorOperator, editor_image, prepare, report_input_errors
+from .generate import DREAM_OT_walk_export, ImageEditorOperator, editor_image, prepare, report_input_errors
 
 
 def settings_of(scene) -> dict:
@@ -101,20 +101,18 @@ class DREAM_OT_mosaic_resume(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class DREAM_OT_mosaic_export(bpy.types.Operator):
+class DREAM_OT_mosaic_export(DREAM_OT_walk_export):
     bl_idname = "dream.mosaic_export"
     bl_label = "Export Zoom"
     bl_description = "Write the last finished mosaic zoom as a GIF, an MP4 or a PNG sequence next to its frames"
 
-    @classmethod
-    def poll(cls, context):
-        return last_zoom() is not None
+    @staticmethod
+    def last_job():
+        return last_zoom()
 
-    def execute(self, context):
-        mosaic = context.scene.dream_mosaic
-        SESSION.export(last_zoom().job_id, {"format": mosaic.export_format, "rubber_band": mosaic.rubber_band,
-                                            "fps": mosaic.fps})
-        return {"FINISHED"}
+    @staticmethod
+    def settings(context):
+        return context.scene.dream_mosaic
 
 
 def last_zoom():
