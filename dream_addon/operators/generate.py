@@ -288,14 +288,26 @@ class DREAM_OT_restore_material(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class DREAM_OT_walk_export(bpy.types.Operator):
-    bl_idname = "dream.walk_export"
-    bl_label = "Export Walk"
-    bl_description = "Write the last finished walk as a GIF, an MP4 or a PNG sequence next to its frames"
+class ExportFrames:
+    """An Export button's operator (walks, mosaic zooms): ``last_job()`` is the job whose frames it
+    exports, ``settings(context)`` the panel's export_format, rubber_band and fps. A mixin, not a base
+    operator: with the zoom's operator a subclass of the registered walk one, the walk's poll failed."""
 
     @classmethod
     def poll(cls, context):
         return cls.last_job() is not None
+
+    def execute(self, context):
+        props = self.settings(context)
+        SESSION.export(self.last_job().job_id, {"format": props.export_format, "rubber_band": props.rubber_band,
+                                                "fps": props.fps})
+        return {"FINISHED"}
+
+
+class DREAM_OT_walk_export(ExportFrames, bpy.types.Operator):
+    bl_idname = "dream.walk_export"
+    bl_label = "Export Walk"
+    bl_description = "Write the last finished walk as a GIF, an MP4 or a PNG sequence next to its frames"
 
     @staticmethod
     def last_job():
@@ -303,14 +315,7 @@ class DREAM_OT_walk_export(bpy.types.Operator):
 
     @staticmethod
     def settings(context):
-        """The panel's settings with export_format, rubber_band and fps."""
         return context.scene.dream_walk
-
-    def execute(self, context):
-        props = self.settings(context)
-        SESSION.export(self.last_job().job_id, {"format": props.export_format, "rubber_band": props.rubber_band,
-                                                "fps": props.fps})
-        return {"FINISHED"}
 
 
 class DREAM_OT_walk_resume(bpy.types.Operator):

@@ -10,7 +10,7 @@ from ..preferences import get_preferences
 from ..properties.mosaic import SETTINGS
 from ..session import SESSION
 from ..uv_mask import padded_size, pad_to
-from .generate import DREAM_OT_walk_export, ImageEditorOperator, editor_image, prepare, report_input_errors
+from .generate import ExportFrames, ImageEditorOperator, editor_image, prepare, report_input_errors
 
 
 def settings_of(scene) -> dict:
@@ -101,7 +101,7 @@ class DREAM_OT_mosaic_resume(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class DREAM_OT_mosaic_export(DREAM_OT_walk_export):
+class DREAM_OT_mosaic_export(ExportFrames, bpy.types.Operator):
     bl_idname = "dream.mosaic_export"
     bl_label = "Export Zoom"
     bl_description = "Write the last finished mosaic zoom as a GIF, an MP4 or a PNG sequence next to its frames"
