@@ -115,6 +115,29 @@ class DREAM_OT_mosaic_export(ExportFrames, bpy.types.Operator):
         return context.scene.dream_mosaic
 
 
+class DREAM_OT_cell_prompts_from_text(bpy.types.Operator):
+    bl_idname = "dream.cell_prompts_from_text"
+    bl_label = "Cell Prompts from Text"
+    bl_description = "Fill the Cell Prompts with the lines of a text (one prompt a line, blank lines skipped)"
+    bl_options = {"REGISTER", "UNDO"}
+    text: bpy.props.StringProperty(name="Text", description="The Text datablock to read")
+
+    def execute(self, context):
+        source = bpy.data.texts.get(self.text)
+        if source is None:
+            self.report({"ERROR"}, f"No text {self.text!r}: create it in the Text Editor, one prompt a line")
+            return {"CANCELLED"}
+        lines = [line.body.strip() for line in source.lines if line.body.strip()]
+        if not lines:
+            self.report({"ERROR"}, f"The text {self.text!r} is empty: write one prompt a line")
+            return {"CANCELLED"}
+        prompts = context.scene.dream_mosaic.cell_prompts
+        prompts.clear()
+        for line in lines:
+            prompts.add().text = line
+        return {"FINISHED"}
+
+
 def last_zoom():
     """The last finished mosaic that made zoom frames."""
     return next((j for j in reversed(SESSION.jobs.values())
@@ -189,4 +212,4 @@ class DREAM_OT_enhance_region(ImageEditorOperator, bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (DREAM_OT_mosaic, DREAM_OT_mosaic_resume, DREAM_OT_mosaic_export, DREAM_OT_enhance_region)
+classes = (DREAM_OT_mosaic, DREAM_OT_mosaic_resume, DREAM_OT_mosaic_export, DREAM_OT_cell_prompts_from_text, DREAM_OT_enhance_region)

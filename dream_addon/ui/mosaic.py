@@ -5,6 +5,16 @@ import bpy
 from .panels import DreamPanel, draw_list
 
 
+class DREAM_MT_cell_prompt_texts(bpy.types.Menu):
+    bl_label = "From Text"
+
+    def draw(self, context):
+        if not bpy.data.texts:
+            self.layout.label(text="No texts: write one prompt a line in the Text Editor")
+        for text in bpy.data.texts:
+            self.layout.operator("dream.cell_prompts_from_text", text=text.name).text = text.name
+
+
 class DREAM_UL_cell_prompts(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
         layout.prop(item, "text", text="", emboss=False)
@@ -25,7 +35,9 @@ class DreamMosaicPanel(DreamPanel):
         col = layout.column(align=True)
         for name in ("tile_size", "strength", "batch_size"):
             col.prop(mosaic, name)
-        layout.label(text="Cell Prompts (in turn, row by row; none: the Prompt)")
+        row = layout.row()
+        row.label(text="Cell Prompts (in turn, row by row; none: the Prompt)")
+        row.menu("DREAM_MT_cell_prompt_texts", text="", icon="TEXT")
         draw_list(layout, mosaic, "cell_prompts", "DREAM_UL_cell_prompts")
         layout.prop(mosaic, "color_match", expand=True)
         layout.prop(mosaic, "levels")
@@ -83,4 +95,4 @@ class SEQUENCER_PT_dream_mosaic(DreamMosaicPanel, bpy.types.Panel):
     bl_parent_id = "SEQUENCER_PT_dream"
 
 
-classes = (DREAM_UL_cell_prompts, IMAGE_PT_dream_enhance, IMAGE_PT_dream_mosaic, SEQUENCER_PT_dream_mosaic)
+classes = (DREAM_MT_cell_prompt_texts, DREAM_UL_cell_prompts, IMAGE_PT_dream_enhance, IMAGE_PT_dream_mosaic, SEQUENCER_PT_dream_mosaic)

@@ -249,3 +249,42 @@ def test_export_writes_the_zoom_with_its_frame_count(pocket_scene, session, fmt,
         assert os.path.basename(path) == f"zoom{'_bounce' if bounce else ''}.{fmt}"
         clip = bpy.data.movieclips.load(path)
         assert clip.frame_duration == count and tuple(clip.size) == (88, 88)  # 64 x √2, in multiples of 8
+
+
+def test_cell_prompts_come_from_a_text_one_a_line(pocket_scene):
+    mosaic = pocket_scene.dream_mosaic
+    set_cell_prompts(mosaic, ["old"])
+    text = bpy.data.texts.new("cells")
+    text.write("red bricks\n\n  blue dots  \n   \ngreen waves\n")
+    assert bpy.ops.dream.cell_prompts_from_text(text="cells") == {"FINISHED"}
+    assert [c.text for c in mosaic.cell_prompts] == ["red bricks", "blue dots", "green waves"]
+    empty = bpy.data.texts.new("empty")
+    for name, message in (("empty", "is empty"), ("missing", "No text 'missing'")):
+        with pytest.raises(RuntimeError, match=message):
+            bpy.ops.dream.cell_prompts_from_text(text=name)
+    assert len(mosaic.cell_prompts) == 3 and empty.name == "empty"  # a refusal changes nothing
+
+
+def test_the_mosaic_panel_draws_every_setting(pocket_scene):
+    from tests.blender.test_panels import draw, shown
+
+    mosaic = pocket_scene.dream_mosaic
+    mosaic.cell_prompts.add()
+    drawn = set()
+    for primary in ("GENERATE", "IMAGE"):
+        for levels, target in ((1, "SEQUENCER"), (2, "SEQUENCER"), (2, "TEXTURE")):
+            mosaic.primary, mosaic.levels, mosaic.target = primary, levels, target
+            for panel in ("IMAGE_PT_dream_mosaic", "SEQUENCER_PT_dream_mosaic"):
+                log = draw(panel)
+                drawn |= shown(log)
+    names = {n for n in type(mosaic).__annotations__ if not n.endswith("_index")}
+    assert names <= drawn, names - drawn
+    assert {"dream.mosaic_export", "dream.mosaic_resume", "cell_prompts"} <= drawn
+    assert ("menu", "DREAM_MT_cell_prompt_texts") in log
+    bpy.data.texts.new("cells")
+    menu = bpy.types.DREAM_MT_cell_prompt_texts
+    log = []
+    from tests.blender.test_panels import RecordingLayout
+
+    menu.draw(type("Menu", (), {"layout": RecordingLayout(log)})(), bpy.context)
+    assert ("operator", "dream.cell_prompts_from_text") in log
