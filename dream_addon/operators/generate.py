@@ -290,7 +290,7 @@ class DREAM_OT_restore_material(bpy.types.Operator):
 
 class ExportFrames:
     """An Export button's operator (walks, mosaic zooms): ``last_job()`` is the job whose frames it
-    exports, ``settings(context)`` the panel's export_format, rubber_band and fps. A mixin, not a base
+    exports, ``group`` the Scene property with the panel's export_format, rubber_band and fps. A mixin, not a base
     operator: with the zoom's operator a subclass of the registered walk one, the walk's poll failed."""
 
     @classmethod
@@ -298,7 +298,7 @@ class ExportFrames:
         return cls.last_job() is not None
 
     def execute(self, context):
-        props = self.settings(context)
+        props = getattr(context.scene, self.group)
         SESSION.export(self.last_job().job_id, {"format": props.export_format, "rubber_band": props.rubber_band,
                                                 "fps": props.fps})
         return {"FINISHED"}
@@ -309,13 +309,8 @@ class DREAM_OT_walk_export(ExportFrames, bpy.types.Operator):
     bl_label = "Export Walk"
     bl_description = "Write the last finished walk as a GIF, an MP4 or a PNG sequence next to its frames"
 
-    @staticmethod
-    def last_job():
-        return last_walk()
-
-    @staticmethod
-    def settings(context):
-        return context.scene.dream_walk
+    group = "dream_walk"
+    last_job = staticmethod(lambda: last_walk())
 
 
 class DREAM_OT_walk_resume(bpy.types.Operator):

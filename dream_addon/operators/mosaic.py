@@ -106,13 +106,8 @@ class DREAM_OT_mosaic_export(ExportFrames, bpy.types.Operator):
     bl_label = "Export Zoom"
     bl_description = "Write the last finished mosaic zoom as a GIF, an MP4 or a PNG sequence next to its frames"
 
-    @staticmethod
-    def last_job():
-        return last_zoom()
-
-    @staticmethod
-    def settings(context):
-        return context.scene.dream_mosaic
+    group = "dream_mosaic"
+    last_job = staticmethod(lambda: last_zoom())
 
 
 class DREAM_OT_cell_prompts_from_text(bpy.types.Operator):
