@@ -670,6 +670,7 @@ def validate_latent_file(params, arrays):
 TILE_KINDS = ("mosaic", "detail", "enhance")  # planned as lists of tile tasks (generator_backend/tiles.py)
 FRAME_KINDS = ("walk", "mosaic")  # kinds whose frames go where walk frames go
 MAX_GRID = 16
+COLOR_MATCHES = ("off", "mean", "full")  # mosaic tiles' colour against their cells' (tiles.color_matched)
 MAX_LEVELS = 6
 MAX_TILED_SIDE = 8192  # the largest side a tiled result may have (an array dimension)
 
@@ -725,7 +726,9 @@ def mosaic_fields(max_size: int = 2048) -> dict:
             "grid_y": Field("int", 4, min=1, max=MAX_GRID, doc="Cells down"),
             "cell_prompts": Field("strings", None, doc="Prompts given to the cells in turn (row by row); "
                                                        "default: the prompt"),
-            "color_match": Field("bool", False, doc="Match each tile's colour mean and spread to its cell's"),
+            "color_match": Field("choice", "mean", choices=COLOR_MATCHES,
+                                 doc="Each tile's colour against its cell's: mean = the cell's mean per channel, "
+                                     "the tile's own detail kept; full = mean and spread; off = as painted"),
             "levels": Field("int", 1, min=1, max=MAX_LEVELS,
                             doc="Hypermosaic levels: a cell of level k is the primary image of level k+1"),
             "zoom_cell_x": Field("int", -1, min=-1, max=MAX_GRID - 1, doc="Column of the cell zoomed into; -1 = centre"),
@@ -1011,7 +1014,7 @@ def validate_job_id(job_id) -> str:
 # --------------------------------------------------------------------------- message types
 CLIENT_MESSAGES = ("hello", "submit", "cancel", "status", "fetch", "export", "shutdown", "ping", "rescan")
 EXPORT_FIELDS = {
-    "format": Field("choice", "gif", choices=("gif", "mp4"), doc="File type"),
+    "format": Field("choice", "gif", choices=("gif", "mp4", "png"), doc="File type (png: a folder of numbered frames)"),
     "fps": Field("int", None, min=1, max=120, doc="Frames per second (default: the walk's)"),
     "rubber_band": Field("bool", False, doc="Play forward, then backward without repeating the ends"),
 }

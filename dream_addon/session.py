@@ -212,9 +212,10 @@ class Session:
         return True
 
     def export(self, job_id: str, options: dict):
-        """Ask the backend to export a finished walk (GIF or MP4); the answer arrives as 'exported'."""
+        """Ask the backend to export a finished walk or mosaic zoom (GIF, MP4 or PNG sequence); the answer
+        arrives as 'exported'."""
         job = self.jobs.get(job_id)
-        if job is None or job.kind != "walk" or job.state != "done" or self.worker is None:
+        if job is None or job.kind not in protocol.FRAME_KINDS or job.state != "done" or self.worker is None:
             return False
         self.worker.send({"type": "export", "job_id": job_id, "options": options})
         job.message = "Exporting"

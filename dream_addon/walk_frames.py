@@ -18,6 +18,11 @@ def strips_of(editor):
 FRAME_FILE = "frame_{:06d}.png"  # frame k (0-based) is frame_{k+1:06d}.png in the job's folder (docs/protocol.md)
 
 
+def frames_name(job) -> str:
+    """The name of a job's strip and sequence images: "Dream walk ..." or "Dream mosaic ..." (a zoom)."""
+    return f"Dream {job.kind} {job.job_id[-6:]}"
+
+
 def strip_span(strip) -> tuple[float, int]:
     """(first frame, frames shown) of a strip: ``content_start`` and ``duration`` from Blender 5.2,
     which deprecates ``frame_start`` and ``frame_final_duration`` (removed in 6.0)."""
@@ -69,7 +74,7 @@ def place_in_sequencer(scene, job, path, index):
     editor = scene.sequence_editor or scene.sequence_editor_create()
     strip = strips_of(editor).get(target.get("strip", ""))
     if strip is None:
-        strip = strips_of(editor).new_image(f"Dream walk {job.job_id[-6:]}", path, target["channel"],
+        strip = strips_of(editor).new_image(frames_name(job), path, target["channel"],
                                             target["start_frame"], fit_method="FIT")
         target["strip"] = strip.name
         workspace = bpy.context.workspace
@@ -86,7 +91,7 @@ def place_in_texture(scene, job, path, total):
         return  # the sequence reads each frame file when that frame is shown
     image = bpy.data.images.load(path, check_existing=False)
     image.source = "SEQUENCE"
-    image.name = f"Dream walk {job.job_id[-6:]}"
+    image.name = frames_name(job)
     target["image"] = image.name
     obj = job.datablock("object")
     if obj is None or obj.type != "MESH" or target.get("material_target") == "IMAGE_ONLY":
@@ -109,7 +114,7 @@ def frames_image(job):
     if image is None and target.get("first_path"):
         image = bpy.data.images.load(target["first_path"], check_existing=False)
         image.source = "SEQUENCE"
-        image.name = f"Dream walk {job.job_id[-6:]}"
+        image.name = frames_name(job)
         target["image"] = image.name
     return image
 

@@ -1,7 +1,8 @@
-"""Walk frames to GIF (Pillow) and MP4 (PyAV), with an optional rubber band."""
+"""Walk and mosaic-zoom frames to GIF (Pillow), MP4 (PyAV) or a PNG sequence, with an optional rubber band."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,33 @@ def rubber_band(frames: list) -> list:
     return frames + frames[-2:0:-1]
 
 
-def export_frames(folder: Path, fmt: str, fps: int, bounce: bool):
-    """Write walk.gif or walk.mp4 from the folder's frame files; return (path, frame count)."""
+def write_sequence(out: Path, frames: list) -> Path:
+    """A folder of numbered PNG frames (frame_000001.png, ...), replacing an earlier export whole."""
+    from .jobs import _private_dir
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _private_dir(tmp)
+    for k, frame in enumerate(frames, 1):
+        path = tmp / f"frame_{k:06d}.png"
+        frame.save(path)
+        path.chmod(0o600)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
+
+
+def export_frames(folder: Path, fmt: str, fps: int, bounce: bool, stem: str = "walk"):
+    """Write <stem>.gif, <stem>.mp4 or the folder <stem>_png from the folder's frame files; return (path,
+    frame count)."""
     paths = sorted(Path(folder).glob("frame_*.png"))
     frames = [Image.open(p).convert("RGB") for p in paths]
     if bounce:
         frames = rubber_band(frames)
-    out = Path(folder) / f"walk{'_bounce' if bounce else ''}.{fmt}"
+    name = f"{stem}{'_bounce' if bounce else ''}"
+    if fmt == "png":
+        return write_sequence(Path(folder) / f"{name}_png", frames), len(frames)
+    out = Path(folder) / f"{name}.{fmt}"
     tmp = out.with_name(out.name + ".tmp." + fmt)
     if fmt == "gif":
         frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps),

@@ -258,7 +258,8 @@ class Connection:
         folder, fps = self.server.store.job_dir(job_id), options["fps"] or meta["params"]["fps"]
 
         def export():
-            path, count = export_frames(folder, options["format"], fps, options["rubber_band"])
+            path, count = export_frames(folder, options["format"], fps, options["rubber_band"],
+                                        "zoom" if meta["kind"] == "mosaic" else "walk")
             self.send({"type": "exported", "job_id": job_id, "path": str(path), "frames": count, **options})
 
         # Off the reader thread: encoding a long walk takes seconds, and a cancel must not wait for it.

@@ -66,7 +66,7 @@ class TileRun:
             else:
                 todo.append(task)
         fresh = 0
-        color_match = self.job.params.get("color_match", False)
+        color_match = self.job.params.get("color_match", "off")
         for batch in tiles.batches(todo, self.job.params["batch_size"]):
             if self.job.cancel_requested.is_set():
                 raise Cancelled()
@@ -74,8 +74,8 @@ class TileRun:
             made = tiles.run_tile_batch(self.members, self.base, batch, inputs, self.prompts, self.on_step,
                                         self.job.params["offload"])
             for task, cell, tile in zip(batch, inputs, made):
-                if color_match:
-                    tile = tiles.color_matched(tile, cell)
+                if color_match != "off":
+                    tile = tiles.color_matched(tile, cell, color_match)
                 self.store.save_png(self.job.job_id, TILE_FILE.format(task.index), tile)
                 out[task.index] = tile
             self.done += len(batch)

@@ -162,13 +162,14 @@ def unpadded(task: TileTask, tile: np.ndarray) -> np.ndarray:
     return np.asarray(part.resize((width, height), Image.Resampling.LANCZOS), np.float32) / 255.0
 
 
-def color_matched(tile: np.ndarray, cell: np.ndarray) -> np.ndarray:
-    """The tile with each channel's mean and standard deviation moved to the cell's (Reinhard et al. 2001,
-    in RGB): uint8 in, uint8 out."""
+def color_matched(tile: np.ndarray, cell: np.ndarray, mode: str = "full") -> np.ndarray:
+    """The tile with each channel's mean moved to the cell's ("mean": the tile's own spread, its detail,
+    is kept), or its mean and standard deviation ("full": Reinhard et al. 2001, in RGB): uint8 in and out."""
     t, c = tile.astype(np.float64), cell.astype(np.float64)
     t_mean, t_std = t.mean((0, 1)), t.std((0, 1))
     c_mean, c_std = c.mean((0, 1)), c.std((0, 1))
-    out = (t - t_mean) * (c_std / np.maximum(t_std, 1e-6)) + c_mean
+    spread = c_std / np.maximum(t_std, 1e-6) if mode == "full" else 1.0
+    out = (t - t_mean) * spread + c_mean
     return out.round().clip(0, 255).astype(np.uint8)
 
 

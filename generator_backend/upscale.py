@@ -197,10 +197,28 @@ KINDS = ("upscale",)
 FIELDS = ("upscaler", "factor", "tile_size", "tile_overlap")
 
 
+KEPT_LEVELS = 65535  # tiles are kept as 16-bit levels of [0, 1]: within half a level (7.6e-6) of the net's output
+
+
+def kept(output: np.ndarray) -> np.ndarray:
+    """A tile's output (float in [0, 1]) as it is kept on disk: uint16 levels, half the bytes of float32."""
+    return np.round(np.clip(output, 0, 1) * KEPT_LEVELS).astype(np.uint16)
+
+
+def unkept(stored: np.ndarray) -> np.ndarray | None:
+    """A tile read back as float32: 16-bit levels, or an earlier version's exact float32; None for anything else."""
+    if stored.ndim != 3:
+        return None
+    if stored.dtype == np.uint16:
+        return stored.astype(np.float32) / np.float32(KEPT_LEVELS)
+    return stored if stored.dtype == np.float32 else None
+
+
 class TileStore:
-    """A job's finished tiles on disk (<job folder>/tiles/<tile>.npy, exact float32), so a cancelled
-    or interrupted job resumes with the missing tiles only. ``key`` names what they were made from:
-    tiles of another input, net or tiling are stale and removed."""
+    """A job's finished tiles on disk (<job folder>/tiles/<tile>.npy, 16-bit levels: ``kept``; folders of
+    earlier versions hold float32 and resume as they are), so a cancelled or interrupted job resumes
+    with the missing tiles only. ``key`` names what they were made from: tiles of another input, net or
+    tiling are stale and removed."""
 
     def __init__(self, folder, key: str):
         from pathlib import Path
@@ -221,14 +239,14 @@ class TileStore:
 
     def load(self, tile: Tile):
         try:
-            return np.load(self.path(tile))
-        except (OSError, ValueError):
+            return unkept(np.load(self.path(tile), allow_pickle=False))
+        except (OSError, ValueError, EOFError):
             return None
 
     def save(self, tile: Tile, output: np.ndarray):
         from .jobs import _write_atomic
 
-        _write_atomic(self.path(tile), lambda p: np.save(open(p, "wb"), output))
+        _write_atomic(self.path(tile), lambda p: np.save(open(p, "wb"), kept(output)))
         self.made += 1
 
     def clear(self):

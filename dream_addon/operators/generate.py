@@ -288,20 +288,29 @@ class DREAM_OT_restore_material(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class DREAM_OT_walk_export(bpy.types.Operator):
-    bl_idname = "dream.walk_export"
-    bl_label = "Export Walk"
-    bl_description = "Write the last finished walk as a GIF or MP4 next to its frames"
+class ExportFrames:
+    """An Export button's operator (walks, mosaic zooms): ``last_job()`` is the job whose frames it
+    exports, ``group`` the Scene property with the panel's export_format, rubber_band and fps. A mixin, not a base
+    operator: with the zoom's operator a subclass of the registered walk one, the walk's poll failed."""
 
     @classmethod
     def poll(cls, context):
-        return last_walk() is not None
+        return cls.last_job() is not None
 
     def execute(self, context):
-        walk = context.scene.dream_walk
-        SESSION.export(last_walk().job_id, {"format": walk.export_format, "rubber_band": walk.rubber_band,
-                                            "fps": walk.fps})
+        props = getattr(context.scene, self.group)
+        SESSION.export(self.last_job().job_id, {"format": props.export_format, "rubber_band": props.rubber_band,
+                                                "fps": props.fps})
         return {"FINISHED"}
+
+
+class DREAM_OT_walk_export(ExportFrames, bpy.types.Operator):
+    bl_idname = "dream.walk_export"
+    bl_label = "Export Walk"
+    bl_description = "Write the last finished walk as a GIF, an MP4 or a PNG sequence next to its frames"
+
+    group = "dream_walk"
+    last_job = staticmethod(lambda: last_walk())
 
 
 class DREAM_OT_walk_resume(bpy.types.Operator):
@@ -323,7 +332,8 @@ def last_walk(states=("done",)):
 
 
 LISTS = [("extra_prompts", "Prompts", ""), ("infusion_images", "Biasing Images", ""),
-         ("ensemble_models", "Models", ""), ("walk_prompts", "Walk Prompts", ""), ("loras", "LoRAs", "")]
+         ("ensemble_models", "Models", ""), ("walk_prompts", "Walk Prompts", ""), ("loras", "LoRAs", ""),
+         ("cell_prompts", "Cell Prompts", "")]
 
 
 def owner(context, collection):
@@ -332,6 +342,8 @@ def owner(context, collection):
         return context.scene.dream_walk, "prompts"
     if collection == "loras":
         return context.scene.dream_models, "loras"
+    if collection == "cell_prompts":
+        return context.scene.dream_mosaic, "cell_prompts"
     return context.scene.dream, collection
 
 

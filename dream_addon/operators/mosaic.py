@@ -10,7 +10,7 @@ from ..preferences import get_preferences
 from ..properties.mosaic import SETTINGS
 from ..session import SESSION
 from ..uv_mask import padded_size, pad_to
-from .generate import ImageEditorOperator, editor_image, prepare, report_input_errors
+from .generate import ExportFrames, ImageEditorOperator, editor_image, prepare, report_input_errors
 
 
 def settings_of(scene) -> dict:
@@ -26,6 +26,17 @@ def frames_target(scene, mosaic, obj) -> dict:
             "material_target": scene.dream.texture_target}
 
 
+def cell_prompts(mosaic) -> list | None:
+    """The Cell Prompts list without its blank entries; None (every cell takes the Prompt) when empty."""
+    texts = [item.text.strip() for item in mosaic.cell_prompts if item.text.strip()]
+    if not texts:
+        return None
+    if not 2 <= len(texts) <= 16:
+        raise JobInputError(f"Cell Prompts: give 2 to 16 prompts (blank ones are skipped), not {len(texts)}; "
+                            "with none, every cell takes the Prompt")
+    return texts
+
+
 def mosaic_params(scene, params: dict, arrays: dict) -> tuple[dict, dict]:
     """A mosaic job from Scene.dream's parameters (prompt, seed, steps, model) and Scene.dream_mosaic."""
     mosaic = scene.dream_mosaic
@@ -33,6 +44,9 @@ def mosaic_params(scene, params: dict, arrays: dict) -> tuple[dict, dict]:
                   strength=round(mosaic.strength, 4), color_match=mosaic.color_match, levels=mosaic.levels,
                   zoom_frames=mosaic.zoom_frames, loop=mosaic.loop, fps=mosaic.fps, batch_size=mosaic.batch_size,
                   seamless="", preview_interval=0.0, linear=get_preferences().float_results)
+    prompts = cell_prompts(mosaic)
+    if prompts:
+        params["cell_prompts"] = prompts
     if mosaic.primary == "IMAGE":
         image = mosaic.primary_image
         if image is None:
@@ -85,6 +99,44 @@ class DREAM_OT_mosaic_resume(bpy.types.Operator):
         job = last_mosaic()
         SESSION.resume(get_preferences(), job.job_id)
         return {"FINISHED"}
+
+
+class DREAM_OT_mosaic_export(ExportFrames, bpy.types.Operator):
+    bl_idname = "dream.mosaic_export"
+    bl_label = "Export Zoom"
+    bl_description = "Write the last finished mosaic zoom as a GIF, an MP4 or a PNG sequence next to its frames"
+
+    group = "dream_mosaic"
+    last_job = staticmethod(lambda: last_zoom())
+
+
+class DREAM_OT_cell_prompts_from_text(bpy.types.Operator):
+    bl_idname = "dream.cell_prompts_from_text"
+    bl_label = "Cell Prompts from Text"
+    bl_description = "Fill the Cell Prompts with the lines of a text (one prompt a line, blank lines skipped)"
+    bl_options = {"REGISTER", "UNDO"}
+    text: bpy.props.StringProperty(name="Text", description="The Text datablock to read")
+
+    def execute(self, context):
+        source = bpy.data.texts.get(self.text)
+        if source is None:
+            self.report({"ERROR"}, f"No text {self.text!r}: create it in the Text Editor, one prompt a line")
+            return {"CANCELLED"}
+        lines = [line.body.strip() for line in source.lines if line.body.strip()]
+        if not lines:
+            self.report({"ERROR"}, f"The text {self.text!r} is empty: write one prompt a line")
+            return {"CANCELLED"}
+        prompts = context.scene.dream_mosaic.cell_prompts
+        prompts.clear()
+        for line in lines:
+            prompts.add().text = line
+        return {"FINISHED"}
+
+
+def last_zoom():
+    """The last finished mosaic that made zoom frames."""
+    return next((j for j in reversed(SESSION.jobs.values())
+                 if j.kind == "mosaic" and j.state == "done" and j.walk_target.get("placed")), None)
 
 
 def last_mosaic():
@@ -155,4 +207,4 @@ class DREAM_OT_enhance_region(ImageEditorOperator, bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (DREAM_OT_mosaic, DREAM_OT_mosaic_resume, DREAM_OT_enhance_region)
+classes = (DREAM_OT_mosaic, DREAM_OT_mosaic_resume, DREAM_OT_mosaic_export, DREAM_OT_cell_prompts_from_text, DREAM_OT_enhance_region)

@@ -242,7 +242,7 @@ class DreamWalkProperties(bpy.types.PropertyGroup):
     channel: bpy.props.IntProperty(name="Channel", default=1, min=1, max=128)
     start_frame: bpy.props.IntProperty(name="Start Frame", default=1)
     export_format: bpy.props.EnumProperty(name="Export", **enum_args(protocol.EXPORT_FIELDS["format"], {
-        "gif": ("GIF", ""), "mp4": ("MP4", "")}))
+        "gif": ("GIF", ""), "mp4": ("MP4", ""), "png": ("PNG Sequence", "A folder of numbered PNG frames")}))
     rubber_band: bpy.props.BoolProperty(name="Rubber Band", description="Forward, then back (2n - 2 frames)")
 
 

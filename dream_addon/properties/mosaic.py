@@ -3,13 +3,17 @@
 import bpy
 
 from .. import protocol
-from ..field_props import number_args
+from ..field_props import enum_args, number_args
 
 _MOSAIC = protocol.mosaic_fields()
 _ENHANCE = protocol.enhance_fields()
 # The panel names a tile size (the mosaic image is made before the job runs, at grid x tile pixels);
 # the protocol's 0 (the model's own size) is for other clients.
 _TILE = {"default": 64, "min": 32, "step": 8}
+
+
+class DreamCellPrompt(bpy.types.PropertyGroup):
+    text: bpy.props.StringProperty(name="Prompt", default="", description="A cell's prompt")
 
 
 class DreamMosaicProperties(bpy.types.PropertyGroup):
@@ -24,7 +28,11 @@ class DreamMosaicProperties(bpy.types.PropertyGroup):
     grid_y: bpy.props.IntProperty(name="Rows", **number_args(_MOSAIC["grid_y"]))
     tile_size: bpy.props.IntProperty(name="Tile Size", subtype="PIXEL", **number_args(_MOSAIC["tile_size"], **_TILE))
     strength: bpy.props.FloatProperty(name="Strength", **number_args(_MOSAIC["strength"]))
-    color_match: bpy.props.BoolProperty(name="Match Colours", description=_MOSAIC["color_match"].doc)
+    cell_prompts: bpy.props.CollectionProperty(type=DreamCellPrompt, description=_MOSAIC["cell_prompts"].doc)
+    cell_prompts_index: bpy.props.IntProperty()
+    color_match: bpy.props.EnumProperty(name="Match Colours", **enum_args(_MOSAIC["color_match"], {
+        "off": ("Off", "The tiles as painted"), "mean": ("Mean", "Each tile takes its cell's mean colour, keeping its detail"),
+        "full": ("Full", "Each tile takes its cell's mean colour and contrast")}))
     levels: bpy.props.IntProperty(name="Levels", **number_args(_MOSAIC["levels"]))
     zoom_frames: bpy.props.IntProperty(name="Zoom Frames", **number_args(_MOSAIC["zoom_frames"]))
     fps: bpy.props.IntProperty(name="FPS", **number_args(_MOSAIC["fps"]))
@@ -35,6 +43,9 @@ class DreamMosaicProperties(bpy.types.PropertyGroup):
         ("TEXTURE", "Texture", "An image-sequence texture on the active object's material")])
     channel: bpy.props.IntProperty(name="Channel", default=1, min=1, max=128)
     start_frame: bpy.props.IntProperty(name="Start Frame", default=1)
+    export_format: bpy.props.EnumProperty(name="Export", **enum_args(protocol.EXPORT_FIELDS["format"], {
+        "gif": ("GIF", ""), "mp4": ("MP4", ""), "png": ("PNG Sequence", "A folder of numbered PNG frames")}))
+    rubber_band: bpy.props.BoolProperty(name="Rubber Band", description=protocol.EXPORT_FIELDS["rubber_band"].doc)
 
 
 class DreamEnhanceProperties(bpy.types.PropertyGroup):
@@ -58,8 +69,9 @@ class DreamEnhanceProperties(bpy.types.PropertyGroup):
         ("REPLACE", "Replace", "Write the result into the active image (a copy keeps the original)")])
 
 
-SETTINGS = {"dream_mosaic": ("primary", "grid_x", "grid_y", "tile_size", "strength", "color_match", "levels",
-                             "zoom_frames", "fps", "loop", "batch_size", "target", "channel", "start_frame"),
+SETTINGS = {"dream_mosaic": ("primary", "grid_x", "grid_y", "tile_size", "strength", "cell_prompts", "color_match", "levels",
+                             "zoom_frames", "fps", "loop", "batch_size", "target", "channel", "start_frame",
+                             "export_format", "rubber_band"),
             "dream_enhance": ("region", "width", "height", "strength", "feather", "tile_size", "result_target")}
 
-classes = (DreamMosaicProperties, DreamEnhanceProperties)
+classes = (DreamCellPrompt, DreamMosaicProperties, DreamEnhanceProperties)

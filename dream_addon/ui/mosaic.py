@@ -2,7 +2,22 @@
 
 import bpy
 
-from .panels import DreamPanel
+from .panels import DreamPanel, draw_list
+
+
+class DREAM_MT_cell_prompt_texts(bpy.types.Menu):
+    bl_label = "From Text"
+
+    def draw(self, context):
+        if not bpy.data.texts:
+            self.layout.label(text="No texts: write one prompt a line in the Text Editor")
+        for text in bpy.data.texts:
+            self.layout.operator("dream.cell_prompts_from_text", text=text.name).text = text.name
+
+
+class DREAM_UL_cell_prompts(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        layout.prop(item, "text", text="", emboss=False)
 
 
 class DreamMosaicPanel(DreamPanel):
@@ -20,7 +35,11 @@ class DreamMosaicPanel(DreamPanel):
         col = layout.column(align=True)
         for name in ("tile_size", "strength", "batch_size"):
             col.prop(mosaic, name)
-        layout.prop(mosaic, "color_match")
+        row = layout.row()
+        row.label(text="Cell Prompts (in turn, row by row; none: the Prompt)")
+        row.menu("DREAM_MT_cell_prompt_texts", text="", icon="TEXT")
+        draw_list(layout, mosaic, "cell_prompts", "DREAM_UL_cell_prompts")
+        layout.prop(mosaic, "color_match", expand=True)
         layout.prop(mosaic, "levels")
         if mosaic.levels > 1 or mosaic.loop:
             col = layout.column(align=True)
@@ -33,6 +52,10 @@ class DreamMosaicPanel(DreamPanel):
             else:
                 layout.prop(context.scene.dream, "texture_target")
             layout.prop(mosaic, "start_frame")
+            row = layout.row(align=True)
+            row.prop(mosaic, "export_format", text="")
+            row.prop(mosaic, "rubber_band", toggle=True)
+            row.operator("dream.mosaic_export", text="Export", icon="EXPORT")
         else:
             layout.prop(mosaic, "loop")
         row = layout.row(align=True)
@@ -72,4 +95,4 @@ class SEQUENCER_PT_dream_mosaic(DreamMosaicPanel, bpy.types.Panel):
     bl_parent_id = "SEQUENCER_PT_dream"
 
 
-classes = (IMAGE_PT_dream_enhance, IMAGE_PT_dream_mosaic, SEQUENCER_PT_dream_mosaic)
+classes = (DREAM_MT_cell_prompt_texts, DREAM_UL_cell_prompts, IMAGE_PT_dream_enhance, IMAGE_PT_dream_mosaic, SEQUENCER_PT_dream_mosaic)

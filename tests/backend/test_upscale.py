@@ -179,8 +179,31 @@ def test_upscale_job_result_cancel_and_resume(worker, net):
     result = events.events[-1]
     assert result[0]["type"] == "result" and (result[0]["width"], result[0]["height"]) == (288, 240)
     whole, _ = run_job(worker, "up-2", params, image)  # not interrupted
-    np.testing.assert_array_equal(worker.store.load_image("up-1"), worker.store.load_image("up-2"))
-    np.testing.assert_allclose(worker.store.load_image("up-2"), up.upscale_image(net, image, 32, 6), atol=TOL)
+    # Kept tiles are 16-bit levels, within half a level of the net's output; the blend is a convex
+    # combination of tiles, so a resumed result is within half a level of the uninterrupted one.
+    resumed, uninterrupted = worker.store.load_image("up-1"), worker.store.load_image("up-2")
+    np.testing.assert_allclose(resumed, uninterrupted, rtol=0, atol=0.5 / up.KEPT_LEVELS + 1e-7)
+    np.testing.assert_allclose(uninterrupted, up.upscale_image(net, image, 32, 6), atol=TOL)
+
+
+def test_kept_tiles_are_16_bit_and_old_float32_folders_resume_exactly(worker, net, monkeypatch):
+    image = noise_image(60, 72, seed=6)
+    params = {"width": 72, "height": 60, "upscaler": "rand", "tile_size": 32, "tile_overlap": 6}
+    run_job(worker, "up-16", params, image, cancel_after=2)
+    (first, *_) = sorted((worker.store.job_dir("up-16") / "tiles").glob("tile_*.npy"))
+    stored = np.load(first)
+    assert stored.dtype == np.uint16 and first.stat().st_size == stored.nbytes + 128  # half of float32
+    # A folder an earlier version wrote: exact float32 tiles. It resumes, and exactly.
+    with monkeypatch.context() as patched:
+        patched.setattr(up, "kept", lambda output: output)
+        job, _ = run_job(worker, "up-old", params, image, cancel_after=3)
+    old = sorted((worker.store.job_dir("up-old") / "tiles").glob("tile_*.npy"))
+    assert job.state == CANCELLED and len(old) == 3 and np.load(old[0]).dtype == np.float32
+    np.save(open(old[2], "wb"), np.zeros((4, 4), np.int64))  # not a tile: made again, never a crash
+    job, _ = run_job(worker, "up-old", params, image)
+    assert job.state == DONE and worker.store.load_meta("up-old")["tiles_made"] == 7
+    run_job(worker, "up-whole", params, image)
+    np.testing.assert_array_equal(worker.store.load_image("up-old"), worker.store.load_image("up-whole"))
 
 
 def test_tiles_of_another_input_are_not_reused(worker):

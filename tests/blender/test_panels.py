@@ -174,6 +174,8 @@ def _mosaic_mirrors(p):
     tile = {"default": 64, "min": 32}  # the panel names a size: the mosaic image is made at grid x tile first
     return [*[(group.DreamMosaicProperties, name, mosaic[name], tile if name == "tile_size" else {})
               for name in ("grid_x", "grid_y", "tile_size", "strength", "levels", "zoom_frames", "fps", "batch_size")],
+            (group.DreamMosaicProperties, "export_format", p.EXPORT_FIELDS["format"], {}),
+            (group.DreamMosaicProperties, "color_match", mosaic["color_match"], {}),
             (group.DreamEnhanceProperties, "strength", enhance["strength"], {}),
             (group.DreamEnhanceProperties, "feather", enhance["region_feather"], {}),
             (group.DreamEnhanceProperties, "tile_size", enhance["tile_size"], {})]

@@ -16,6 +16,7 @@ def test_frames_become_a_sequencer_strip(scene, session):
     job = run_walk(scene, session, target="SEQUENCER", channel=3, start_frame=10)
     strip = strips_of(scene.sequence_editor)[job.walk_target["strip"]]
     assert strip.channel == 3 and len(strip.elements) == 6 and strip_span(strip) == (10, 6)
+    assert strip.name == f"Dream walk {job.job_id[-6:]}"  # a mosaic's zoom is "Dream mosaic ..."
     assert [e.filename for e in strip.elements] == [f"frame_{i:06d}.png" for i in range(1, 7)]
     assert os.path.isfile(os.path.join(bpy.path.abspath(strip.directory), strip.elements[5].filename))
     assert (scene.frame_start, scene.frame_end, scene.render.fps) == (10, 15, 8)
