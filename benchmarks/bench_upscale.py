@@ -11,6 +11,10 @@ comparison ran another net, size or scale, or if their results differ by more th
 zones allow. Peak memory is reported as the growth over the RSS
 after loading, and again less the result array itself (H*s x W*s x 3 float32), which any
 upscaler must hold: what tiling keeps flat is the rest.
+
+malloc, side by side at each size (--heaps): "backend" is what `serve` does (generator_backend/heap.py:
+mallopt(M_MMAP_THRESHOLD, 1 MiB)), "default" is glibc untouched, "env" is MALLOC_MMAP_THRESHOLD_=1048576
+(the earlier benchmark's setting). MALLOC_MMAP_THRESHOLD_ is removed from every other case's environment.
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ def status_kib(field):
 
 def child(args):
     """One case, in this process: print a JSON line."""
+    if args.heap == "backend":  # as serve does, before numpy and torch allocate
+        from generator_backend.heap import flat_heap
+
+        if not flat_heap():
+            raise SystemExit("flat_heap() did not apply: not glibc, or MALLOC_MMAP_THRESHOLD_ is set")
     import numpy as np
     import torch
 
@@ -63,7 +72,7 @@ def child(args):
         del out
     peak = status_kib("VmHWM")
     print(json.dumps({"net": hashlib.sha256(POCKET_UPSCALER.read_bytes()).hexdigest()[:16], "size": args.size,
-                      "scale": int(net.scale), "tile": args.tile, "overlap": args.overlap,
+                      "scale": int(net.scale), "tile": args.tile, "overlap": args.overlap, "heap": args.heap,
                       "seconds": sorted(times)[len(times) // 2], "base_rss": base, "peak_rss": peak,
                       "result_bytes": (args.size * int(net.scale)) ** 2 * 3 * 4}))
 
@@ -88,12 +97,14 @@ def timed_sides(size, tile, overlap, repeats):
     return times, difference
 
 
-def run_case(size, tile, overlap, repeats):
+def run_case(size, tile, overlap, repeats, heap="backend"):
     cmd = [sys.executable, __file__, "--child", "--size", str(size), "--tile", str(tile), "--overlap", str(overlap),
-           "--repeats", str(repeats)]
-    # Blocks of 1 MiB and more are mapped and unmapped one by one, so RSS shows the memory in use: by
-    # default glibc keeps freed tile-sized blocks on its heap (measured: +88 MiB at 1024², +10 at 512²).
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"}
+           "--repeats", str(repeats), "--heap", heap]
+    # By default glibc keeps freed tile-sized blocks on its heap, so RSS grows with the tiles; with a fixed
+    # 1 MiB mmap threshold (the backend's, or the env var) they are mapped and unmapped one by one.
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    if heap == "env":
+        env["MALLOC_MMAP_THRESHOLD_"] = "1048576"
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=3600, env=env)
     if out.returncode:
         raise SystemExit(f"case {cmd} failed:\n{out.stderr}")
@@ -111,6 +122,8 @@ def main(argv=None):
     parser.add_argument("--overlap", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", default="512,1024", help="input sides of the tiled peak-memory comparison")
+    parser.add_argument("--heaps", default="backend,default,env", help="malloc settings of the peak-memory cases")
+    parser.add_argument("--heap", default="backend", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -135,12 +148,17 @@ def main(argv=None):
               f"{mib(grow - r['result_bytes'])} |")
     print(f"time ratio tiled / untiled: {times['tiled'] / times['untiled']:.2f}")
     print()
-    print("| input → output (tiled, tile %d) | time (s) | peak RSS growth (MiB) | less the result (MiB) |" % args.tile)
-    print("|---|---|---|---|")
+    print("| input → output (tiled, tile %d) | malloc | time (s) | peak RSS growth (MiB) | less the result (MiB) |"
+          % args.tile)
+    print("|---|---|---|---|---|")
     for size in (int(v) for v in args.sizes.split(",")):
-        r = run_case(size, args.tile, args.overlap, 1)
-        grow = r["peak_rss"] - r["base_rss"]
-        print(f"| {size}² → {size * s}² | {r['seconds']:.1f} | {mib(grow)} | {mib(grow - r['result_bytes'])} |")
+        for heap in args.heaps.split(","):
+            r = run_case(size, args.tile, args.overlap, 1, heap)
+            if (r["net"], r["size"], r["scale"], r["heap"]) != (tiled["net"], size, s, heap):
+                raise SidesDiffer(f"the {heap} case at {size}² ran something else: {r}")
+            grow = r["peak_rss"] - r["base_rss"]
+            print(f"| {size}² → {size * s}² | {heap} | {r['seconds']:.1f} | {mib(grow)} | "
+                  f"{mib(grow - r['result_bytes'])} |")
 
 
 if __name__ == "__main__":
