@@ -12,9 +12,10 @@ zones allow. Peak memory is reported as the growth over the RSS
 after loading, and again less the result array itself (H*s x W*s x 3 float32), which any
 upscaler must hold: what tiling keeps flat is the rest.
 
-malloc, side by side at each size (--heaps): "backend" is what `serve` does (generator_backend/heap.py:
-mallopt(M_MMAP_THRESHOLD, 1 MiB)), "default" is glibc untouched, "env" is MALLOC_MMAP_THRESHOLD_=1048576
-(the earlier benchmark's setting). MALLOC_MMAP_THRESHOLD_ is removed from every other case's environment.
+malloc, side by side at each size (--heaps): "backend" is what the backend does (upscale_image runs
+inside generator_backend/heap.flat_heap: mallopt(M_MMAP_THRESHOLD, 1 MiB) while it runs), "default" is
+glibc untouched (flat_heap off), "env" is MALLOC_MMAP_THRESHOLD_=1048576 (the earlier benchmark's
+setting, flat_heap then leaves it alone). The variable is removed from every other case's environment.
 """
 
 from __future__ import annotations
@@ -44,19 +45,21 @@ def status_kib(field):
 
 def child(args):
     """One case, in this process: print a JSON line."""
-    if args.heap == "backend":  # as serve does, before numpy and torch allocate
-        from generator_backend.heap import flat_heap
+    import contextlib
 
-        if not flat_heap():
-            raise SystemExit("flat_heap() did not apply: not glibc, or MALLOC_MMAP_THRESHOLD_ is set")
     import numpy as np
     import torch
 
+    from generator_backend import heap
     from generator_backend import upscale as up
     from generator_backend.pocket_dataset import render
     from generator_backend.upscalers import POCKET_UPSCALER, load_descriptor
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
+    if args.heap == "backend" and heap._mallopt() is None:
+        raise SystemExit("heap.flat_heap() does not apply here: not glibc, or MALLOC_MMAP_THRESHOLD_ is set")
+    if args.heap != "backend":  # glibc as it is (default), or as the environment variable sets it (env)
+        up.flat_heap = contextlib.nullcontext
     net = load_descriptor(POCKET_UPSCALER)
     image = np.tile(render("red", "bricks", 256, seed=1), (args.size // 256 + 1, args.size // 256 + 1, 1))
     image = np.ascontiguousarray(image[:args.size, :args.size])

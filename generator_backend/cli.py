@@ -178,9 +178,6 @@ def serve(args) -> int:
         print(f"cannot start: refusing to listen on {args.host}: only loopback addresses are allowed unless "
               "--allow-remote is given", file=sys.stderr)
         return 2
-    from .heap import flat_heap
-
-    flat_heap()  # before torch allocates: tile buffers go back to the system (upscale memory stays flat)
     from .jobs import OutputUnwritable
     from .models import ModelLoadError, ModelManager
     from .server import Server

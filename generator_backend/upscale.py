@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .core import Cancelled  # noqa: F401  (raised by on_tile callbacks to stop between tiles)
+from .heap import flat_heap
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,12 @@ def upscale_image(net, image: np.ndarray, tile: int = 256, overlap: int = 16, wr
 
     ``on_tile(tile, output, done, total)`` runs after each tile (persist it, report progress; raise
     Cancelled to stop); ``load_tile(tile)`` may return a tile's output made before (a resumed job)."""
-    image = np.asarray(image, np.float32)
+    with flat_heap():  # freed tile buffers go back to the system: peak memory does not grow with the tiles
+        return _upscale_tiles(net, np.asarray(image, np.float32), tile, overlap, wrap_x, wrap_y, on_tile, load_tile)
+
+
+def _upscale_tiles(net, image, tile, overlap, wrap_x, wrap_y, on_tile, load_tile) -> np.ndarray:
+    """upscale_image's work."""
     h, w = image.shape[:2]
     s = int(net.scale)
     tiles = plan_tiles(h, w, tile, overlap, wrap_x, wrap_y)
