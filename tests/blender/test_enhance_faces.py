@@ -17,7 +17,8 @@ def textured_cube(image, face=1):
     """The default scene's cube, its material showing ``image``, one face selected."""
     cube = bpy.data.objects["Cube"]
     material = bpy.data.materials.new("textured")
-    material.use_nodes = True
+    if bpy.app.version < (5, 0, 0):  # 5.x: materials always have nodes (use_nodes is deprecated there)
+        material.use_nodes = True
     node = material.node_tree.nodes.new("ShaderNodeTexImage")
     node.image = image
     cube.data.materials.clear()
