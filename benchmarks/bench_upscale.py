@@ -11,6 +11,11 @@ comparison ran another net, size or scale, or if their results differ by more th
 zones allow. Peak memory is reported as the growth over the RSS
 after loading, and again less the result array itself (H*s x W*s x 3 float32), which any
 upscaler must hold: what tiling keeps flat is the rest.
+
+malloc, side by side at each size (--heaps): "backend" is what the backend does (upscale_image runs
+inside generator_backend/heap.flat_heap: mallopt(M_MMAP_THRESHOLD, 1 MiB) while it runs), "default" is
+glibc untouched (flat_heap off), "env" is MALLOC_MMAP_THRESHOLD_=1048576 (the earlier benchmark's
+setting, flat_heap then leaves it alone). The variable is removed from every other case's environment.
 """
 
 from __future__ import annotations
@@ -40,14 +45,21 @@ def status_kib(field):
 
 def child(args):
     """One case, in this process: print a JSON line."""
+    import contextlib
+
     import numpy as np
     import torch
 
+    from generator_backend import heap
     from generator_backend import upscale as up
     from generator_backend.pocket_dataset import render
     from generator_backend.upscalers import POCKET_UPSCALER, load_descriptor
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
+    if args.heap == "backend" and heap._mallopt() is None:
+        raise SystemExit("heap.flat_heap() does not apply here: not glibc, or MALLOC_MMAP_THRESHOLD_ is set")
+    if args.heap != "backend":  # glibc as it is (default), or as the environment variable sets it (env)
+        up.flat_heap = contextlib.nullcontext
     net = load_descriptor(POCKET_UPSCALER)
     image = np.tile(render("red", "bricks", 256, seed=1), (args.size // 256 + 1, args.size // 256 + 1, 1))
     image = np.ascontiguousarray(image[:args.size, :args.size])
@@ -63,7 +75,7 @@ def child(args):
         del out
     peak = status_kib("VmHWM")
     print(json.dumps({"net": hashlib.sha256(POCKET_UPSCALER.read_bytes()).hexdigest()[:16], "size": args.size,
-                      "scale": int(net.scale), "tile": args.tile, "overlap": args.overlap,
+                      "scale": int(net.scale), "tile": args.tile, "overlap": args.overlap, "heap": args.heap,
                       "seconds": sorted(times)[len(times) // 2], "base_rss": base, "peak_rss": peak,
                       "result_bytes": (args.size * int(net.scale)) ** 2 * 3 * 4}))
 
@@ -88,12 +100,14 @@ def timed_sides(size, tile, overlap, repeats):
     return times, difference
 
 
-def run_case(size, tile, overlap, repeats):
+def run_case(size, tile, overlap, repeats, heap="backend"):
     cmd = [sys.executable, __file__, "--child", "--size", str(size), "--tile", str(tile), "--overlap", str(overlap),
-           "--repeats", str(repeats)]
-    # Blocks of 1 MiB and more are mapped and unmapped one by one, so RSS shows the memory in use: by
-    # default glibc keeps freed tile-sized blocks on its heap (measured: +88 MiB at 1024², +10 at 512²).
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"}
+           "--repeats", str(repeats), "--heap", heap]
+    # By default glibc keeps freed tile-sized blocks on its heap, so RSS grows with the tiles; with a fixed
+    # 1 MiB mmap threshold (the backend's, or the env var) they are mapped and unmapped one by one.
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    if heap == "env":
+        env["MALLOC_MMAP_THRESHOLD_"] = "1048576"
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=3600, env=env)
     if out.returncode:
         raise SystemExit(f"case {cmd} failed:\n{out.stderr}")
@@ -111,6 +125,8 @@ def main(argv=None):
     parser.add_argument("--overlap", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", default="512,1024", help="input sides of the tiled peak-memory comparison")
+    parser.add_argument("--heaps", default="backend,default,env", help="malloc settings of the peak-memory cases")
+    parser.add_argument("--heap", default="backend", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -135,12 +151,17 @@ def main(argv=None):
               f"{mib(grow - r['result_bytes'])} |")
     print(f"time ratio tiled / untiled: {times['tiled'] / times['untiled']:.2f}")
     print()
-    print("| input → output (tiled, tile %d) | time (s) | peak RSS growth (MiB) | less the result (MiB) |" % args.tile)
-    print("|---|---|---|---|")
+    print("| input → output (tiled, tile %d) | malloc | time (s) | peak RSS growth (MiB) | less the result (MiB) |"
+          % args.tile)
+    print("|---|---|---|---|---|")
     for size in (int(v) for v in args.sizes.split(",")):
-        r = run_case(size, args.tile, args.overlap, 1)
-        grow = r["peak_rss"] - r["base_rss"]
-        print(f"| {size}² → {size * s}² | {r['seconds']:.1f} | {mib(grow)} | {mib(grow - r['result_bytes'])} |")
+        for heap in args.heaps.split(","):
+            r = run_case(size, args.tile, args.overlap, 1, heap)
+            if (r["net"], r["size"], r["scale"], r["heap"]) != (tiled["net"], size, s, heap):
+                raise SidesDiffer(f"the {heap} case at {size}² ran something else: {r}")
+            grow = r["peak_rss"] - r["base_rss"]
+            print(f"| {size}² → {size * s}² | {heap} | {r['seconds']:.1f} | {mib(grow)} | "
+                  f"{mib(grow - r['result_bytes'])} |")
 
 
 if __name__ == "__main__":

@@ -23,12 +23,13 @@ def image_pixels(image) -> np.ndarray:
     return flat.reshape(height, width, 4)
 
 
-def wire_array(image, pixels: np.ndarray) -> np.ndarray:
+def wire_array(image, pixels: np.ndarray, alpha: bool = False) -> np.ndarray:
     """What goes on the wire for an input image: float images as linear float32, byte images
-    as their exact sRGB bytes (uint8 arrays are always sRGB to the backend)."""
+    as their exact sRGB bytes (uint8 arrays are always sRGB to the backend); ``alpha``: RGBA (kinds that keep it)."""
+    channels = 4 if alpha else 3
     if image.is_float:
-        return np.ascontiguousarray(pixels[..., :3])
-    return np.round(pixels[..., :3] * 255).astype(np.uint8)
+        return np.ascontiguousarray(pixels[..., :channels])
+    return np.round(pixels[..., :channels] * 255).astype(np.uint8)
 
 
 def resized(array: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -762,7 +762,16 @@ def enhance_fields(max_size: int = 2048) -> dict:
             "region_width": Field("int", 0, min=0, max=max_size, doc="Region's width; 0 = the mask's extent"),
             "region_height": Field("int", 0, min=0, max=max_size, doc="Region's height; 0 = the mask's extent"),
             "region_feather": Field("float", 8.0, min=0.0, max=64.0,
-                                    doc="Soft edge inside the region, in pixels, when pasting back")}
+                                    doc="Soft edge inside the region, in pixels, when pasting back"),
+            **upscale_after_fields()}
+
+
+def upscale_after_fields() -> dict:
+    """Enhance's optional upscale of the whole result: the detail pass's enlargement fields, scale 1 = none."""
+    detail = detail_fields()
+    return {"scale": Field("int", 1, min=1, max=8, doc="Upscale the result this many times after the enhance "
+                           "(with params.enlarge_with, else Lanczos); 1 = no upscale"),
+            **{k: detail[k] for k in ("enlarge_with", "enlarge_tile", "enlarge_overlap")}}
 
 
 def validate_tiled(params, arrays):

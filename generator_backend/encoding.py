@@ -53,14 +53,39 @@ def image_tensor(array, channels=3, linear=False, flip_y=False) -> torch.Tensor:
     return linear_to_srgb(image) if linear and not is_bytes else image  # uint8 arrays are always sRGB
 
 
+def image_alpha(array, flip_y=False) -> np.ndarray | None:
+    """An input array's alpha as (H, W) float32 in [0, 1], rows top to bottom; None when it has no alpha
+    channel or its alpha is 1 everywhere (the result's alpha is then exactly 1, as for RGB)."""
+    array = np.asarray(array)
+    if array.ndim != 3 or array.shape[2] < 4:
+        return None
+    alpha = array[..., 3]
+    if alpha.dtype == np.uint8:
+        if (alpha == 255).all():
+            return None
+        alpha = alpha.astype(np.float32) / np.float32(255)
+    elif (alpha >= 1).all():
+        return None
+    alpha = np.clip(alpha, 0, 1).astype(np.float32)  # alpha is coverage: never linear, never sRGB
+    return np.ascontiguousarray(alpha[::-1] if flip_y else alpha)
+
+
+def with_alpha(image: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """(H, W, 3) sRGB and (H, W) alpha (or None) -> (H, W, 4), or the image itself without alpha."""
+    return image if alpha is None else np.concatenate([image, alpha[..., None].astype(image.dtype)], -1)
+
+
 def to_rgba(image, dtype: str, flip_y: bool, linear: bool = False):
-    """Convert (H, W, 3) sRGB float in [0, 1] (tensor or array) to a numpy RGBA array of ``dtype``, on the device."""
+    """Convert (H, W, 3) sRGB float in [0, 1] (tensor or array) to a numpy RGBA array of ``dtype``, on the device;
+    an (H, W, 4) image keeps its alpha as it is (alpha 1 otherwise)."""
     image = torch.as_tensor(image)
     if flip_y:
         image = image.flip(0)
+    alpha = image[..., 3:].float() if image.shape[-1] == 4 else torch.ones_like(image[..., :1])
+    image = image[..., :3]
     if linear:
         image = srgb_to_linear(image.float())
-    rgba = torch.cat([image, torch.ones_like(image[..., :1])], dim=-1)
+    rgba = torch.cat([image, alpha.to(image.dtype)], dim=-1)
     if dtype == "uint8":
         rgba = (rgba * 255).round().to(torch.uint8)
     elif dtype == "float16":
@@ -94,4 +119,11 @@ def pasted_back(rgba: np.ndarray, original: np.ndarray, source: Encoding, target
         keep = keep[::-1]
     rgba = rgba.copy()
     rgba[..., :3][keep] = recoded(original, source, target)[keep]
+    if np.asarray(original).shape[-1] == 4:  # the input's alpha, as it was sent
+        alpha = np.asarray(original)[..., 3]
+        if source.flip_y != target.flip_y:
+            alpha = alpha[::-1]
+        if (alpha.dtype == np.uint8) != (target.dtype == "uint8"):
+            alpha = np.round(alpha * 255.0) if target.dtype == "uint8" else alpha / np.float32(255)
+        rgba[..., 3][keep] = np.clip(alpha, 0, 255 if target.dtype == "uint8" else 1).astype(rgba.dtype)[keep]
     return rgba

@@ -278,7 +278,7 @@ class Worker(threading.Thread):
     def execute_compress(self, job: Job):
         """The latent codec's encoder: the file, and the image it decodes to, both kept as the result."""
         from . import latent_codec as lc
-        from .encoding import as_sent, image_tensor
+        from .encoding import as_sent, image_alpha, image_tensor, with_alpha
 
         p = job.params
         job.emit({"type": "progress", "step": 0, "total": 1, "stage": "loading", "eta": None})
@@ -372,7 +372,7 @@ class Worker(threading.Thread):
         """Tiled model upscaling: every tile is kept in the job's folder as it is done, so cancel keeps
         them and a resumed job makes only the missing ones."""
         from . import upscale as up
-        from .encoding import as_sent, image_tensor
+        from .encoding import as_sent, image_alpha, image_tensor, with_alpha
 
         p = job.params
         self.upscalers.check_job(p)  # the server checked at submit; a resumed job's backend may serve others
@@ -404,6 +404,8 @@ class Worker(threading.Thread):
 
         result = up.upscale_to(net, image, p["factor"], p["tile_size"], p["tile_overlap"], wrap_x, wrap_y,
                                on_tile=on_tile, load_tile=load_tile)
+        alpha = image_alpha(job.inputs["init_image"], p["input_flip_y"])
+        result = with_alpha(result, up.upscale_alpha(alpha, p["factor"], wrap_x, wrap_y))
         job.timings["upscale_s"] = round(time.perf_counter() - started, 4)
         image = torch.from_numpy(result)
         meta = self.store.save_result(job, result, name)

@@ -18,7 +18,7 @@ from dream_addon.protocol import MAX_TILED_SIDE, ProtocolError
 
 from . import tiles
 from .core import Cancelled, StepTimer, generate
-from .encoding import Encoding, as_sent, image_tensor, to_rgba
+from .encoding import Encoding, as_sent, image_alpha, image_tensor, to_rgba, with_alpha
 
 TILE_FILE = "tiles/tile_{:05d}.png"
 
@@ -167,6 +167,8 @@ def execute_mosaic(worker, job):
 
 def execute_detail(worker, job):
     """The detail pass: enlarge (Lanczos), img2img overlapping tiles, blend them (wrapping on seamless axes)."""
+    from .upscale import upscale_alpha
+
     p = job.params
     job.emit({"type": "progress", "step": 0, "total": 1, "stage": "loading", "eta": None})
     members, _ = worker._members(job)
@@ -176,10 +178,13 @@ def execute_detail(worker, job):
                        p["enlarge_overlap"])
     plan = tiles.plan_detail(p, width, height, tile_side(members[0][0], p))
     run = TileRun(worker, job, len(plan))
+    alpha = image_alpha(job.inputs["init_image"], p["input_flip_y"])  # the pass repaints colour only
+    alpha = upscale_alpha(alpha, p["scale"], "x" in p["seamless"], "y" in p["seamless"])
     if not tiles.runs_steps(run.base, p["strength"]):  # nothing to repaint: the enlarged image itself
-        return run.finish(enlarged / np.float32(255), untouched_source(job, p["scale"] == 1))
+        return run.finish(with_alpha(enlarged / np.float32(255), alpha), untouched_source(job, p["scale"] == 1))
     made = run.run(plan, enlarged, p["seamless"])
-    return run.finish(tiles.assemble_blended(plan, made, width, height, p["overlap"], p["seamless"]))
+    return run.finish(with_alpha(tiles.assemble_blended(plan, made, width, height, p["overlap"], p["seamless"]),
+                                 alpha))
 
 
 WRAP_PAD = 4  # source pixels: more than Lanczos's reach (3) at any scale
@@ -253,7 +258,25 @@ def execute_enhance(worker, job):
     x0, y0, x1, y1 = box
     w = weights[y0:y1, x0:x1, None]
     image[y0:y1, x0:x1] = image[y0:y1, x0:x1] * (1 - w) + tiles.unpadded(task, made) * w
-    return run.finish(image, untouched_source(job, True, weights == 0))
+    alpha = image_alpha(job.inputs["init_image"], p["input_flip_y"])  # enhance repaints colour, never coverage
+    if p["scale"] == 1:
+        return run.finish(with_alpha(image, alpha), untouched_source(job, True, weights == 0))
+    job.emit({"type": "progress", "step": 1, "total": 1, "stage": "upscale", "eta": None})
+    return run.finish(enlarged_float(worker, p, image, alpha))
+
+
+def enlarged_float(worker, p, image: np.ndarray, alpha=None) -> np.ndarray:
+    """An (H, W, 3) float sRGB image enlarged p["scale"] times by p["enlarge_with"] (tiled as p["enlarge_tile"] /
+    p["enlarge_overlap"]) or Lanczos, wrapping on the seamless axes; alpha (or None) by Lanczos."""
+    from .upscale import upscale_alpha, upscale_to, wrapped_resize
+
+    wrap_x, wrap_y = "x" in p["seamless"], "y" in p["seamless"]
+    if p["enlarge_with"]:
+        big = upscale_to(worker.upscalers.get(p["enlarge_with"]), image, p["scale"], p["enlarge_tile"],
+                         p["enlarge_overlap"], wrap_x, wrap_y)
+    else:
+        big = wrapped_resize(image, p["scale"], 1, wrap_x, wrap_y)
+    return with_alpha(big, upscale_alpha(alpha, p["scale"], wrap_x, wrap_y))
 
 
 EXECUTORS = {"mosaic": execute_mosaic, "detail": execute_detail, "enhance": execute_enhance}

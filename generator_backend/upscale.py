@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .core import Cancelled  # noqa: F401  (raised by on_tile callbacks to stop between tiles)
+from .heap import flat_heap
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,12 @@ def upscale_image(net, image: np.ndarray, tile: int = 256, overlap: int = 16, wr
 
     ``on_tile(tile, output, done, total)`` runs after each tile (persist it, report progress; raise
     Cancelled to stop); ``load_tile(tile)`` may return a tile's output made before (a resumed job)."""
-    image = np.asarray(image, np.float32)
+    with flat_heap():  # freed tile buffers go back to the system: peak memory does not grow with the tiles
+        return _upscale_tiles(net, np.asarray(image, np.float32), tile, overlap, wrap_x, wrap_y, on_tile, load_tile)
+
+
+def _upscale_tiles(net, image, tile, overlap, wrap_x, wrap_y, on_tile, load_tile) -> np.ndarray:
+    """upscale_image's work."""
     h, w = image.shape[:2]
     s = int(net.scale)
     tiles = plan_tiles(h, w, tile, overlap, wrap_x, wrap_y)
@@ -173,7 +179,7 @@ def receptive_radius(net) -> int | None:
 
 
 def resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """An (H, W, 3) float image resized to ``width`` x ``height`` with Lanczos, per channel in float."""
+    """An (H, W, C) float image resized to ``width`` x ``height`` with Lanczos, per channel in float."""
     from PIL import Image
 
     if image.shape[:2] == (height, width):
@@ -261,14 +267,31 @@ def upscale_to(net, image: np.ndarray, factor: int, tile: int, overlap: int, wra
     """``upscale_image``, then Lanczos down to ``factor`` when it is below the net's scale (on a seamless axis
     the resize reads around the edge, so the result still tiles)."""
     out = upscale_image(net, image, tile, overlap, wrap_x, wrap_y, on_tile, load_tile)
-    h, w = image.shape[:2]
     if factor == net.scale:
         return out
-    pad = 4 * int(net.scale)  # input pixels of context around a wrapped edge; the crop keeps whole pixels
-    padded = np.pad(out, ((pad * wrap_y,) * 2, (pad * wrap_x,) * 2, (0, 0)), mode="wrap")
-    scaled = resized(padded, padded.shape[1] * factor // int(net.scale), padded.shape[0] * factor // int(net.scale))
-    cy, cx = pad * wrap_y * factor // int(net.scale), pad * wrap_x * factor // int(net.scale)
-    return np.ascontiguousarray(scaled[cy:cy + h * factor, cx:cx + w * factor])
+    return wrapped_resize(out, factor, int(net.scale), wrap_x, wrap_y)
+
+
+def wrapped_resize(image: np.ndarray, factor: int, divisor: int = 1, wrap_x=False, wrap_y=False) -> np.ndarray:
+    """Lanczos by ``factor / divisor``; on a wrapped axis the image is padded with its own other side first
+    (PIL's filter would clamp at the edges), so a seamless texture stays seamless."""
+    h, w = image.shape[0] * factor // divisor, image.shape[1] * factor // divisor
+    pad = 4 * divisor  # source pixels of context around a wrapped edge (Lanczos reaches 3); the crop keeps whole pixels
+    padded = np.pad(image, ((pad * wrap_y,) * 2, (pad * wrap_x,) * 2) + ((0, 0),) * (image.ndim - 2), mode="wrap")
+    scaled = resized(padded, padded.shape[1] * factor // divisor, padded.shape[0] * factor // divisor)
+    cy, cx = pad * wrap_y * factor // divisor, pad * wrap_x * factor // divisor
+    return np.ascontiguousarray(scaled[cy:cy + h, cx:cx + w])
+
+
+def upscale_alpha(alpha: np.ndarray | None, factor: int, wrap_x=False, wrap_y=False) -> np.ndarray | None:
+    """An alpha channel (H, W) enlarged ``factor`` times with Lanczos (None stays None: alpha 1 everywhere).
+
+    Lanczos rather than the net: alpha is coverage, not a picture; the net was taught on colour textures and
+    their degradations, and would add texture to a mask. Lanczos is linear, so a flat alpha stays flat (0 and 1
+    exactly, ringing clipped), costs no second run of the net and no tiles to resume."""
+    if alpha is None or factor == 1:
+        return alpha
+    return wrapped_resize(alpha[..., None], factor, 1, wrap_x, wrap_y)[..., 0]
 
 
 def seam_error(image: np.ndarray, scale: int = 1) -> float:

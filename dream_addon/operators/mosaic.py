@@ -8,6 +8,7 @@ from .. import blender_images, history
 from ..job_builder import JobInputError, check_job, image_pixels, resized, sized_to_image, wire_array
 from ..preferences import get_preferences
 from ..properties.mosaic import SETTINGS
+from ..enhance_sources import faces_mask, upscale_after_params
 from ..session import SESSION
 from ..uv_mask import padded_size, pad_to
 from .generate import ExportFrames, ImageEditorOperator, editor_image, prepare, report_input_errors
@@ -179,7 +180,7 @@ class DREAM_OT_enhance_region(ImageEditorOperator, bpy.types.Operator):
         _, params, arrays = prepare(self, context)
         width, height = sized_to_image(params, image)
         pixels = image_pixels(image)
-        arrays["init_image"] = pad_to(wire_array(image, pixels), params["height"], params["width"])
+        arrays["init_image"] = pad_to(wire_array(image, pixels, alpha=True), params["height"], params["width"])
         params.update(strength=round(enhance.strength, 4), region_feather=round(enhance.feather, 4),
                       tile_size=enhance.tile_size, seamless="", linear=image.is_float, preview_interval=0.0)
         if enhance.region == "CURSOR":
@@ -187,8 +188,11 @@ class DREAM_OT_enhance_region(ImageEditorOperator, bpy.types.Operator):
             # The job's canvas is padded at the top (Blender rows run bottom first): rows shift down by it.
             params.update(region_x=x, region_y=y + params["height"] - height, region_width=w, region_height=h)
         else:
-            mask = region_mask(enhance, width, height)
+            mask = region_mask(enhance, width, height) if enhance.region == "MASK" else \
+                faces_mask(context, image, width, height)
             arrays["mask"] = pad_to(mask.astype(np.uint8) * 255, params["height"], params["width"])
+        params.update(upscale_after_params(scene, SESSION.welcome))
+        scale = params["scale"]
         check_job("enhance", params, arrays, SESSION.welcome)
         backup, restore = None, None
         if enhance.result_target == "REPLACE":
@@ -201,7 +205,8 @@ class DREAM_OT_enhance_region(ImageEditorOperator, bpy.types.Operator):
         SESSION.submit(get_preferences(), params, target.name, arrays,
                        datablocks={"scene": scene, "image": target, "backup": backup, "source": image},
                        kind="enhance", operator="dream.enhance_region", scene_name=scene.name,
-                       settings=settings_of(scene), created=created, crop=(width, height), original=pixels,
+                       settings=settings_of(scene), created=created, crop=(width * scale, height * scale),
+                       original=pixels,
                        restore=restore, backup_name=backup.name if backup is not None else "",
                        source_name=image.name, total=1)
         return {"FINISHED"}

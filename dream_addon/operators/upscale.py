@@ -71,7 +71,7 @@ def upscale_job(operator, context, image, rerun=None):
     start = rerun.original if rerun is not None and rerun.original is not None else None
     pixels = image_pixels(start if start is not None else image)
     params = upscale_params(scene, start if start is not None else image)
-    arrays = {"init_image": wire_array(image, pixels)}
+    arrays = {"init_image": wire_array(image, pixels, alpha=True)}  # the upscale keeps alpha
     check_job("upscale", params, arrays, SESSION.welcome)
     kind, job_params = "upscale", params
     if scene.dream_upscale.detail_strength > 0:

@@ -91,6 +91,16 @@ def upscaler_items(self, context):
     return _UPSCALER_ITEMS
 
 
+UPSCALE_AFTER_NONE = "NONE"  # Enhance Region's "Upscale After" menu: no upscale
+_UPSCALE_AFTER_ITEMS = []
+
+
+def upscale_after_items(self, context):
+    """None, then the served upscalers (Enhance Region's Upscale After); here for Blender 4.2 (see models.py)."""
+    _UPSCALE_AFTER_ITEMS[:] = [(UPSCALE_AFTER_NONE, "None", "Keep the image's size")] + upscaler_items(self, context)
+    return _UPSCALE_AFTER_ITEMS
+
+
 def lora_names(self, context, edit_text):
     """LoRAs the backend lists (the models folder), with their base family where it was detected."""
     from .models import listed

@@ -4,6 +4,7 @@ import bpy
 
 from .. import protocol
 from ..field_props import enum_args, number_args
+from . import upscale_after_items  # a property callback: in the package module (Blender 4.2, see models.py)
 
 _MOSAIC = protocol.mosaic_fields()
 _ENHANCE = protocol.enhance_fields()
@@ -53,7 +54,9 @@ class DreamEnhanceProperties(bpy.types.PropertyGroup):
 
     region: bpy.props.EnumProperty(name="Region", default="CURSOR", items=[
         ("CURSOR", "Around 2D Cursor", "A rectangle of the size below, centred on the Image Editor's 2D cursor"),
-        ("MASK", "Mask Image", "Where the mask image is white")])
+        ("MASK", "Mask Image", "Where the mask image is white"),
+        ("FACES", "Selected Faces", "The UV islands of the selected faces of the mesh using the image (or the "
+                                    "active mesh object)")])
     width: bpy.props.IntProperty(name="Width", default=32, min=1, max=protocol.DEFAULT_MAX_SIZE, subtype="PIXEL",
                                  description="Width of the rectangle")
     height: bpy.props.IntProperty(name="Height", default=32, min=1, max=protocol.DEFAULT_MAX_SIZE, subtype="PIXEL",
@@ -64,6 +67,12 @@ class DreamEnhanceProperties(bpy.types.PropertyGroup):
     feather: bpy.props.FloatProperty(name="Feather", subtype="PIXEL", **number_args(_ENHANCE["region_feather"]))
     tile_size: bpy.props.IntProperty(name="Model Size", subtype="PIXEL", **number_args(
         _ENHANCE["tile_size"], step=8, description="The size the region is scaled to for the model; 0 = the model's own"))
+    upscale_after: bpy.props.EnumProperty(name="Upscale After", items=upscale_after_items,
+                                          description="Upscale the whole result with this upscaler (tiled as the "
+                                                      "Upscale panel's Tile Size and Overlap); None keeps the size")
+    upscale_factor: bpy.props.IntProperty(name="Factor", **number_args(
+        _ENHANCE["scale"], default=4, min=2, description="Output size over input size after the enhance; at most "
+                                                         "the upscaler's scale"))
     result_target: bpy.props.EnumProperty(name="Result", default="NEW", items=[
         ("NEW", "New Image", "Put the result in a new image"),
         ("REPLACE", "Replace", "Write the result into the active image (a copy keeps the original)")])
@@ -72,6 +81,7 @@ class DreamEnhanceProperties(bpy.types.PropertyGroup):
 SETTINGS = {"dream_mosaic": ("primary", "grid_x", "grid_y", "tile_size", "strength", "cell_prompts", "color_match", "levels",
                              "zoom_frames", "fps", "loop", "batch_size", "target", "channel", "start_frame",
                              "export_format", "rubber_band"),
-            "dream_enhance": ("region", "width", "height", "strength", "feather", "tile_size", "result_target")}
+            "dream_enhance": ("region", "width", "height", "strength", "feather", "tile_size", "result_target",
+                              "upscale_after", "upscale_factor")}
 
 classes = (DreamCellPrompt, DreamMosaicProperties, DreamEnhanceProperties)

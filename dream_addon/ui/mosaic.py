@@ -76,11 +76,15 @@ class IMAGE_PT_dream_enhance(DreamPanel, bpy.types.Panel):
             row = layout.row(align=True)
             row.prop(enhance, "width")
             row.prop(enhance, "height")
-        else:
+        elif enhance.region == "MASK":
             layout.prop(enhance, "mask_image")
         col = layout.column(align=True)
         for name in ("strength", "feather", "tile_size"):
             col.prop(enhance, name)
+        row = layout.row(align=True)
+        row.prop(enhance, "upscale_after")
+        if enhance.upscale_after != "NONE":
+            row.prop(enhance, "upscale_factor")
         layout.prop(enhance, "result_target", expand=True)
         layout.operator("dream.enhance_region", icon="ZOOM_IN")
 
