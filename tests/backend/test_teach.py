@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dream_addon import protocol
+from generator_backend import teach as teach_module
 from generator_backend.core import Cancelled
 from generator_backend.teach import Teacher, TeachSettings
 from tests.backend.conftest import as_components, load_pipe
@@ -26,7 +27,7 @@ def concept_images(count=3, seed=0):
 
 
 def settings(**kw):
-    values = dict(word="tealy", initializer="texture", steps=6, learning_rate=5e-3, vectors=2, preview_every=0,
+    values = dict(word="tealy", initializer="red bricks", steps=6, learning_rate=5e-3, vectors=2, preview_every=0,
                   seed=1, width=SIZE, height=SIZE)
     return TeachSettings(**{**values, **kw})
 
@@ -37,8 +38,8 @@ def teach(c, s, checkpoint=None, stop_at=None, saved=None):
             raise Cancelled()
 
     teacher = Teacher(c, s, [torch.from_numpy(i) for i in concept_images()], checkpoint)
-    rows, image = teacher.run(on_step, lambda step, image: None, (saved if saved is not None else []).append)
-    return rows, image, teacher
+    vectors, image = teacher.run(on_step, lambda step, image: None, (saved if saved is not None else []).append)
+    return vectors[""] if "" in vectors else vectors, image, teacher
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_only_the_words_vectors_learn(tiny):
     for name, snapshot in before.items():
         after = state(getattr(tiny, name))
         assert all(torch.equal(after[k], v) for k, v in snapshot.items()), name
-    start = embedding.weight[tiny.tokenizer("texture", add_special_tokens=False).input_ids].mean(0)
+    start = embedding.weight[tiny.tokenizer("red bricks", add_special_tokens=False).input_ids]
     assert rows.shape == (2, 32) and (rows - start).abs().max() > 1e-4
     assert len(teacher.losses) == 6 and all(np.isfinite(teacher.losses))
     assert image.shape == (SIZE, SIZE, 3)
@@ -87,13 +88,11 @@ def test_the_model_says_what_cannot_be_taught(tiny, models_dir):
     from dream_addon.protocol import ProtocolError
     from tests.backend.test_sdxl import load_xl
 
-    for s, field in [(settings(word="brick"), "params.word"), (settings(initializer=" "), "params.initializer")]:
+    xl = load_xl(models_dir, "tiny-xl")[1]
+    for c, s, field in [(tiny, settings(word="brick"), "params.word"), (xl, settings(word="brick"), "params.word")]:
         with pytest.raises(ProtocolError) as error:
-            teach(tiny, s)
+            teach(c, s)
         assert error.value.field == field
-    with pytest.raises(ProtocolError, match="SDXL") as error:
-        teach(load_xl(models_dir, "tiny-xl")[1], settings())
-    assert error.value.field == "params.model"
 
 
 @pytest.mark.parametrize("params, arrays, field", [
@@ -211,13 +210,96 @@ def test_previews_come_every_n_steps_and_at_the_end(tiny):
     assert seen == [2, 4, 5]
 
 
-def test_an_initializer_of_one_token_per_vector_starts_each_vector_at_its_token(tiny):
-    from generator_backend.teach import check_word, initial_rows
+def test_an_initializer_starts_each_vector_at_its_token_or_its_word(tiny):
+    from generator_backend.teach import initial_rows
 
     weight = tiny.text_encoder.get_input_embeddings().weight
-    phrase = settings(initializer="red bricks", vectors=2)
-    ids = check_word(tiny, phrase)
+    ids = tiny.tokenizer("red bricks", add_special_tokens=False).input_ids
     assert len(ids) == 2
-    assert torch.equal(initial_rows(tiny, phrase, ids), weight[ids])
-    one = settings(initializer="red bricks", vectors=3)
-    assert torch.equal(initial_rows(tiny, one, ids), weight[ids].mean(0).expand(3, -1))
+    assert torch.equal(initial_rows(tiny.tokenizer, tiny.text_encoder, "red bricks", 2), weight[ids])
+    three = initial_rows(tiny.tokenizer, tiny.text_encoder, "red bricks", 3)
+    assert torch.equal(three, weight[ids].mean(0).expand(3, -1))
+    green = tiny.tokenizer("green", add_special_tokens=False).input_ids
+    assert len(green) > 1  # "green" is several tokens: as one of two words its vector is their mean
+    two = initial_rows(tiny.tokenizer, tiny.text_encoder, "green bricks", 2)
+    assert torch.equal(two, torch.stack([weight[green].mean(0), weight[ids[1]]]))
+
+
+def test_an_automatic_word_starts_as_exactly_the_phrase_chosen_for_it(tiny):
+    """Empty initializer and 0 vectors (the defaults): the word gets one vector per token of the chosen
+    phrase and starts at their rows; a resumed teaching keeps that phrase and that count."""
+    auto = settings(initializer="", vectors=0)
+    saved = []
+    with pytest.raises(Cancelled):
+        teach(tiny, auto, stop_at=2, saved=saved)
+    teacher = Teacher(tiny, auto, [torch.from_numpy(i) for i in concept_images()])
+    ids = tiny.tokenizer(teacher.initializer, add_special_tokens=False).input_ids
+    words = teacher.initializer.split()
+    assert len(words) == 2 and set(words) <= set(teach_module.CANDIDATE_WORDS)
+    assert teacher.settings.vectors == len(ids)
+    assert torch.equal(teacher.rows[""], tiny.text_encoder.get_input_embeddings().weight[ids])
+    resumed = Teacher(tiny, auto, [torch.from_numpy(i) for i in concept_images()], saved[-1])
+    assert (resumed.initializer, resumed.settings.vectors) == (teacher.initializer, teacher.settings.vectors)
+
+
+def test_the_chosen_initializer_names_what_the_images_show(models_dir):
+    """On the pocket model (which ships its vocabulary), images of a known pattern get its word."""
+    from generator_backend import pocket_dataset as ds
+    from generator_backend.models import ModelManager
+
+    models = ModelManager(["pocket"], device="cpu")
+    c = models.get("pocket")
+    images = [torch.from_numpy(ds.render("blue", "checker", SIZE, seed=k)) for k in range(3)]
+    teacher = Teacher(c, settings(initializer="", vectors=0), images, vocabulary=models.vocabulary("pocket"))
+    assert "checker" in teacher.initializer.split(), teacher.initializer
+    assert set(teacher.initializer.split()) <= models.vocabulary("pocket")
+
+
+@pytest.fixture(scope="module")
+def tiny_xl(models_dir):
+    from tests.backend.test_sdxl import load_xl
+
+    return load_xl(models_dir, "tiny-xl")[1]
+
+
+def test_sdxl_teaching_learns_both_encoders_is_seeded_and_resumes_exactly(tiny_xl):
+    modules = ("unet", "vae", "text_encoder", "text_encoder_2")
+    before = {name: state(getattr(tiny_xl, name)) for name in modules}
+    whole, _, _ = teach(tiny_xl, settings())
+    assert set(whole) == {"clip_l", "clip_g"}
+    for key, encoder in (("clip_l", tiny_xl.text_encoder), ("clip_g", tiny_xl.text_encoder_2)):
+        ids = tiny_xl.tokenizer("red bricks", add_special_tokens=False).input_ids
+        start = encoder.get_input_embeddings().weight[ids]
+        assert whole[key].shape == start.shape and (whole[key] - start).abs().max() > 1e-4, key
+    for name, snapshot in before.items():
+        after = state(getattr(tiny_xl, name))
+        assert all(torch.equal(after[k], v) for k, v in snapshot.items()), name
+    again, other = teach(tiny_xl, settings())[0], teach(tiny_xl, settings(seed=2))[0]
+    assert all(torch.equal(whole[k], again[k]) for k in whole) and not torch.equal(whole["clip_g"], other["clip_g"])
+    saved = []
+    with pytest.raises(Cancelled):
+        teach(tiny_xl, settings(), stop_at=4, saved=saved)
+    assert saved[-1]["step"] == 4  # a cancel leaves a resumable state
+    resumed = teach(tiny_xl, settings(), checkpoint=saved[-1])[0]
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+
+
+def test_an_sdxl_word_saves_in_the_sdxl_format_and_works_at_once(tmp_path, models_dir):
+    from generator_backend.core import GenerationRequest, generate
+    from generator_backend.embeddings import EmbeddingLibrary, read_embedding
+    from generator_backend.teach import save_embedding
+    from tests.backend.test_sdxl import load_xl
+
+    xl = load_xl(models_dir, "tiny-xl")[1]  # its own copy: the word is added to it
+    vectors, preview, _ = teach(xl, settings())
+    path = save_embedding(tmp_path, "tealy", vectors)
+    word, read = read_embedding(path)
+    assert word == "tealy" and set(read) == {"clip_l", "clip_g"}
+    assert all(torch.equal(read[k], vectors[k]) for k in vectors)
+    request = GenerationRequest(prompt="tealy", negative_prompt="", seed=1, steps=teach_module.PREVIEW_STEPS,
+                                width=SIZE, height=SIZE)
+    unknown = generate(xl, request)
+    assert EmbeddingLibrary(tmp_path).apply(xl) == []
+    known = generate(xl, request)
+    assert torch.equal(known, preview)  # the word reads as it was taught
+    assert (known - unknown).abs().max() > 1e-3  # and its tokens change the image
