@@ -56,9 +56,9 @@ def rings_field(size: int) -> np.ndarray:
 
 
 def texture(colour: np.ndarray, pattern: str, size: int, seed: int) -> np.ndarray:
-    """A texture drawn as pocket_dataset.render draws one, in any colour and with the rings too."""
+    """A texture drawn as pocket_dataset.render draws one (a lighter accent), in any colour, with the rings too."""
     rng = np.random.default_rng(seed)
-    accent = colour * 0.45 if colour.mean() > 0.35 else colour + (1 - colour) * 0.35
+    accent = colour + (1 - colour) * 0.35  # lighter: render's accent for red, and last session's teal
     field = rings_field(size) if pattern == "rings" else ds.pattern_field(pattern, size, rng)
     field = np.roll(field, rng.integers(ds.TILE, size=2), axis=(0, 1))[..., None]
     image = colour * (1 - field) + accent * field + rng.normal(0, 0.015, (size, size, 3))

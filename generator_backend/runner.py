@@ -334,7 +334,7 @@ class Worker(threading.Thread):
         folder = self.store.job_dir(job.job_id)
         checkpoint_path = folder / teach.CHECKPOINT
         checkpoint = torch.load(checkpoint_path, weights_only=True) if checkpoint_path.exists() else None
-        teacher = teach.Teacher(components, settings, images, checkpoint)
+        teacher = teach.Teacher(components, settings, images, checkpoint, self.models.vocabulary(name))
         job.total, timer = p["train_steps"], teach.Timer(teacher.step)
         started = time.perf_counter()
 

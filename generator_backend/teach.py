@@ -37,15 +37,13 @@ from .embeddings import tokens_of
 KIND = "teach_concept"
 FIELDS = ("word", "initializer", "train_steps", "learning_rate", "vectors", "preview_every")  # the kind's own
 TEMPLATES = ("{}", "{} texture", "seamless {}", "{} pattern")
-# Words the automatic initializer may start from (those the tokenizer reads as one token).
+# Words an automatic initializer is chosen from when the model ships no vocabulary.txt (prompt_words.py).
 CANDIDATE_WORDS = tuple("""
-red green blue yellow orange purple pink brown black white grey gray gold silver teal cyan
-light dark bright pale
-stripes checker dots bricks waves wood marble scales tiles grid plaid spots lines circles rings
-hexagons zigzag noise stone rock metal rust fabric leather paper sand grass leaves water fur
-concrete tile brick dirt moss bark plastic glass cloth
+red green blue yellow orange purple pink brown black white grey gold light dark
+stripes checker dots bricks waves wood marble scales tiles grid spots rings zigzag noise
+stone metal rust fabric leather sand grass water concrete moss
 """.split())
-CHOOSE_POOL = 4  # best single words a phrase is built from
+CHOOSE_POOL = 4  # words a phrase is built from: half the closest in colour, half in pattern
 CHOOSE_WORDS = 2  # words of a chosen initializer when the word's vectors are automatic (0): "green checker"
 MAX_VECTORS = 8  # protocol.teach_fields' bound
 CHOOSE_SEEDS, CHOOSE_STEPS = 1, 10  # images of a candidate phrase, and their denoising steps
@@ -192,11 +190,13 @@ def image_features(image) -> np.ndarray:
 
 @torch.no_grad()
 def choose_initializer(c, settings: TeachSettings, images, vocabulary=None) -> str:
-    """The known words whose images are closest to the training images (image_features, L1): single
-    words first, then phrases grown from the best of them, a word before or after. The candidates
-    are the model's ``vocabulary`` where it ships one (a word it never saw means nothing to it),
-    else CANDIDATE_WORDS. (Scoring words by the model's denoising loss on the images was tried:
-    on the pocket model neutral words such as "seamless" won for every image set.)"""
+    """The known words whose images are closest to the training images: the words whose own images
+    come closest in colour and those closest in pattern (image_features' two parts, L1), then the
+    closest of the phrases pairing one of each, either way round, grown a word before or after
+    while the word has more vectors. The candidates are the model's ``vocabulary`` where it ships
+    one (a word it never saw means nothing to it), else CANDIDATE_WORDS. (Scoring words by the
+    model's denoising loss on the images was tried: on the pocket model neutral words such as
+    "seamless" won for every image set.)"""
     words = sorted(vocabulary) if vocabulary else list(CANDIDATE_WORDS)
     count = settings.vectors or CHOOSE_WORDS
     target = np.mean([image_features(i) for i in images], axis=0)
@@ -205,22 +205,32 @@ def choose_initializer(c, settings: TeachSettings, images, vocabulary=None) -> s
     def fits(phrase):  # an automatic word has a vector per token of its initializer: at most MAX_VECTORS
         return bool(settings.vectors) or len(phrase_ids(c.tokenizer, " ".join(phrase))) <= MAX_VECTORS
 
-    def score(phrase):
+    def parts(phrase):
+        """(colour distance, pattern distance) of the phrase's images to the training images."""
         phrase = " ".join(phrase) if isinstance(phrase, list) else phrase
         if phrase not in scores:
             made = [generate(c, GenerationRequest(prompt=phrase, negative_prompt="", seed=settings.seed + k,
                                                   steps=CHOOSE_STEPS, width=settings.width, height=settings.height))
                     for k in range(CHOOSE_SEEDS)]
-            scores[phrase] = float(np.mean([np.abs(image_features(m.float().cpu()) - target).sum() for m in made]))
+            gaps = [np.abs(image_features(m.float().cpu()) - target) for m in made]
+            scores[phrase] = (float(np.mean([g[:3].sum() for g in gaps])), float(np.mean([g[3:].sum() for g in gaps])))
         return scores[phrase]
 
-    pool = sorted(words, key=score)[:max(CHOOSE_POOL, count)]
-    phrase = [pool[0]]
+    def total(phrase):
+        return sum(parts(phrase))
+
+    if count == 1:
+        return min(words, key=total)
+    by_colour = sorted(words, key=lambda w: parts(w)[0])[:CHOOSE_POOL // 2]
+    by_pattern = sorted(words, key=lambda w: parts(w)[1])[:CHOOSE_POOL // 2]
+    pairs = [p for a in by_colour for b in by_pattern if a != b for p in ([a, b], [b, a]) if fits(p)]
+    phrase = min(pairs, key=total) if pairs else [min(words, key=total)]
+    pool = list(dict.fromkeys(by_colour + by_pattern + sorted(words, key=total)[:CHOOSE_POOL]))
     while len(phrase) < count:
         options = [p for w in pool if w not in phrase for p in (phrase + [w], [w] + phrase) if fits(p)]
         if not options:
             break
-        phrase = min(options, key=score)
+        phrase = min(options, key=total)
     return " ".join(phrase)
 
 

@@ -136,16 +136,16 @@ def submit_teach(conn, job_id, params, resume=False):
 
 def test_teach_job_streams_saves_the_word_and_the_next_job_reads_it(teach_backend):
     conn = connect(teach_backend)
-    params = {"word": "tealy", "train_steps": 6, "preview_every": 3, "width": SIZE, "height": SIZE, "seed": 4,
-              "vectors": 2}
+    params = {"word": "tealy", "train_steps": 4, "preview_every": 2, "width": SIZE, "height": SIZE, "seed": 4,
+              "vectors": 2, "initializer": "red bricks"}  # the chosen initializer's cost is not this test's
     submit_teach(conn, "teach-1", params)
     events = events_until_terminal(conn, "teach-1")
     kinds = [m["type"] for m, _ in events]
     previews = [(m["step"], a["image"].shape) for m, a in events if m["type"] == "preview"]
-    assert previews == [(3, (SIZE, SIZE, 4)), (6, (SIZE, SIZE, 4))]
+    assert previews == [(2, (SIZE, SIZE, 4)), (4, (SIZE, SIZE, 4))]
     assert any(m["type"] == "progress" and m.get("stage") == "teach" and "loss" in m for m, _ in events)
     result, arrays = events[-1]
-    assert kinds[-1] == "result" and result["word"] == "tealy"
+    assert kinds[-1] == "result" and (result["word"], result["initializer"]) == ("tealy", "red bricks")
     path = teach_backend.models_folder / "embeddings" / "tealy.safetensors"
     assert result["embedding"] == str(path) and path.exists()
     # Usable at once: a txt2img job of the word alone is the teaching's last preview, bit for bit.
@@ -156,12 +156,13 @@ def test_teach_job_streams_saves_the_word_and_the_next_job_reads_it(teach_backen
     assert not [m for m, _ in used if m["type"] == "warning"]
     np.testing.assert_array_equal(used[-1][1]["image"], arrays["image"])
     conn.send({"type": "submit", "job_id": "use-2", "params": {"prompt": "red", "width": SIZE, "height": SIZE,
-                                                                 "seed": 4, "preview_interval": 0.0}})
+                                                                 "seed": 4, "preview_interval": 0.0, "steps": 4}})
     assert np.abs(events_until_terminal(conn, "use-2")[-1][1]["image"].astype(float)
                   - arrays["image"]).max() > 0
     # An SDXL model skips the SD-shaped word, saying so once.
     conn.send({"type": "submit", "job_id": "use-xl", "params": {"prompt": "tealy", "width": SIZE, "height": SIZE,
-                                                                  "model": "tiny-xl", "preview_interval": 0.0}})
+                                                                  "model": "tiny-xl", "preview_interval": 0.0,
+                                                                  "steps": 2}})
     xl = events_until_terminal(conn, "use-xl")
     warnings = [m for m, _ in xl if m["type"] == "warning"]
     assert xl[-1][0]["type"] == "result" and [w["code"] for w in warnings] == ["embedding_skipped"]
@@ -170,7 +171,8 @@ def test_teach_job_streams_saves_the_word_and_the_next_job_reads_it(teach_backen
 
 def test_teach_job_cancels_and_resumes_from_its_checkpoint(teach_backend):
     conn = connect(teach_backend)
-    params = {"word": "tealz", "train_steps": 100, "preview_every": 0, "width": SIZE, "height": SIZE, "seed": 4}
+    params = {"word": "tealz", "train_steps": 40, "preview_every": 0, "width": SIZE, "height": SIZE, "seed": 4,
+              "initializer": "red bricks"}
     submit_teach(conn, "teach-2", params)
     while True:
         message, _ = conn.recv()
@@ -180,7 +182,7 @@ def test_teach_job_cancels_and_resumes_from_its_checkpoint(teach_backend):
     events = events_until_terminal(conn, "teach-2")
     assert events[-1][0]["type"] == "cancelled"
     stopped = events[-1][0]["step"]
-    assert 0 < stopped < 100
+    assert 0 < stopped < 40
     job_dir = os.path.join(teach_backend.ready_info["output_dir"], "teach-2")
     assert os.path.exists(os.path.join(job_dir, "concept_checkpoint.pt"))
     assert not (teach_backend.models_folder / "embeddings" / "tealz.safetensors").exists()
@@ -194,7 +196,27 @@ def test_teach_job_cancels_and_resumes_from_its_checkpoint(teach_backend):
     conn.close()
 
 
-@pytest.mark.parametrize("change", [{"initializer": "red"}, {"learning_rate": 1e-2}, {"seed": 2}, {"steps": 5},
+def test_an_sdxl_teach_job_saves_a_word_the_next_sdxl_job_reads(teach_backend):
+    conn = connect(teach_backend)
+    params = {"word": "tealxl", "train_steps": 2, "preview_every": 0, "width": SIZE, "height": SIZE, "seed": 4,
+              "vectors": 2, "initializer": "red bricks", "model": "tiny-xl"}
+    submit_teach(conn, "teach-xl", params)
+    result, arrays = events_until_terminal(conn, "teach-xl")[-1]
+    assert result["type"] == "result" and result["model"] == "tiny-xl"
+    from safetensors.torch import load_file
+
+    saved = load_file(result["embedding"])
+    assert {k: v.shape[0] for k, v in saved.items()} == {"clip_l": 2, "clip_g": 2}
+    conn.send({"type": "submit", "job_id": "use-xl-word", "params": {
+        "prompt": "tealxl", "width": SIZE, "height": SIZE, "seed": 4, "preview_interval": 0.0, "model": "tiny-xl",
+        "steps": teach_module.PREVIEW_STEPS}})
+    used = events_until_terminal(conn, "use-xl-word")
+    assert used[-1][0]["type"] == "result" and not [m for m, _ in used if m["type"] == "warning"]
+    np.testing.assert_array_equal(used[-1][1]["image"], arrays["image"])  # the word reads as it was taught
+    conn.close()
+
+
+@pytest.mark.parametrize("change", [{"initializer": "red"}, {"initializer": ""}, {"learning_rate": 1e-2}, {"seed": 2}, {"steps": 5},
                                     {"vectors": 1}])
 def test_every_setting_changes_the_word(tiny, change):
     """No dead controls: each Teach a Concept setting changes the vectors learned."""
