@@ -251,15 +251,20 @@ def test_an_automatic_word_starts_as_exactly_the_phrase_chosen_for_it(tiny):
     """Empty initializer and 0 vectors (the defaults): the word gets one vector per token of the chosen
     phrase and starts at their rows; a resumed teaching keeps that phrase and that count."""
     auto = settings(initializer="", vectors=0)
-    saved = []
-    with pytest.raises(Cancelled):
-        teach(tiny, auto, stop_at=2, saved=saved)
     teacher = Teacher(tiny, auto, [torch.from_numpy(i) for i in concept_images()])
     ids = tiny.tokenizer(teacher.initializer, add_special_tokens=False).input_ids
     words = teacher.initializer.split()
     assert len(words) == 2 and set(words) <= set(teach_module.CANDIDATE_WORDS)
     assert teacher.settings.vectors == len(ids)
     assert torch.equal(teacher.rows[""], tiny.text_encoder.get_input_embeddings().weight[ids])
+    saved = []
+
+    def stop(step, loss):
+        if step == 2:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        teacher.run(stop, lambda step, image: None, saved.append)
     resumed = Teacher(tiny, auto, [torch.from_numpy(i) for i in concept_images()], saved[-1])
     assert (resumed.initializer, resumed.settings.vectors) == (teacher.initializer, teacher.settings.vectors)
 
