@@ -830,11 +830,13 @@ def teach_fields(max_size: int = 2048) -> dict:
         "height": Field("int", 512, min=64, max=max_size, multiple_of=8, doc="Height of the images and previews"),
         "word": Field("str", None, required=True, max_length=64,
                       doc="The new word: lower-case letters, digits, '-' or '_' (the embedding file's name)"),
-        "initializer": Field("str", "texture", max_length=200,
-                             doc="Known words the new one starts from (one token per vector: each its own)"),
-        "train_steps": Field("int", 500, min=1, max=5000, doc="Training steps"),
-        "learning_rate": Field("float", 5e-3, min=1e-5, max=1.0, doc="Adam's step size for the word's vectors"),
-        "vectors": Field("int", 1, min=1, max=8, doc="Vectors (tokens) the word stands for"),
+        "initializer": Field("str", "", max_length=200,
+                             doc="Known words the new one starts from; empty: the model picks those closest to the "
+                                 "images"),
+        "train_steps": Field("int", 1000, min=1, max=5000, doc="Training steps"),
+        "learning_rate": Field("float", 0.02, min=1e-5, max=1.0, doc="Adam's step size for the word's vectors"),
+        "vectors": Field("int", 2, min=0, max=8,
+                         doc="Vectors (tokens) the word stands for; 0: one per token of the words it starts from"),
         "preview_every": Field("int", 100, min=0, max=5000, doc="Steps between preview images; 0: at the end only"),
     }
 

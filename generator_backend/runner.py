@@ -64,7 +64,7 @@ def result_frame(store: JobStore, meta: dict, image, output: dict, source=None):
     message = {"type": "result", "job_id": meta["job_id"], "width": meta["width"], "height": meta["height"],
                "seed": meta["seed"], "model": meta["model"], "timings": meta["timings"],
                "path": str(store.job_dir(meta["job_id"])), **{k: output[k] for k in ("flip_y", "linear")},
-               **{k: meta[k] for k in ("frames", "fps", "folder", "word", "embedding") if k in meta}}  # walks, teach
+               **{k: meta[k] for k in ("frames", "fps", "folder", "word", "embedding", "initializer") if k in meta}}  # walks, teach
     rgba = to_rgba(image, output["output_dtype"], output["flip_y"], output["linear"])
     if source is not None:
         original, encoding, untouched = source
@@ -334,7 +334,7 @@ class Worker(threading.Thread):
         folder = self.store.job_dir(job.job_id)
         checkpoint_path = folder / teach.CHECKPOINT
         checkpoint = torch.load(checkpoint_path, weights_only=True) if checkpoint_path.exists() else None
-        teacher = teach.Teacher(components, settings, images, checkpoint)
+        teacher = teach.Teacher(components, settings, images, checkpoint, self.models.vocabulary(name))
         job.total, timer = p["train_steps"], teach.Timer(teacher.step)
         started = time.perf_counter()
 
@@ -362,7 +362,8 @@ class Worker(threading.Thread):
         for message in self.embeddings.apply(components):
             log.warning("after teaching: %s", message)
         meta = self.store.save_result(job, image.cpu().numpy(), name)
-        meta.update(word=p["word"], embedding=str(path), losses=teacher.losses[-1:])
+        meta.update(word=p["word"], embedding=str(path), losses=teacher.losses[-1:],
+                    initializer=teacher.initializer)
         self.store.save_meta(job.job_id, meta)
         job.state = DONE
         job.emit_result(lambda output: result_frame(self.store, meta, image, output))

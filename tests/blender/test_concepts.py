@@ -92,6 +92,7 @@ def test_teach_a_concept_then_use_the_word(scene, session, concept, word, prefs)
 
 def test_cancel_then_resume_teaching(scene, session, concept):
     concept.train_steps, concept.preview_every = 80, 0
+    concept.initializer = "red"  # a given one: choosing one from the images is the test above's
     before = set(session.jobs)
     assert bpy.ops.dream.teach_concept() == {"FINISHED"}
     (job_id,) = set(session.jobs) - before
