@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -138,16 +139,20 @@ def degrade(image, rng, scale=SCALE, clean_share=0.3) -> np.ndarray:
 
 
 CLEAN_SHARE = 0.6  # of training inputs that are clean bicubic reductions; the others are degraded
+SCHEDULES = ("linear", "cosine")
+# "mse" over the batch weighs hard (edgy) patches most; "psnr" is the mean of each patch's PSNR (its
+# log squared error), what the benchmark averages over images.
+LOSSES = ("mse", "psnr")
 POOL_SIZE = 768  # high-resolution textures made once per run (half the cost of a step otherwise)
 
 
-def texture_pool(seed, count=POOL_SIZE) -> list:
+def texture_pool(seed, count=POOL_SIZE, size=HR_SIZE) -> list:
     """The run's textures, the same for the same seed."""
     rng = np.random.default_rng([seed, 2**31])
-    return [hr_texture(rng) for _ in range(count)]
+    return [hr_texture(rng, size) for _ in range(count)]
 
 
-def batch(seed, step, count, pool=None) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(seed, step, count, pool=None, clean_share=CLEAN_SHARE) -> tuple[torch.Tensor, torch.Tensor]:
     """(low, high) NCHW float batches for ``step``, the same for the same (seed, step) and pool: textures
     drawn from ``pool`` (turned and mirrored at random) or made fresh, and freshly degraded."""
     rng = np.random.default_rng([seed, step])
@@ -156,7 +161,7 @@ def batch(seed, step, count, pool=None) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         highs = [np.ascontiguousarray(np.rot90(pool[rng.integers(len(pool))], rng.integers(4))[:, ::rng.choice(
             (1, -1))]) for _ in range(count)]
-    lows = [degrade(h, rng, clean_share=CLEAN_SHARE) for h in highs]
+    lows = [degrade(h, rng, clean_share=clean_share) for h in highs]
 
     def nchw(images):
         return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
@@ -168,10 +173,21 @@ class Trainer:
     """The net, its optimiser and step; ``save``/``load`` make a run resumable."""
 
     def __init__(self, out: Path, seed=0, steps=1800, batch_size=12, lr=1e-3, num_feat=32, num_conv=12,
-                 pool_size=POOL_SIZE):
+                 pool_size=POOL_SIZE, clean_share=CLEAN_SHARE, schedule="linear", init_from=None, patch=HR_SIZE,
+                 loss="mse"):
         self.out, self.seed, self.steps, self.batch_size, self.lr = Path(out), seed, steps, batch_size, lr
+        self.clean_share, self.schedule, self.patch = clean_share, schedule, patch
+        self.loss = loss
+        if loss not in LOSSES:
+            raise ValueError(f"loss: {loss!r} is not one of {', '.join(LOSSES)}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule: {schedule!r} is not one of {', '.join(SCHEDULES)}")
         torch.manual_seed(seed)
         self.net = build_net(num_feat, num_conv)
+        if init_from is not None:  # a checkpoint in ``out`` (load) takes precedence over these weights
+            from safetensors.torch import load_file
+
+            self.net.load_state_dict(load_file(str(init_from)))
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.step, self.log = 0, []
         self.pool, self.pool_size = None, pool_size  # made on the first step (not for an export)
@@ -181,7 +197,10 @@ class Trainer:
         return self.out / "checkpoint.pt"
 
     def lr_at(self, step):
-        """Constant, then linear to a tenth over the last 40 % of the run."""
+        """"linear": constant, then linear to a tenth over the last 40 % of the run; "cosine": a cosine
+        from ``lr`` to a hundredth of it over the whole run."""
+        if self.schedule == "cosine":
+            return self.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, self.steps) / self.steps)))
         start = 0.6 * self.steps
         return self.lr * (1.0 if step < start else max(0.1, 1 - 0.9 * (step - start) / (self.steps - start)))
 
@@ -205,17 +224,18 @@ class Trainer:
 
     def train_step(self) -> float:
         if self.pool is None:
-            self.pool = texture_pool(self.seed, self.pool_size)
-        low, high = batch(self.seed, self.step, self.batch_size, self.pool)
+            self.pool = texture_pool(self.seed, self.pool_size, self.patch)
+        low, high = batch(self.seed, self.step, self.batch_size, self.pool, self.clean_share)
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
-        loss = torch.nn.functional.mse_loss(self.net(low), high)  # what PSNR measures
+        per_patch = ((self.net(low) - high) ** 2).mean(dim=(1, 2, 3))
+        loss = per_patch.mean() if self.loss == "mse" else 10 * torch.log10(per_patch + 1e-8).mean()
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
         self.step += 1
         shortcut = torch.nn.functional.interpolate(low, scale_factor=SCALE, mode="nearest")
-        return float(loss.detach()), float(torch.nn.functional.mse_loss(shortcut, high))
+        return float(per_patch.detach().mean()), float(torch.nn.functional.mse_loss(shortcut, high))
 
     def train(self, checkpoint_every=100, deadline_s=None):
         """Train to ``self.steps`` (or until ``deadline_s`` of wall time), checkpointing as it goes."""

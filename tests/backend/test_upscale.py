@@ -291,3 +291,25 @@ def test_training_is_seeded_and_resumes_where_it_stopped(tmp_path):
         assert torch.equal(value, resumed.net.state_dict()[key]), key
     path = resumed.export(tmp_path / "x4.safetensors")
     assert load_descriptor(path).scale == 4
+
+
+def test_a_cosine_psnr_run_from_shipped_weights_resumes_where_it_stopped(tmp_path):
+    """The retraining options (start weights, clean share, cosine decay, per-patch PSNR loss) keep a run
+    seeded and resumable: its checkpoint loads weights-only and the resumed run ends where an unbroken one does."""
+    start = ut.Trainer(tmp_path / "start", steps=1, batch_size=2, num_feat=8, num_conv=2, pool_size=4)
+    weights = start.export(tmp_path / "start.safetensors")
+    options = dict(seed=1, steps=4, batch_size=2, num_feat=8, num_conv=2, pool_size=4, clean_share=0.5,
+                   schedule="cosine", loss="psnr", init_from=weights)
+    whole = ut.Trainer(tmp_path / "whole", **options)
+    assert torch.equal(whole.net.state_dict()["body.0.weight"], start.net.state_dict()["body.0.weight"])
+    whole.train(checkpoint_every=2)
+    part = ut.Trainer(tmp_path / "part", **options)
+    part.train(checkpoint_every=2, deadline_s=1e-9)
+    resumed = ut.Trainer(tmp_path / "part", **options)
+    assert resumed.load() and resumed.step == 2
+    resumed.train(checkpoint_every=2)
+    for key, value in whole.net.state_dict().items():
+        assert torch.equal(value, resumed.net.state_dict()[key]), key
+    assert whole.lr_at(0) == options.get("lr", 1e-3) and abs(whole.lr_at(4) - 1e-5) < 1e-12  # to a hundredth
+    with pytest.raises(ValueError, match="loss: 'l2' is not one of mse, psnr"):
+        ut.Trainer(tmp_path / "bad", loss="l2")
