@@ -60,6 +60,37 @@ def build_net(num_feat=32, num_conv=12):
     return net
 
 
+def widen(state: dict, num_feat: int, num_conv: int) -> dict:
+    """A larger net's state dict that computes what ``state`` computes (net2net): the new features start
+    random but unread (the old features and the last layer take nothing from them), and the added
+    convolutions, placed before the last one, start as the identity followed by a linear PReLU."""
+    old_convs = sorted((k[:-len(".weight")] for k, v in state.items() if k.endswith(".weight") and v.dim() == 4),
+                       key=lambda k: int(k.split(".")[1]))  # a file's keys come sorted as text
+    old_feat = state[old_convs[0] + ".weight"].shape[0]
+    if num_feat < old_feat or num_conv < len(old_convs) - 2:
+        raise ValueError(f"num_feat, num_conv: {num_feat}, {num_conv} is smaller than the net it widens")
+    new = build_net(num_feat, num_conv).state_dict()
+    new_convs = [k[:-len(".weight")] for k, v in new.items() if k.endswith(".weight") and v.dim() == 4]
+    pairs = list(zip(old_convs[:-1], new_convs)) + [(old_convs[-1], new_convs[-1])]
+    with torch.no_grad():
+        for added in new_convs[len(old_convs) - 1:-1]:
+            new[added + ".weight"].zero_()
+            new[added + ".weight"][:, :, 1, 1] = torch.eye(num_feat)
+            new[added + ".bias"].zero_()
+            prelu = f"body.{int(added.split('.')[1]) + 1}.weight"
+            new[prelu].fill_(1.0)
+        for old, fresh in pairs:
+            w, b = state[old + ".weight"], state[old + ".bias"]
+            target = new[fresh + ".weight"]
+            target[:w.shape[0], w.shape[1]:] = 0  # old features (and the output) read no new feature
+            target[:w.shape[0], :w.shape[1]] = w
+            new[fresh + ".bias"][:b.shape[0]] = b
+            if old != old_convs[-1]:
+                prelu_old, prelu_new = (f"body.{int(k.split('.')[1]) + 1}.weight" for k in (old, fresh))
+                new[prelu_new][:b.shape[0]] = state[prelu_old]
+    return new
+
+
 def _bilinear_taps(i: int) -> torch.Tensor:
     """Bilinear weights of the pixels before, at and after an input pixel for its ``i``-th output sub-pixel."""
     d = (2 * i + 1) / (2 * SCALE) - 0.5  # the sub-pixel centre's offset from the input pixel's centre
@@ -187,7 +218,9 @@ class Trainer:
         if init_from is not None:  # a checkpoint in ``out`` (load) takes precedence over these weights
             from safetensors.torch import load_file
 
-            self.net.load_state_dict(load_file(str(init_from)))
+            state = load_file(str(init_from))
+            self.net.load_state_dict(widen(state, num_feat, num_conv) if state["body.0.weight"].shape[0] != num_feat
+                                     or len(state) != len(self.net.state_dict()) else state)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.step, self.log = 0, []
         self.pool, self.pool_size = None, pool_size  # made on the first step (not for an export)

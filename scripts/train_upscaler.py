@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from generator_backend.upscaler_train import CLEAN_SHARE, SCHEDULES, Trainer  # noqa: E402
+from generator_backend.upscaler_train import CLEAN_SHARE, LOSSES, SCHEDULES, Trainer  # noqa: E402
 
 
 def main(argv=None):
@@ -27,6 +27,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clean-share", type=float, default=CLEAN_SHARE, help="share of clean bicubic inputs")
     parser.add_argument("--schedule", choices=SCHEDULES, default="linear", help="learning-rate decay")
+    parser.add_argument("--loss", choices=LOSSES, default="mse", help="mse over the batch, or each patch's PSNR")
     parser.add_argument("--init-from", type=Path, help="start from these .safetensors weights (a new run only)")
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--deadline-min", type=float, help="stop (checkpointed) after this many minutes")
@@ -35,7 +36,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     trainer = Trainer(args.work, seed=args.seed, steps=args.steps, batch_size=args.batch, lr=args.lr,
                       num_feat=args.num_feat, num_conv=args.num_conv, clean_share=args.clean_share,
-                      schedule=args.schedule, init_from=args.init_from)
+                      schedule=args.schedule, init_from=args.init_from, loss=args.loss)
     if trainer.load():
         print(f"resumed at {trainer.step}", flush=True)
     if not args.export_only:

@@ -313,3 +313,17 @@ def test_a_cosine_psnr_run_from_shipped_weights_resumes_where_it_stopped(tmp_pat
     assert whole.lr_at(0) == options.get("lr", 1e-3) and abs(whole.lr_at(4) - 1e-5) < 1e-12  # to a hundredth
     with pytest.raises(ValueError, match="loss: 'l2' is not one of mse, psnr"):
         ut.Trainer(tmp_path / "bad", loss="l2")
+
+
+def test_a_widened_net_computes_what_the_narrow_one_did(tmp_path):
+    """widen (net2net): more features and convolutions, the same output exactly, and spandrel loads it."""
+    narrow = ut.Trainer(tmp_path / "n", steps=2, batch_size=2, num_feat=8, num_conv=5, pool_size=4)  # body.10+ sort before body.2
+    narrow.train(checkpoint_every=2)  # trained a little, so no weight is still at its initial pattern
+    path = narrow.export(tmp_path / "narrow.safetensors")
+    wide = ut.Trainer(tmp_path / "w", num_feat=12, num_conv=7, init_from=path)
+    x = torch.rand(1, 3, 20, 20)
+    with torch.no_grad():
+        assert torch.equal(narrow.net(x), wide.net(x))
+    assert load_descriptor(wide.export(tmp_path / "wide.safetensors")).scale == 4
+    with pytest.raises(ValueError, match="num_feat, num_conv"):
+        ut.widen(narrow.net.state_dict(), 4, 2)
