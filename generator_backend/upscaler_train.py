@@ -208,6 +208,7 @@ class Trainer:
                  loss="mse"):
         self.out, self.seed, self.steps, self.batch_size, self.lr = Path(out), seed, steps, batch_size, lr
         self.clean_share, self.schedule, self.patch = clean_share, schedule, patch
+        self.lineage = ""  # the training runs the start weights came from
         self.loss = loss
         if loss not in LOSSES:
             raise ValueError(f"loss: {loss!r} is not one of {', '.join(LOSSES)}")
@@ -218,6 +219,11 @@ class Trainer:
         if init_from is not None:  # a checkpoint in ``out`` (load) takes precedence over these weights
             from safetensors.torch import load_file
 
+            from safetensors import safe_open
+
+            with safe_open(str(init_from), "pt") as f:
+                before = f.metadata() or {}
+            self.lineage = before.get("lineage") or f"{before.get('steps', '?')} steps, seed {before.get('seed', '?')}"
             state = load_file(str(init_from))
             self.net.load_state_dict(widen(state, num_feat, num_conv) if state["body.0.weight"].shape[0] != num_feat
                                      or len(state) != len(self.net.state_dict()) else state)
@@ -295,5 +301,7 @@ class Trainer:
         state = {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
         save_file(state, str(path), metadata={"name": name, "architecture": "SRVGGNetCompact", "scale": str(SCALE),
                                                "steps": str(self.step), "seed": str(self.seed),
+                                               "lineage": "; then ".join(filter(None, (
+                                                   self.lineage, f"{self.step} steps, seed {self.seed}"))),
                                                "training": "generator_backend/upscaler_train.py"})
         return path

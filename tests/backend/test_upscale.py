@@ -310,7 +310,11 @@ def test_a_cosine_psnr_run_from_shipped_weights_resumes_where_it_stopped(tmp_pat
     resumed.train(checkpoint_every=2)
     for key, value in whole.net.state_dict().items():
         assert torch.equal(value, resumed.net.state_dict()[key]), key
-    assert whole.lr_at(0) == options.get("lr", 1e-3) and abs(whole.lr_at(4) - 1e-5) < 1e-12  # to a hundredth
+    assert whole.lr_at(0) == 1e-3 and abs(whole.lr_at(4) - 1e-5) < 1e-12  # to a hundredth
+    from safetensors import safe_open
+
+    with safe_open(str(whole.export(tmp_path / "whole.safetensors")), "pt") as f:
+        assert f.metadata()["lineage"] == "0 steps, seed 0; then 4 steps, seed 1"  # where the weights came from
     with pytest.raises(ValueError, match="loss: 'l2' is not one of mse, psnr"):
         ut.Trainer(tmp_path / "bad", loss="l2")
 
