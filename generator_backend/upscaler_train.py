@@ -4,9 +4,11 @@ High-resolution patches are the pocket dataset's tileable patterns (generator_ba
 with random colours, finer periods (rendered large, then area-reduced) and a second pattern mixed in.
 Low-resolution inputs go through realistic degradations (Real-ESRGAN's first order, simplified):
 Gaussian blur, a bicubic / area / bilinear / Lanczos reduction, Gaussian noise, JPEG, 8-bit
-quantisation (40 %; the rest are clean bicubic reductions). The loss is the mean squared error
-(what PSNR measures); the net starts as bilinear interpolation (``build_net``). Every step's batch comes from a generator seeded by (seed, step), so a resumed run
-sees exactly the batches an uninterrupted one would.
+quantisation (``clean_share`` of them are clean bicubic reductions instead). The loss is the mean squared
+error or the mean of each patch's PSNR (``loss``); the net starts as bilinear interpolation (``build_net``),
+or from earlier weights (``init_from``, widened by ``widen`` when the new net is larger). Every step's
+batch comes from a generator seeded by (seed, step), so a resumed run sees exactly the batches an
+uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -177,10 +179,10 @@ LOSSES = ("mse", "psnr")
 POOL_SIZE = 768  # high-resolution textures made once per run (half the cost of a step otherwise)
 
 
-def texture_pool(seed, count=POOL_SIZE, size=HR_SIZE) -> list:
+def texture_pool(seed, count=POOL_SIZE) -> list:
     """The run's textures, the same for the same seed."""
     rng = np.random.default_rng([seed, 2**31])
-    return [hr_texture(rng, size) for _ in range(count)]
+    return [hr_texture(rng) for _ in range(count)]
 
 
 def batch(seed, step, count, pool=None, clean_share=CLEAN_SHARE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,10 +206,10 @@ class Trainer:
     """The net, its optimiser and step; ``save``/``load`` make a run resumable."""
 
     def __init__(self, out: Path, seed=0, steps=1800, batch_size=12, lr=1e-3, num_feat=32, num_conv=12,
-                 pool_size=POOL_SIZE, clean_share=CLEAN_SHARE, schedule="linear", init_from=None, patch=HR_SIZE,
+                 pool_size=POOL_SIZE, clean_share=CLEAN_SHARE, schedule="linear", init_from=None,
                  loss="mse"):
         self.out, self.seed, self.steps, self.batch_size, self.lr = Path(out), seed, steps, batch_size, lr
-        self.clean_share, self.schedule, self.patch = clean_share, schedule, patch
+        self.clean_share, self.schedule = clean_share, schedule
         self.lineage = ""  # the training runs the start weights came from
         self.loss = loss
         if loss not in LOSSES:
@@ -263,7 +265,7 @@ class Trainer:
 
     def train_step(self) -> float:
         if self.pool is None:
-            self.pool = texture_pool(self.seed, self.pool_size, self.patch)
+            self.pool = texture_pool(self.seed, self.pool_size)
         low, high = batch(self.seed, self.step, self.batch_size, self.pool, self.clean_share)
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
