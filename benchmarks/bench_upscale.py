@@ -1,6 +1,7 @@
 """Tiled upscaling against one untiled call of the same net, side by side, and peak memory at two sizes.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_upscale.py [--size 512] [--repeats 3]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_upscale.py --against OTHER.safetensors  (two nets' times)
 
 The time ratio comes from one process running both sides on one loaded net and one image, taken
 in turn (bench_common.interleaved), so drift on a shared machine hits them alike. Peak memory:
@@ -100,6 +101,33 @@ def timed_sides(size, tile, overlap, repeats):
     return times, difference
 
 
+def timed_nets(size, tile, overlap, repeats, other: Path):
+    """Median seconds of the shipped net and ``other`` upscaling one texture, tiled alike, interleaved."""
+    import numpy as np
+    import torch
+
+    from benchmarks.bench_common import interleaved, require_same
+    from generator_backend import upscale as up
+    from generator_backend.pocket_dataset import render
+    from generator_backend.upscalers import POCKET_UPSCALER, load_descriptor
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
+    nets = {"shipped": load_descriptor(POCKET_UPSCALER), other.name: load_descriptor(other)}
+    require_same("scale", *(int(n.scale) for n in nets.values()))
+    image = np.ascontiguousarray(np.tile(render("red", "bricks", 256, seed=1), (size // 256 + 1,) * 2 + (1,))[
+        :size, :size])
+    times = interleaved({name: (lambda n=n: up.upscale_image(n, image, tile, overlap)) for name, n in nets.items()},
+                        repeats)
+    print(f"x{int(nets['shipped'].scale)} of a {size}² texture, tile {tile}, overlap {overlap}, OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; median of {repeats}, interleaved")
+    print("| net | file digest | parameters | time (s) |")
+    print("|---|---|---|---|")
+    for (name, net), path in zip(nets.items(), (POCKET_UPSCALER, other)):
+        count = sum(p.numel() for p in net.model.parameters())
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        print(f"| {name} | {digest} | {count} | {times[name]:.2f} |")
+
+
 def run_case(size, tile, overlap, repeats, heap="backend"):
     cmd = [sys.executable, __file__, "--child", "--size", str(size), "--tile", str(tile), "--overlap", str(overlap),
            "--repeats", str(repeats), "--heap", heap]
@@ -127,10 +155,13 @@ def main(argv=None):
     parser.add_argument("--sizes", default="512,1024", help="input sides of the tiled peak-memory comparison")
     parser.add_argument("--heaps", default="backend,default,env", help="malloc settings of the peak-memory cases")
     parser.add_argument("--heap", default="backend", help=argparse.SUPPRESS)
+    parser.add_argument("--against", type=Path, help="time the shipped net against this upscaler file instead")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(args)
+    if args.against:
+        return timed_nets(args.size, args.tile, args.overlap, args.repeats, args.against)
     times, difference = timed_sides(args.size, args.tile, args.overlap, args.repeats)
     if difference > 0.05:  # the blend zones' border effects of a trained net are far smaller
         raise SidesDiffer(f"tiled and untiled results differ by {difference}: not the same computation")

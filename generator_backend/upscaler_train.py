@@ -4,15 +4,18 @@ High-resolution patches are the pocket dataset's tileable patterns (generator_ba
 with random colours, finer periods (rendered large, then area-reduced) and a second pattern mixed in.
 Low-resolution inputs go through realistic degradations (Real-ESRGAN's first order, simplified):
 Gaussian blur, a bicubic / area / bilinear / Lanczos reduction, Gaussian noise, JPEG, 8-bit
-quantisation (40 %; the rest are clean bicubic reductions). The loss is the mean squared error
-(what PSNR measures); the net starts as bilinear interpolation (``build_net``). Every step's batch comes from a generator seeded by (seed, step), so a resumed run
-sees exactly the batches an uninterrupted one would.
+quantisation (``clean_share`` of them are clean bicubic reductions instead). The loss is the mean squared
+error or the mean of each patch's PSNR (``loss``); the net starts as bilinear interpolation (``build_net``),
+or from earlier weights (``init_from``, widened by ``widen`` when the new net is larger). Every step's
+batch comes from a generator seeded by (seed, step), so a resumed run sees exactly the batches an
+uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +60,37 @@ def build_net(num_feat=32, num_conv=12):
                 for c in range(3):
                     last[c * SCALE * SCALE + i * SCALE + j, c] = kernel
     return net
+
+
+def widen(state: dict, num_feat: int, num_conv: int) -> dict:
+    """A larger net's state dict that computes what ``state`` computes (net2net): the new features start
+    random but unread (the old features and the last layer take nothing from them), and the added
+    convolutions, placed before the last one, start as the identity followed by a linear PReLU."""
+    old_convs = sorted((k[:-len(".weight")] for k, v in state.items() if k.endswith(".weight") and v.dim() == 4),
+                       key=lambda k: int(k.split(".")[1]))  # a file's keys come sorted as text
+    old_feat = state[old_convs[0] + ".weight"].shape[0]
+    if num_feat < old_feat or num_conv < len(old_convs) - 2:
+        raise ValueError(f"num_feat, num_conv: {num_feat}, {num_conv} is smaller than the net it widens")
+    new = build_net(num_feat, num_conv).state_dict()
+    new_convs = [k[:-len(".weight")] for k, v in new.items() if k.endswith(".weight") and v.dim() == 4]
+    pairs = list(zip(old_convs[:-1], new_convs)) + [(old_convs[-1], new_convs[-1])]
+    with torch.no_grad():
+        for added in new_convs[len(old_convs) - 1:-1]:
+            new[added + ".weight"].zero_()
+            new[added + ".weight"][:, :, 1, 1] = torch.eye(num_feat)
+            new[added + ".bias"].zero_()
+            prelu = f"body.{int(added.split('.')[1]) + 1}.weight"
+            new[prelu].fill_(1.0)
+        for old, fresh in pairs:
+            w, b = state[old + ".weight"], state[old + ".bias"]
+            target = new[fresh + ".weight"]
+            target[:w.shape[0], w.shape[1]:] = 0  # old features (and the output) read no new feature
+            target[:w.shape[0], :w.shape[1]] = w
+            new[fresh + ".bias"][:b.shape[0]] = b
+            if old != old_convs[-1]:
+                prelu_old, prelu_new = (f"body.{int(k.split('.')[1]) + 1}.weight" for k in (old, fresh))
+                new[prelu_new][:b.shape[0]] = state[prelu_old]
+    return new
 
 
 def _bilinear_taps(i: int) -> torch.Tensor:
@@ -138,6 +172,10 @@ def degrade(image, rng, scale=SCALE, clean_share=0.3) -> np.ndarray:
 
 
 CLEAN_SHARE = 0.6  # of training inputs that are clean bicubic reductions; the others are degraded
+SCHEDULES = ("linear", "cosine")
+# "mse" over the batch weighs hard (edgy) patches most; "psnr" is the mean of each patch's PSNR (its
+# log squared error), what the benchmark averages over images.
+LOSSES = ("mse", "psnr")
 POOL_SIZE = 768  # high-resolution textures made once per run (half the cost of a step otherwise)
 
 
@@ -147,7 +185,7 @@ def texture_pool(seed, count=POOL_SIZE) -> list:
     return [hr_texture(rng) for _ in range(count)]
 
 
-def batch(seed, step, count, pool=None) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(seed, step, count, pool=None, clean_share=CLEAN_SHARE) -> tuple[torch.Tensor, torch.Tensor]:
     """(low, high) NCHW float batches for ``step``, the same for the same (seed, step) and pool: textures
     drawn from ``pool`` (turned and mirrored at random) or made fresh, and freshly degraded."""
     rng = np.random.default_rng([seed, step])
@@ -156,7 +194,7 @@ def batch(seed, step, count, pool=None) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         highs = [np.ascontiguousarray(np.rot90(pool[rng.integers(len(pool))], rng.integers(4))[:, ::rng.choice(
             (1, -1))]) for _ in range(count)]
-    lows = [degrade(h, rng, clean_share=CLEAN_SHARE) for h in highs]
+    lows = [degrade(h, rng, clean_share=clean_share) for h in highs]
 
     def nchw(images):
         return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
@@ -168,10 +206,29 @@ class Trainer:
     """The net, its optimiser and step; ``save``/``load`` make a run resumable."""
 
     def __init__(self, out: Path, seed=0, steps=1800, batch_size=12, lr=1e-3, num_feat=32, num_conv=12,
-                 pool_size=POOL_SIZE):
+                 pool_size=POOL_SIZE, clean_share=CLEAN_SHARE, schedule="linear", init_from=None,
+                 loss="mse"):
         self.out, self.seed, self.steps, self.batch_size, self.lr = Path(out), seed, steps, batch_size, lr
+        self.clean_share, self.schedule = clean_share, schedule
+        self.lineage = ""  # the training runs the start weights came from
+        self.loss = loss
+        if loss not in LOSSES:
+            raise ValueError(f"loss: {loss!r} is not one of {', '.join(LOSSES)}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule: {schedule!r} is not one of {', '.join(SCHEDULES)}")
         torch.manual_seed(seed)
         self.net = build_net(num_feat, num_conv)
+        if init_from is not None:  # a checkpoint in ``out`` (load) takes precedence over these weights
+            from safetensors.torch import load_file
+
+            from safetensors import safe_open
+
+            with safe_open(str(init_from), "pt") as f:
+                before = f.metadata() or {}
+            self.lineage = before.get("lineage") or f"{before.get('steps', '?')} steps, seed {before.get('seed', '?')}"
+            state = load_file(str(init_from))
+            self.net.load_state_dict(widen(state, num_feat, num_conv) if state["body.0.weight"].shape[0] != num_feat
+                                     or len(state) != len(self.net.state_dict()) else state)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.step, self.log = 0, []
         self.pool, self.pool_size = None, pool_size  # made on the first step (not for an export)
@@ -181,7 +238,10 @@ class Trainer:
         return self.out / "checkpoint.pt"
 
     def lr_at(self, step):
-        """Constant, then linear to a tenth over the last 40 % of the run."""
+        """"linear": constant, then linear to a tenth over the last 40 % of the run; "cosine": a cosine
+        from ``lr`` to a hundredth of it over the whole run."""
+        if self.schedule == "cosine":
+            return self.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, self.steps) / self.steps)))
         start = 0.6 * self.steps
         return self.lr * (1.0 if step < start else max(0.1, 1 - 0.9 * (step - start) / (self.steps - start)))
 
@@ -206,16 +266,17 @@ class Trainer:
     def train_step(self) -> float:
         if self.pool is None:
             self.pool = texture_pool(self.seed, self.pool_size)
-        low, high = batch(self.seed, self.step, self.batch_size, self.pool)
+        low, high = batch(self.seed, self.step, self.batch_size, self.pool, self.clean_share)
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
-        loss = torch.nn.functional.mse_loss(self.net(low), high)  # what PSNR measures
+        per_patch = ((self.net(low) - high) ** 2).mean(dim=(1, 2, 3))
+        loss = per_patch.mean() if self.loss == "mse" else 10 * torch.log10(per_patch + 1e-8).mean()
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
         self.step += 1
         shortcut = torch.nn.functional.interpolate(low, scale_factor=SCALE, mode="nearest")
-        return float(loss.detach()), float(torch.nn.functional.mse_loss(shortcut, high))
+        return float(per_patch.detach().mean()), float(torch.nn.functional.mse_loss(shortcut, high))
 
     def train(self, checkpoint_every=100, deadline_s=None):
         """Train to ``self.steps`` (or until ``deadline_s`` of wall time), checkpointing as it goes."""
@@ -242,5 +303,7 @@ class Trainer:
         state = {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
         save_file(state, str(path), metadata={"name": name, "architecture": "SRVGGNetCompact", "scale": str(SCALE),
                                                "steps": str(self.step), "seed": str(self.seed),
+                                               "lineage": "; then ".join(filter(None, (
+                                                   self.lineage, f"{self.step} steps, seed {self.seed}"))),
                                                "training": "generator_backend/upscaler_train.py"})
         return path

@@ -314,3 +314,43 @@ def test_training_is_seeded_and_resumes_where_it_stopped(tmp_path):
         assert torch.equal(value, resumed.net.state_dict()[key]), key
     path = resumed.export(tmp_path / "x4.safetensors")
     assert load_descriptor(path).scale == 4
+
+
+def test_a_cosine_psnr_run_from_shipped_weights_resumes_where_it_stopped(tmp_path):
+    """The retraining options (start weights, clean share, cosine decay, per-patch PSNR loss) keep a run
+    seeded and resumable: its checkpoint loads weights-only and the resumed run ends where an unbroken one does."""
+    start = ut.Trainer(tmp_path / "start", steps=1, batch_size=2, num_feat=8, num_conv=2, pool_size=4)
+    weights = start.export(tmp_path / "start.safetensors")
+    options = dict(seed=1, steps=4, batch_size=2, num_feat=8, num_conv=2, pool_size=4, clean_share=0.5,
+                   schedule="cosine", loss="psnr", init_from=weights)
+    whole = ut.Trainer(tmp_path / "whole", **options)
+    assert torch.equal(whole.net.state_dict()["body.0.weight"], start.net.state_dict()["body.0.weight"])
+    whole.train(checkpoint_every=2)
+    part = ut.Trainer(tmp_path / "part", **options)
+    part.train(checkpoint_every=2, deadline_s=1e-9)
+    resumed = ut.Trainer(tmp_path / "part", **options)
+    assert resumed.load() and resumed.step == 2
+    resumed.train(checkpoint_every=2)
+    for key, value in whole.net.state_dict().items():
+        assert torch.equal(value, resumed.net.state_dict()[key]), key
+    assert whole.lr_at(0) == 1e-3 and abs(whole.lr_at(4) - 1e-5) < 1e-12  # to a hundredth
+    from safetensors import safe_open
+
+    with safe_open(str(whole.export(tmp_path / "whole.safetensors")), "pt") as f:
+        assert f.metadata()["lineage"] == "0 steps, seed 0; then 4 steps, seed 1"  # where the weights came from
+    with pytest.raises(ValueError, match="loss: 'l2' is not one of mse, psnr"):
+        ut.Trainer(tmp_path / "bad", loss="l2")
+
+
+def test_a_widened_net_computes_what_the_narrow_one_did(tmp_path):
+    """widen (net2net): more features and convolutions, the same output exactly, and spandrel loads it."""
+    narrow = ut.Trainer(tmp_path / "n", steps=2, batch_size=2, num_feat=8, num_conv=5, pool_size=4)  # body.10+ sort before body.2
+    narrow.train(checkpoint_every=2)  # trained a little, so no weight is still at its initial pattern
+    path = narrow.export(tmp_path / "narrow.safetensors")
+    wide = ut.Trainer(tmp_path / "w", num_feat=12, num_conv=7, init_from=path)
+    x = torch.rand(1, 3, 20, 20)
+    with torch.no_grad():
+        assert torch.equal(narrow.net(x), wide.net(x))
+    assert load_descriptor(wide.export(tmp_path / "wide.safetensors")).scale == 4
+    with pytest.raises(ValueError, match="num_feat, num_conv"):
+        ut.widen(narrow.net.state_dict(), 4, 2)
