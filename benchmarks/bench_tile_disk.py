@@ -3,8 +3,7 @@ the panel's 256 px tiles with 16 px overlap) with tiles kept as 16-bit levels (n
 (before), through the real worker; and a mosaic at the Mosaic panel's defaults with a 1024² primary
 (8-bit PNG tiles, unchanged). The folder is measured when the last tile is written, just before the
 result is saved and the tiles are removed: the job's peak. Both upscale sides get the same input,
-net and tiling; the script checks their results agree within half a 16-bit level and exits with an
-error when they do not. Usage: .venv/bin/python benchmarks/bench_tile_disk.py [--size 1024]
+net and tiling, and the script exits with an error when their tile counts differ. Usage: .venv/bin/python benchmarks/bench_tile_disk.py [--size 1024]
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import numpy as np  # noqa: E402
 
-from bench_common import require_same, require_same_pixels, set_torch_threads  # noqa: E402
+from bench_common import require_same, set_torch_threads  # noqa: E402
 from dream_addon import protocol  # noqa: E402
 from generator_backend import upscale as up  # noqa: E402
 from generator_backend.jobs import Job, JobStore  # noqa: E402
@@ -65,14 +64,14 @@ def main():
     texture = render("green", "bricks", args.size, seed=3).astype(np.float32)
     params = {"width": args.size, "height": args.size, "upscaler": "pocket-x4", "factor": 4}
     up.TileStore = PeakTiles
-    sides, results = {}, {}
+    sides = {}
     for name, keep in (("16-bit levels (now)", up.kept), ("float32 (before)", lambda output: output)):
         up.kept = keep
         job, seconds = run(worker, "upscale", params, {"init_image": texture})
         sides[name] = (PeakTiles.peak, seconds, job.total)
-        results[name] = worker.store.load_image(job.job_id)
     require_same("tiles", *(count for _, _, count in sides.values()))
-    require_same_pixels(*results.values(), atol=0.5 / up.KEPT_LEVELS + 1e-7)
+    # Both sides run uninterrupted, so their results never read a kept tile: what a resume from 16-bit tiles
+    # gives is asserted in tests/backend/test_upscale.py (within half a level), not here.
     primary = (render("orange", "dots", args.size, seed=2) * 255).round().clip(0, 255).astype(np.uint8)
     mosaic_params = {"prompt": "seamless red bricks texture", "width": args.size, "height": args.size, "tile_size": 64}
     job, seconds = run(worker, "mosaic", mosaic_params, {"init_image": primary})

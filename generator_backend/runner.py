@@ -334,7 +334,13 @@ class Worker(threading.Thread):
         folder = self.store.job_dir(job.job_id)
         checkpoint_path = folder / teach.CHECKPOINT
         checkpoint = torch.load(checkpoint_path, weights_only=True) if checkpoint_path.exists() else None
-        teacher = teach.Teacher(components, settings, images, checkpoint, self.models.vocabulary(name))
+        def on_choose(made, planned):  # the automatic initializer's images: Stop works there too
+            if job.cancel_requested.is_set():
+                raise Cancelled()
+            job.emit({"type": "progress", "step": min(made, planned), "total": planned, "stage": "choosing",
+                      "eta": None}, coalesce=True)
+
+        teacher = teach.Teacher(components, settings, images, checkpoint, self.models.vocabulary(name), on_choose)
         job.total, timer = p["train_steps"], teach.Timer(teacher.step)
         started = time.perf_counter()
 
@@ -390,6 +396,8 @@ class Worker(threading.Thread):
 
         def load_tile(tile):
             output = tiles.load(tile)
+            if output is not None and output.shape != (tile.y.length * net.scale, tile.x.length * net.scale, 3):
+                output = None  # a damaged or foreign file: made again (and saved over)
             if output is not None:
                 loaded.add(tile.name)
             return output

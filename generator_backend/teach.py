@@ -189,15 +189,21 @@ def image_features(image) -> np.ndarray:
 
 
 @torch.no_grad()
-def choose_initializer(c, settings: TeachSettings, images, vocabulary=None) -> str:
+def choose_initializer(c, settings: TeachSettings, images, vocabulary=None, on_image=None) -> str:
     """The known words whose images are closest to the training images: the words whose own images
     come closest in colour and those closest in pattern (image_features' two parts, L1), then the
     closest of the phrases pairing one of each, either way round, grown a word before or after
     while the word has more vectors. The candidates are the model's ``vocabulary`` where it ships
     one (a word it never saw means nothing to it), else CANDIDATE_WORDS. (Scoring words by the
     model's denoising loss on the images was tried: on the pocket model neutral words such as
-    "seamless" won for every image set.)"""
+    "seamless" won for every image set.) ``on_image(made, planned)`` runs after every denoising step
+    of these images and may raise core.Cancelled (``planned`` counts the single words' images)."""
     words = sorted(vocabulary) if vocabulary else list(CANDIDATE_WORDS)
+    planned, made_count = len(words) * CHOOSE_SEEDS, [0]
+
+    def step(*_):
+        if on_image is not None:
+            on_image(made_count[0], planned)
     count = settings.vectors or CHOOSE_WORDS
     target = np.mean([image_features(i) for i in images], axis=0)
     scores = {}
@@ -210,8 +216,10 @@ def choose_initializer(c, settings: TeachSettings, images, vocabulary=None) -> s
         phrase = " ".join(phrase) if isinstance(phrase, list) else phrase
         if phrase not in scores:
             made = [generate(c, GenerationRequest(prompt=phrase, negative_prompt="", seed=settings.seed + k,
-                                                  steps=CHOOSE_STEPS, width=settings.width, height=settings.height))
+                                                  steps=CHOOSE_STEPS, width=settings.width, height=settings.height),
+                             step)
                     for k in range(CHOOSE_SEEDS)]
+            made_count[0] += CHOOSE_SEEDS
             gaps = [np.abs(image_features(m.float().cpu()) - target) for m in made]
             scores[phrase] = (float(np.mean([g[:3].sum() for g in gaps])), float(np.mean([g[3:].sum() for g in gaps])))
         return scores[phrase]
@@ -237,7 +245,7 @@ def choose_initializer(c, settings: TeachSettings, images, vocabulary=None) -> s
 class Teacher:
     """One teaching job's state: images' latents, the vectors, the optimiser, the step reached."""
 
-    def __init__(self, c, settings: TeachSettings, images, checkpoint=None, vocabulary=None):
+    def __init__(self, c, settings: TeachSettings, images, checkpoint=None, vocabulary=None, on_choose=None):
         self.c = c
         loaded = check_word(c, settings)
         with torch.no_grad():
@@ -256,7 +264,7 @@ class Teacher:
             self.settings = replace(settings, vectors=next(iter(self.rows.values())).shape[0])
             return
         if not self.initializer:
-            self.initializer = choose_initializer(c, settings, images, vocabulary)
+            self.initializer = choose_initializer(c, settings, images, vocabulary, on_choose)
         self.settings = replace(settings, vectors=vector_count(c, settings, self.initializer, loaded))
         self.rows = {key: initial_rows(tokenizer, encoder, self.initializer, self.settings.vectors)
                      for key, tokenizer, encoder in text_encoders(c)}

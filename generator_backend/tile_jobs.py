@@ -175,7 +175,7 @@ def execute_detail(worker, job):
     source = source_pixels(job)
     height, width = source.shape[0] * p["scale"], source.shape[1] * p["scale"]
     enlarged = enlarge(source, p["scale"], p["seamless"], worker, p["enlarge_with"], p["enlarge_tile"],
-                       p["enlarge_overlap"])
+                       p["enlarge_overlap"], upscale_progress(job))
     plan = tiles.plan_detail(p, width, height, tile_side(members[0][0], p))
     run = TileRun(worker, job, len(plan))
     alpha = image_alpha(job.inputs["init_image"], p["input_flip_y"])  # the pass repaints colour only
@@ -190,18 +190,28 @@ def execute_detail(worker, job):
 WRAP_PAD = 4  # source pixels: more than Lanczos's reach (3) at any scale
 
 
+def upscale_progress(job):
+    """upscale_image's ``on_tile`` for a job whose upscale is one stage of it: progress per tile (stage
+    "upscale"), and Stop between tiles."""
+    def on_tile(tile, output, done, total):
+        if job.cancel_requested.is_set():
+            raise Cancelled()
+        job.emit({"type": "progress", "step": done, "total": total, "stage": "upscale", "eta": None}, coalesce=True)
+    return on_tile
+
+
 def enlarge(source: np.ndarray, scale: int, wrap: str = "", worker=None, upscaler: str = "", tile: int = 256,
-            overlap: int = 16) -> np.ndarray:
-    """Enlargement by the served ``upscaler`` (tiled, wrapping on seamless axes: upscale.py), or Lanczos;
-    on the ``wrap`` axes the image is padded with its own other side first, so a seamless texture stays
-    seamless (PIL's filter would clamp at the edges)."""
+            overlap: int = 16, on_tile=None) -> np.ndarray:
+    """Enlargement by the served ``upscaler`` (tiled, wrapping on seamless axes: upscale.py; ``on_tile`` as
+    upscale_image's), or Lanczos; on the ``wrap`` axes the image is padded with its own other side first, so
+    a seamless texture stays seamless (PIL's filter would clamp at the edges)."""
     if scale == 1:
         return source
     if upscaler:
         from .upscale import upscale_to
 
         net = worker.upscalers.get(upscaler)
-        big = upscale_to(net, source / np.float32(255), scale, tile, overlap, "x" in wrap, "y" in wrap)
+        big = upscale_to(net, source / np.float32(255), scale, tile, overlap, "x" in wrap, "y" in wrap, on_tile)
         return np.round(np.clip(big, 0, 1) * 255).astype(np.uint8)
     pad = [(WRAP_PAD, WRAP_PAD) if axis in wrap else (0, 0) for axis in ("y", "x")] + [(0, 0)]
     padded = np.pad(source, pad, mode="wrap")
@@ -261,19 +271,20 @@ def execute_enhance(worker, job):
     alpha = image_alpha(job.inputs["init_image"], p["input_flip_y"])  # enhance repaints colour, never coverage
     if p["scale"] == 1:
         return run.finish(with_alpha(image, alpha), untouched_source(job, True, weights == 0))
-    job.emit({"type": "progress", "step": 1, "total": 1, "stage": "upscale", "eta": None})
-    return run.finish(enlarged_float(worker, p, image, alpha))
+    job.emit({"type": "progress", "step": 0, "total": 1, "stage": "upscale", "eta": None})
+    return run.finish(enlarged_float(worker, p, image, alpha, upscale_progress(job)))
 
 
-def enlarged_float(worker, p, image: np.ndarray, alpha=None) -> np.ndarray:
+def enlarged_float(worker, p, image: np.ndarray, alpha=None, on_tile=None) -> np.ndarray:
     """An (H, W, 3) float sRGB image enlarged p["scale"] times by p["enlarge_with"] (tiled as p["enlarge_tile"] /
-    p["enlarge_overlap"]) or Lanczos, wrapping on the seamless axes; alpha (or None) by Lanczos."""
+    p["enlarge_overlap"]; ``on_tile`` as upscale_image's) or Lanczos, wrapping on the seamless axes; alpha (or
+    None) by Lanczos."""
     from .upscale import upscale_alpha, upscale_to, wrapped_resize
 
     wrap_x, wrap_y = "x" in p["seamless"], "y" in p["seamless"]
     if p["enlarge_with"]:
         big = upscale_to(worker.upscalers.get(p["enlarge_with"]), image, p["scale"], p["enlarge_tile"],
-                         p["enlarge_overlap"], wrap_x, wrap_y)
+                         p["enlarge_overlap"], wrap_x, wrap_y, on_tile)
     else:
         big = wrapped_resize(image, p["scale"], 1, wrap_x, wrap_y)
     return with_alpha(big, upscale_alpha(alpha, p["scale"], wrap_x, wrap_y))

@@ -214,6 +214,8 @@ class Trainer:
         self.loss = loss
         if loss not in LOSSES:
             raise ValueError(f"loss: {loss!r} is not one of {', '.join(LOSSES)}")
+        if not 0.0 <= clean_share <= 1.0:
+            raise ValueError(f"clean_share: {clean_share} is not between 0 and 1")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule: {schedule!r} is not one of {', '.join(SCHEDULES)}")
         torch.manual_seed(seed)
@@ -245,11 +247,17 @@ class Trainer:
         start = 0.6 * self.steps
         return self.lr * (1.0 if step < start else max(0.1, 1 - 0.9 * (step - start) / (self.steps - start)))
 
+    def options(self) -> dict:
+        """What a resumed run must share with the run that wrote the checkpoint (its batches and its loss; the
+        step count and the learning rate may change, to extend a run)."""
+        return {"loss": self.loss, "schedule": self.schedule, "clean_share": float(self.clean_share),
+                "batch_size": int(self.batch_size)}
+
     def save(self):
         self.out.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint.with_suffix(".tmp")
         torch.save({"net": self.net.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
-                    "log": self.log, "seed": self.seed}, tmp)
+                    "log": self.log, "seed": self.seed, "options": self.options(), "lineage": self.lineage}, tmp)
         tmp.replace(self.checkpoint)
 
     def load(self) -> bool:
@@ -258,6 +266,11 @@ class Trainer:
         state = torch.load(self.checkpoint, weights_only=True)
         if state["seed"] != self.seed:
             raise ValueError(f"seed: the checkpoint in {self.out} was trained with seed {state['seed']}, not {self.seed}")
+        for name, value in state.get("options", {}).items():  # a resumed run sees the batches an unbroken one would
+            if self.options()[name] != value:
+                raise ValueError(f"{name}: the checkpoint in {self.out} was trained with {value!r}, not "
+                                 f"{self.options()[name]!r}")
+        self.lineage = state.get("lineage", self.lineage)
         self.net.load_state_dict(state["net"])
         self.opt.load_state_dict(state["opt"])
         self.step, self.log = state["step"], state["log"]

@@ -4,9 +4,9 @@ the same --work folder and it continues from its last checkpoint. Run it gently 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/train_upscaler.py --work .cache/upscaler \
         --steps 1800 --export generator_backend/upscaler_model/pocket-x4.safetensors
 
-(the first of the shipped pocket-x4's three runs, 25 minutes of one core; the other two went on from
+(the first of the shipped pocket-x4's four runs, 25 minutes of one core; the other three went on from
 its weights with --init-from, --loss psnr --schedule cosine --clean-share 0.9: see benchmarks/RESULTS.md
-and training_log.jsonl beside the file)
+and training_log.jsonl beside the file; a resumed run must repeat its options, which the checkpoint checks)
 """
 
 import argparse

@@ -269,6 +269,24 @@ def test_an_automatic_word_starts_as_exactly_the_phrase_chosen_for_it(tiny):
     assert (resumed.initializer, resumed.settings.vectors) == (teacher.initializer, teacher.settings.vectors)
 
 
+def test_choosing_the_initializer_reports_progress_and_stops_on_cancel(tiny):
+    """The automatic initializer makes an image per candidate word: each denoising step reports how many
+    are made, and Stop there ends it within that step (no image of the next word is started)."""
+    calls = []
+
+    def on_choose(made, planned):
+        calls.append((made, planned))
+        if made == teach_module.CHOOSE_SEEDS:  # the first word's images are done
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        Teacher(tiny, settings(initializer="", vectors=0), [torch.from_numpy(i) for i in concept_images()],
+                on_choose=on_choose)
+    planned = len(teach_module.CANDIDATE_WORDS) * teach_module.CHOOSE_SEEDS
+    assert calls[0] == (0, planned) and calls[-1] == (teach_module.CHOOSE_SEEDS, planned)
+    assert len(calls) == teach_module.CHOOSE_SEEDS * teach_module.CHOOSE_STEPS + 1
+
+
 def test_the_chosen_initializer_names_what_the_images_show(models_dir):
     """On the pocket model (which ships its vocabulary), images of a known pattern get its word."""
     from generator_backend import pocket_dataset as ds

@@ -200,8 +200,9 @@ def test_kept_tiles_are_16_bit_and_old_float32_folders_resume_exactly(worker, ne
     old = sorted((worker.store.job_dir("up-old") / "tiles").glob("tile_*.npy"))
     assert job.state == CANCELLED and len(old) == 3 and np.load(old[0]).dtype == np.float32
     np.save(open(old[2], "wb"), np.zeros((4, 4), np.int64))  # not a tile: made again, never a crash
+    np.save(open(old[1], "wb"), np.zeros((4, 4, 3), np.float32))  # a tile of the wrong shape: made again
     job, _ = run_job(worker, "up-old", params, image)
-    assert job.state == DONE and worker.store.load_meta("up-old")["tiles_made"] == 7
+    assert job.state == DONE and worker.store.load_meta("up-old")["tiles_made"] == 8
     run_job(worker, "up-whole", params, image)
     np.testing.assert_array_equal(worker.store.load_image("up-old"), worker.store.load_image("up-whole"))
 
@@ -338,8 +339,16 @@ def test_a_cosine_psnr_run_from_shipped_weights_resumes_where_it_stopped(tmp_pat
 
     with safe_open(str(whole.export(tmp_path / "whole.safetensors")), "pt") as f:
         assert f.metadata()["lineage"] == "0 steps, seed 0; then 4 steps, seed 1"  # where the weights came from
+    assert ut.Trainer(tmp_path / "part", **{**options, "init_from": None}).load()  # resumed without --init-from
+    assert resumed.lineage == "0 steps, seed 0"  # ... it still knows where its weights came from
+    for change in ({"loss": "mse"}, {"schedule": "linear"}, {"clean_share": 0.9}, {"batch_size": 3}):
+        name = next(iter(change))
+        with pytest.raises(ValueError, match=f"{name}: the checkpoint"):  # two runs never mix silently
+            ut.Trainer(tmp_path / "part", **{**options, **change}).load()
     with pytest.raises(ValueError, match="loss: 'l2' is not one of mse, psnr"):
         ut.Trainer(tmp_path / "bad", loss="l2")
+    with pytest.raises(ValueError, match="clean_share: 1.5 is not between 0 and 1"):
+        ut.Trainer(tmp_path / "bad", clean_share=1.5)
 
 
 def test_a_widened_net_computes_what_the_narrow_one_did(tmp_path):

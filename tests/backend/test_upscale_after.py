@@ -71,6 +71,27 @@ def test_an_unserved_upscaler_after_enhance_is_refused_at_submit(backend):
     conn.close()
 
 
+@pytest.mark.parametrize("kind", ["enhance", "detail"])
+def test_the_upscale_inside_enhance_and_the_detail_pass_reports_tiles_and_stops_between_them(served, kind):
+    """Upscale After (enhance) and the detail pass's upscaler run tile by tile with progress (stage "upscale"),
+    and Stop there ends the job cancelled after that tile, not after the whole upscale."""
+    params = {**ENHANCE, "scale": 4, "enlarge_with": DEFAULT_UPSCALER, "enlarge_tile": 32, "enlarge_overlap": 4}
+    if kind == "detail":
+        params = {k: v for k, v in params.items() if not k.startswith("region")}
+    seen = []
+
+    def stop_at_the_first_tile(job, message):
+        if message["type"] == "progress" and message["stage"] == "upscale" and message["step"] >= 1:
+            seen.append((message["step"], message["total"]))
+            job.cancel_requested.set()
+
+    message, *_ = run_job(served, kind, params, {"init_image": colourful(64, 64, seed=4)},
+                          on_event=stop_at_the_first_tile)
+    assert message["type"] == "cancelled"
+    total = len(up.plan_tiles(64, 64, 32, 4, False, False))
+    assert total > 1 and seen == [(1, total)]  # stopped after the first of its tiles
+
+
 def test_upscale_keeps_alpha_and_alpha_one_stays_exactly_one(served):
     rgba = with_corner(colourful(64, 48, seed=2))
     params = {"width": 64, "height": 48, "tile_size": 32, "tile_overlap": 4, "output_dtype": "float32"}
@@ -133,6 +154,7 @@ def test_flat_heap_holds_while_upscaling_and_leaves_a_users_setting_alone(monkey
     from generator_backend import heap
 
     calls = []
+    monkeypatch.delenv(heap.ENV, raising=False)  # a user's own setting is the case tested last
     real = heap._mallopt()
     assert real is not None  # the Linux CI and this machine run glibc
     monkeypatch.setattr(heap, "_mallopt", lambda: lambda option, value: calls.append((option, value)) or real(
