@@ -38,6 +38,26 @@ def _size_prop(name):
                                  set=lambda self, value: self.__setitem__(name, allowed_size(name, value)))
 
 
+def frames_target():
+    """Where a frame sequence (a walk, a mosaic zoom) goes: the settings the Walk and Mosaic panels share."""
+    return bpy.props.EnumProperty(name="Frames To", default="SEQUENCER", items=[
+        ("SEQUENCER", "Sequencer", "An image strip in the Video Sequencer"),
+        ("TEXTURE", "Texture", "An image-sequence texture on the active object's material")])
+
+
+def frames_channel():
+    return bpy.props.IntProperty(name="Channel", default=1, min=1, max=128)
+
+
+def frames_start():
+    return bpy.props.IntProperty(name="Start Frame", default=1)
+
+
+def frames_export_format():
+    return bpy.props.EnumProperty(name="Export", **enum_args(protocol.EXPORT_FIELDS["format"], {
+        "gif": ("GIF", ""), "mp4": ("MP4", ""), "png": ("PNG Sequence", "A folder of numbered PNG frames")}))
+
+
 def model_items(self, context):
     """Models the backend serves (from its welcome); kept in a module list, as Blender requires."""
     from ..session import SESSION
@@ -246,13 +266,10 @@ class DreamWalkProperties(bpy.types.PropertyGroup):
     batch_size: bpy.props.IntProperty(name="Batch", **number_args(_WALK_FIELDS["batch_size"]))
     init_image: bpy.props.PointerProperty(name="Init Image", type=bpy.types.Image,
                                           description="Optional: every frame is img2img of this image")
-    target: bpy.props.EnumProperty(name="Frames To", default="SEQUENCER", items=[
-        ("SEQUENCER", "Sequencer", "An image strip in the Video Sequencer"),
-        ("TEXTURE", "Texture", "An image-sequence texture on the active object's material")])
-    channel: bpy.props.IntProperty(name="Channel", default=1, min=1, max=128)
-    start_frame: bpy.props.IntProperty(name="Start Frame", default=1)
-    export_format: bpy.props.EnumProperty(name="Export", **enum_args(protocol.EXPORT_FIELDS["format"], {
-        "gif": ("GIF", ""), "mp4": ("MP4", ""), "png": ("PNG Sequence", "A folder of numbered PNG frames")}))
+    target: frames_target()
+    channel: frames_channel()
+    start_frame: frames_start()
+    export_format: frames_export_format()
     rubber_band: bpy.props.BoolProperty(name="Rubber Band", description="Forward, then back (2n - 2 frames)")
 
 

@@ -4,6 +4,7 @@ import bpy
 
 from .. import protocol
 from ..field_props import enum_args, number_args
+from . import frames_channel, frames_export_format, frames_start, frames_target
 from . import upscale_after_items  # a property callback: in the package module (Blender 4.2, see models.py)
 
 _MOSAIC = protocol.mosaic_fields()
@@ -39,13 +40,10 @@ class DreamMosaicProperties(bpy.types.PropertyGroup):
     fps: bpy.props.IntProperty(name="FPS", **number_args(_MOSAIC["fps"]))
     loop: bpy.props.BoolProperty(name="Loop", description=_MOSAIC["loop"].doc)
     batch_size: bpy.props.IntProperty(name="Batch", **number_args(_MOSAIC["batch_size"]))
-    target: bpy.props.EnumProperty(name="Frames To", default="SEQUENCER", items=[
-        ("SEQUENCER", "Sequencer", "An image strip in the Video Sequencer"),
-        ("TEXTURE", "Texture", "An image-sequence texture on the active object's material")])
-    channel: bpy.props.IntProperty(name="Channel", default=1, min=1, max=128)
-    start_frame: bpy.props.IntProperty(name="Start Frame", default=1)
-    export_format: bpy.props.EnumProperty(name="Export", **enum_args(protocol.EXPORT_FIELDS["format"], {
-        "gif": ("GIF", ""), "mp4": ("MP4", ""), "png": ("PNG Sequence", "A folder of numbered PNG frames")}))
+    target: frames_target()
+    channel: frames_channel()
+    start_frame: frames_start()
+    export_format: frames_export_format()
     rubber_band: bpy.props.BoolProperty(name="Rubber Band", description=protocol.EXPORT_FIELDS["rubber_band"].doc)
 
 
