@@ -203,12 +203,20 @@ def img2img_timesteps(scheduler, steps: int, strength: float):
     return timesteps
 
 
+def vae_latents(vae, pixels: torch.Tensor, generator=None) -> torch.Tensor:
+    """Unscaled latents of (B, 3, H, W) pixels in [-1, 1]: sampled with ``generator``, or the mode if
+    None; a VAE without a distribution (AutoencoderTiny, as the pocket model's) gives its latents."""
+    encoded = vae.encode(pixels)
+    dist = getattr(encoded, "latent_dist", None)
+    if dist is None:
+        return encoded.latents
+    return dist.mode() if generator is None else dist.sample(generator)
+
+
 def encode_image(c: Components, image: torch.Tensor, generator) -> torch.Tensor:
     """VAE latents of an (H, W, 3) image in [0, 1]: sampled with ``generator``, or the mode if None."""
     pixels = (image.permute(2, 0, 1)[None] * 2 - 1).to(c.device, c.vae.dtype)  # an upcast VAE: fp32
-    dist = c.vae.encode(pixels).latent_dist
-    latents = dist.mode() if generator is None else dist.sample(generator)
-    return (latents * c.vae.config.scaling_factor).to(c.dtype)
+    return (vae_latents(c.vae, pixels, generator) * c.vae.config.scaling_factor).to(c.dtype)
 
 
 def guided(noise_pred, terms, guidance: float, use_cfg: bool):

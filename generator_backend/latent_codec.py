@@ -52,8 +52,12 @@ def vae_digest(vae) -> str:
     """A short fingerprint of the VAE's weights (as float16, so it is the same on every device)."""
     import torch
 
+    def convs(part):
+        return [m for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
+
     h = hashlib.sha256()
-    for module in (vae.encoder.conv_out, vae.decoder.conv_in, vae.post_quant_conv):
+    # the encoder's last and the decoder's first convolution (conv_out and conv_in in an AutoencoderKL)
+    for module in (convs(vae.encoder)[-1], convs(vae.decoder)[0], getattr(vae, "post_quant_conv", None)):
         if module is None:
             continue
         h.update(module.weight.detach().to("cpu", torch.float16).numpy().tobytes())

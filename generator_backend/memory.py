@@ -36,6 +36,8 @@ def configure(c, options: MemoryOptions):
         c.vae.enable_tiling()
         c.vae.tile_sample_min_size = options.vae_tile
         c.vae.tile_latent_min_size = options.vae_tile // c.vae_scale_factor
+        if hasattr(c.vae, "spatial_scale_factor"):  # AutoencoderTiny sets 2**out_channels (8) whatever its depth
+            c.vae.spatial_scale_factor = c.vae_scale_factor
     if options.attention_slicing:
         c.unet.set_attention_slice("auto")
     if options.text_encoders_on_cpu and c.device.type != "cpu":

@@ -32,6 +32,14 @@ depending on the border while the loaded UNet's latent space stays; ``vae_groups
 VAE's GroupNorm groups (16 groups of two channels keep no absolute colour without a border).
 After it, wrapped UNet and decoder steps encode wrapped, as the backend does.
 
+A **distil** stage (after ``init_from``, before the UNet) replaces the VAE by a normalisation-free
+one (diffusers' ``AutoencoderTiny``, ``build_tiny_vae``) taught the loaded VAE's latent space: its
+decoder turns the loaded VAE's scaled latents back into the pixels, its encoder makes those latents,
+in the same tiling cycle (wrapped steps: the border-free ``tileable_latents``, the student wrapped).
+Without GroupNorm every output pixel depends only on the latents around it, so a wrapped decode is
+the inside of a plain one and colour cannot come from the border. Its ``scaling_factor`` is 1: it
+makes the scaled latents the loaded UNet already knows.
+
 The result is saved as a Stable Diffusion folder (``save_pretrained``).
 """
 
@@ -98,6 +106,22 @@ def build_components(seed: int = 0, vae_groups: int = 16):
     return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
 
 
+TINY_VAE_CHANNELS = 48
+TINY_VAE_ENCODER_BLOCKS = (1, 2, 2)
+TINY_VAE_DECODER_BLOCKS = (3, 3, 1)
+
+
+def build_tiny_vae(seed: int = 0):
+    """The distil stage's VAE: f=4, no normalisation layers (0.84 M parameters)."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    return AutoencoderTiny(encoder_block_out_channels=(TINY_VAE_CHANNELS,) * len(TINY_VAE_ENCODER_BLOCKS),
+                           decoder_block_out_channels=(TINY_VAE_CHANNELS,) * len(TINY_VAE_DECODER_BLOCKS),
+                           num_encoder_blocks=TINY_VAE_ENCODER_BLOCKS, num_decoder_blocks=TINY_VAE_DECODER_BLOCKS,
+                           latent_channels=4, scaling_factor=1.0)
+
+
 def batch_of(rng, size, count):
     images, labels = [], []
     for _ in range(count):
@@ -112,6 +136,7 @@ EMA_DECAY = 0.999
 CALIBRATION_IMAGES = 256  # at the base size: enough for the latent std within ~2 %
 TILINGS = ("", "x", "y", "xy")  # seamless axes a UNet step may train with ("" = zero padding)
 DECAY_FRACTION = 0.25  # of the UNet stage, at its end, over which the learning rate falls to zero
+RETILE_DECODE = ("own", "reference")  # the latents the retile stage's decoder learns from
 RETILE_ANCHOR = 1.0  # weight of the latent anchor (scaled latents) against the pixel loss in the retile stage
 
 
@@ -148,9 +173,15 @@ class Trainer:
     """Holds the components, optimisers and random states; ``save``/``load`` make runs resumable."""
 
     def __init__(self, out: Path, seed=0, size=32, batch=16, lr=1e-3, unet_sizes=None, decoder_sizes=None,
-                 tiling=None, vae_groups=16, keep_scale=False):
+                 tiling=None, vae_groups=16, keep_scale=False, retile_decode="own", distil_anchor=None):
         self.out, self.seed, self.size, self.batch = Path(out), seed, size, batch
         self.vae_groups, self.keep_scale = vae_groups, keep_scale
+        if retile_decode not in RETILE_DECODE:
+            raise ValueError(f"retile_decode: {retile_decode!r} not among {RETILE_DECODE}")
+        self.retile_decode = retile_decode
+        if distil_anchor is not None and not distil_anchor >= 0:
+            raise ValueError(f"distil_anchor: {distil_anchor!r}; a weight >= 0, or None for pure distillation")
+        self.distil_anchor = distil_anchor
         self.unet_sizes = tuple(unet_sizes or (size,))
         self.tiling = tuple(tiling or ("",))
         bad = [axes for axes in self.tiling if axes not in TILINGS]
@@ -170,8 +201,10 @@ class Trainer:
         self.rng = np.random.default_rng(seed)
         self.torch_gen = torch.Generator().manual_seed(seed)
         self.lr = lr
-        self.steps = {"vae": 0, "retile": 0, "unet": 0, "decoder": 0}
-        self.targets = {"retile": 0, "unet": 0, "decoder": 0}
+        self.tiny, self.distil_opt = None, None  # the distil stage's VAE and optimiser, once it starts
+        self.distil_reference = True  # whether self.c["vae"] holds the KL VAE the distil stage learns from
+        self.steps = {"vae": 0, "retile": 0, "distil": 0, "unet": 0, "decoder": 0}
+        self.targets = {"retile": 0, "distil": 0, "unet": 0, "decoder": 0}
         self.calibrated = False
         self.log = []
 
@@ -190,16 +223,31 @@ class Trainer:
                     else:
                         averages[key].copy_(value)
 
-    def init_from(self, folder: Path):
-        """Start from the weights of an exported pocket model (fresh optimisers)."""
+    def init_from(self, folder: Path, anchor: Path | None = None):
+        """Start from the weights of an exported pocket model (fresh optimisers); the retile stage
+        anchors to ``anchor``'s VAE (default: the folder's own)."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel
 
+        if json.loads((Path(folder) / "vae" / "config.json").read_text())["_class_name"] == "AutoencoderTiny":
+            from diffusers import AutoencoderTiny  # a distilled model: it goes on with its tiny VAE
+
+            for name, cls in (("unet", UNet2DConditionModel), ("text_encoder", CLIPTextModel)):
+                self.c[name].load_state_dict(cls.from_pretrained(Path(folder) / name).state_dict())
+            self.start_distil()
+            self.distil_reference = False
+            self.tiny.load_state_dict(AutoencoderTiny.from_pretrained(Path(folder) / "vae").state_dict())
+            self.ema = self._weights()
+            if anchor:  # more distil steps: they keep the latent space of this KL VAE
+                self.c["vae"].load_state_dict(AutoencoderKL.from_pretrained(Path(anchor) / "vae").state_dict())
+                self.c["vae"].register_to_config(scaling_factor=loaded_scale(anchor))
+                self.distil_reference = True
+            return
         for name, cls in (("vae", AutoencoderKL), ("unet", UNet2DConditionModel), ("text_encoder", CLIPTextModel)):
             self.c[name].load_state_dict(cls.from_pretrained(Path(folder) / name).state_dict())
         # kept for a run without a UNet stage; one with a UNet stage measures it again
         self.c["vae"].register_to_config(scaling_factor=loaded_scale(folder))
-        self.reference = AutoencoderKL.from_pretrained(Path(folder) / "vae").eval().requires_grad_(False)
+        self.reference = AutoencoderKL.from_pretrained(Path(anchor or folder) / "vae").eval().requires_grad_(False)
         self.ema = self._weights()
         self.calibrated = self.keep_scale  # the loaded UNet's latent scale, when the retile stage anchors to it
 
@@ -209,6 +257,16 @@ class Trainer:
         self.c["vae"].register_to_config(scaling_factor=scale)
         self.calibrated = True
         return scale
+
+    def start_distil(self):
+        self.tiny = build_tiny_vae(self.seed)
+        self.distil_opt = torch.optim.AdamW(self.tiny.parameters(), lr=self.lr)
+        self.calibrated = True  # the tiny VAE makes the loaded UNet's scaled latents
+
+    @property
+    def unet_vae(self):
+        """The VAE whose latents the UNet learns: the distilled one once the distil stage has begun."""
+        return self.tiny if self.tiny is not None else self.c["vae"]
 
     def stage_lr(self, stage):
         """Constant, then linear to zero over the last DECAY_FRACTION of the stage."""
@@ -225,10 +283,14 @@ class Trainer:
     def latents(self, pixels, axes):
         """The frozen encoder's latents (unscaled): plain, or away from the borders for a wrapped step
         (after a retile stage the encoder wraps as the backend's seamless option does)."""
+        from .core import vae_latents
         from .modifiers import seamless
 
-        vae = self.c["vae"]
+        vae = self.unet_vae
         with torch.no_grad():
+            if self.tiny is not None:  # local: wrapped, it encodes the texture away from any border
+                with seamless([vae], axes):
+                    return vae_latents(vae, pixels)
             if axes and self.steps["retile"]:
                 with seamless([vae], axes):
                     return vae.encode(pixels).latent_dist.mode()
@@ -250,7 +312,11 @@ class Trainer:
                  "torch_gen": self.torch_gen.get_state(), "log": self.log, "ema": self.ema,
                  "calibrated": self.calibrated, "scaling_factor": self.c["vae"].config.scaling_factor,
                  "unet_sizes": self.unet_sizes, "decoder_sizes": self.decoder_sizes, "tiling": self.tiling,
-                 "vae_groups": self.vae_groups, "retile_opt": self.retile_opt.state_dict(),
+                 "vae_groups": self.vae_groups, "retile_decode": self.retile_decode,
+                 "distil_anchor": self.distil_anchor, "distil_reference": self.distil_reference,
+                 "tiny": None if self.tiny is None else {"vae": self.tiny.state_dict(),
+                                                         "opt": self.distil_opt.state_dict()},
+                 "retile_opt": self.retile_opt.state_dict(),
                  "reference": None if self.reference is None else {
                      "config": dict(self.reference.config), "weights": self.reference.state_dict()}}
         tmp = self.checkpoint.with_suffix(".tmp")
@@ -262,10 +328,10 @@ class Trainer:
             return False
         state = torch.load(self.checkpoint, weights_only=False)
         # A schedule changed mid-run would silently train something else than what is recorded.
-        for key in ("unet_sizes", "decoder_sizes", "tiling", "vae_groups"):
-            if key in state and key == "vae_groups" and state[key] != self.vae_groups:
-                raise ValueError(f"vae_groups: the checkpoint in {self.out} has {state[key]}, not {self.vae_groups}")
-            if key in state and key != "vae_groups" and tuple(state[key]) != getattr(self, key):
+        for key in ("unet_sizes", "decoder_sizes", "tiling", "vae_groups", "retile_decode"):
+            if key in state and key in ("vae_groups", "retile_decode") and state[key] != getattr(self, key):
+                raise ValueError(f"{key}: the checkpoint in {self.out} has {state[key]}, not {getattr(self, key)}")
+            if key in state and key not in ("vae_groups", "retile_decode") and tuple(state[key]) != getattr(self, key):
                 raise ValueError(f"{key}: the checkpoint in {self.out} was trained with {tuple(state[key])}, "
                                  f"not {getattr(self, key)}")
         for name in ("vae", "unet", "text_encoder"):
@@ -282,7 +348,15 @@ class Trainer:
             config = {k: v for k, v in state["reference"]["config"].items() if not k.startswith("_")}
             self.reference = AutoencoderKL.from_config(config).eval().requires_grad_(False)
             self.reference.load_state_dict(state["reference"]["weights"])
-        self.steps, self.log = {"decoder": 0, "retile": 0, **state["steps"]}, state["log"]
+        if state.get("distil_anchor", self.distil_anchor) != self.distil_anchor:
+            raise ValueError(f"distil_anchor: the checkpoint in {self.out} has {state['distil_anchor']}, "
+                             f"not {self.distil_anchor}")
+        self.distil_reference = state.get("distil_reference", True)
+        if state.get("tiny"):
+            self.start_distil()
+            self.tiny.load_state_dict(state["tiny"]["vae"])
+            self.distil_opt.load_state_dict(state["tiny"]["opt"])
+        self.steps, self.log = {"decoder": 0, "retile": 0, "distil": 0, **state["steps"]}, state["log"]
         self.rng.bit_generator.state = state["rng"]
         self.torch_gen.set_state(state["torch_gen"])
         self.ema = state.get("ema") or self._weights()
@@ -313,7 +387,8 @@ class Trainer:
         depending on the canvas border: pixels back, plus latents anchored to the reference VAE's
         (its zero-padded latents for a zero-padded step, its border-free ``tileable_latents`` for a
         wrapped one), so the UNet's latent space stays the one it knows; and a latent crop decoded
-        alone gives back the pixels' crop."""
+        alone gives back the pixels' crop. With ``retile_decode="reference"`` the decoder learns from
+        the reference's latents (what the UNet was taught to make) and the encoder from the anchor alone."""
         from .modifiers import seamless
 
         vae = self.c["vae"].train()
@@ -325,9 +400,10 @@ class Trainer:
             anchor = (tileable_latents(self.reference, pixels, axes) if axes
                       else self.reference.encode(pixels).latent_dist.mode())
         with seamless([vae], axes):
-            latents = vae.encode(pixels).latent_dist.mode()
+            encoded = vae.encode(pixels).latent_dist.mode()
+            latents = anchor if self.retile_decode == "reference" else encoded
             loss = F.mse_loss(vae.decode(latents).sample, pixels)
-        loss = loss + RETILE_ANCHOR * F.mse_loss(latents * scale, anchor * scale)
+        loss = loss + RETILE_ANCHOR * F.mse_loss(encoded * scale, anchor * scale)
         f = size // latents.shape[-1]
         if latents.shape[-1] >= 16:  # a half-size latent crop, decoded alone, gives back its pixels
             half = latents.shape[-1] // 2
@@ -336,10 +412,42 @@ class Trainer:
             loss = loss + F.mse_loss(crop, pixels[..., y * f:(y + half) * f, x * f:(x + half) * f])
         return self._optimise("retile", self.retile_opt, loss)
 
+    def distil_step(self):
+        """The tiny VAE learns the loaded VAE's latent space: its decoder gives back the pixels from the
+        loaded VAE's scaled latents (the border-free ones on a wrapped step, the tiny VAE wrapped), its
+        encoder makes them; the learning rate follows a cosine to zero over the stage. With a
+        ``distil_anchor`` weight the tiny VAE also learns its own round trip (wrapped on a wrapped
+        step) and its encoder keeps the reference latents at that weight only: where the reference's
+        border-free latents of two colours resemble each other (red and orange), its own may part."""
+        from .core import vae_latents
+        from .modifiers import seamless
+
+        if self.tiny is None:
+            self.start_distil()
+        reference, tiny = self.c["vae"].eval(), self.tiny.train()
+        size = self.decoder_sizes[self.steps["distil"] % len(self.decoder_sizes)]
+        axes = self.axes("distil", self.steps["distil"])
+        pixels, _ = batch_of(self.rng, size, self.batch_size(size))
+        with torch.no_grad():
+            target = (tileable_latents(reference, pixels, axes) if axes
+                      else vae_latents(reference, pixels)) * reference.config.scaling_factor
+        for group in self.distil_opt.param_groups:
+            group["lr"] = self.lr * 0.5 * (1 + np.cos(np.pi * self.steps["distil"] / self.targets["distil"]))
+        with seamless([tiny], axes):
+            decoded = tiny.decode(target).sample
+            encoded = tiny.encode(pixels).latents
+        loss = F.mse_loss(decoded, pixels) + F.mse_loss(encoded, target)
+        if self.distil_anchor is not None:
+            with seamless([tiny], axes):
+                round_trip = tiny.decode(encoded).sample
+            loss = (F.mse_loss(decoded, pixels) + F.mse_loss(round_trip, pixels)
+                    + self.distil_anchor * F.mse_loss(encoded, target))
+        return self._optimise("distil", self.distil_opt, loss, scheduled=False)
+
     def unet_step(self):
         from .modifiers import seamless
 
-        vae, unet, text_encoder = self.c["vae"].eval(), self.c["unet"].train(), self.c["text_encoder"].train()
+        vae, unet, text_encoder = self.unet_vae.eval(), self.c["unet"].train(), self.c["text_encoder"].train()
         size = self.unet_sizes[self.steps["unet"] % len(self.unet_sizes)]
         pixels, labels = batch_of(self.rng, size, self.batch_size(size))
         labels = ["" if self.rng.random() < 0.1 else PROMPT_FORMS[self.rng.integers(len(PROMPT_FORMS))].format(text)
@@ -370,13 +478,18 @@ class Trainer:
         return self._optimise("decoder", self.decoder_opt, loss)
 
     def train(self, vae_steps: int, unet_steps: int, decoder_steps: int = 0, checkpoint_every: int = 200,
-              report=print, retile_steps: int = 0):
+              report=print, retile_steps: int = 0, distil_steps: int = 0):
         """Run the stages up to the given step counts, checkpointing as it goes."""
         started = time.perf_counter()
-        self.targets = {"retile": retile_steps, "unet": unet_steps, "decoder": decoder_steps}
+        self.targets = {"retile": retile_steps, "distil": distil_steps, "unet": unet_steps, "decoder": decoder_steps}
         if retile_steps and self.reference is None:
             raise ValueError("retile steps anchor to a reference VAE: start them with --init-from")
+        if distil_steps > self.steps["distil"] and not self.distil_reference:
+            raise ValueError("distil steps learn a KL VAE's latent space: name it with --anchor-to")
+        if decoder_steps and (distil_steps or self.tiny is not None):
+            raise ValueError("decoder steps train a KL VAE's decoder; the distil stage replaces that VAE")
         for stage, target, step in (("vae", vae_steps, self.vae_step), ("retile", retile_steps, self.retile_step),
+                                    ("distil", distil_steps, self.distil_step),
                                     ("unet", unet_steps, self.unet_step),
                                     ("decoder", decoder_steps, self.decoder_step)):
             if stage == "unet" and not self.calibrated and self.steps["unet"] < target:
@@ -402,7 +515,7 @@ class Trainer:
         for name, weights in self.ema.items():
             averaged[name].load_state_dict(weights)
         scheduler = EulerDiscreteScheduler.from_config(self.c["scheduler"].config)
-        pipe = StableDiffusionPipeline(vae=self.c["vae"].eval(), unet=averaged["unet"].eval(),
+        pipe = StableDiffusionPipeline(vae=self.unet_vae.eval(), unet=averaged["unet"].eval(),
                                        text_encoder=averaged["text_encoder"].eval(), tokenizer=self.c["tokenizer"],
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)

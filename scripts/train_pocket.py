@@ -38,12 +38,23 @@ def main(argv=None):
     parser.add_argument("--retile-steps", type=int, default=0,
                         help="encoder and decoder together after --init-from, wrapped per --tiling, latents anchored "
                              "to the loaded VAE's, at --decoder-sizes (before the UNet steps)")
+    parser.add_argument("--distil-steps", type=int, default=0,
+                        help="replace the VAE by a normalisation-free one taught the loaded VAE's latent space, "
+                             "at --decoder-sizes in the --tiling cycle (after --init-from, before the UNet steps)")
+    parser.add_argument("--distil-anchor", type=float,
+                        help="the distil stage also trains the tiny VAE's own round trip, its encoder kept near "
+                             "the KL VAE's latents at this weight (default: pure distillation)")
     parser.add_argument("--vae-groups", type=int, default=16,
                         help="GroupNorm groups of the VAE (fewer keep more of the colour without a border)")
     parser.add_argument("--keep-scale", action="store_true",
                         help="keep the loaded latent scale (the loaded UNet's) instead of measuring it again")
     parser.add_argument("--init-from", type=Path,
                         help="start from an exported pocket model's weights; the step counts then train on top")
+    parser.add_argument("--anchor-to", type=Path,
+                        help="the exported model whose VAE latents the retile stage keeps (default: --init-from)")
+    parser.add_argument("--retile-decode", choices=("own", "reference"), default="own",
+                        help="the latents the retile stage decodes: the VAE's own, or the anchor VAE's "
+                             "(the decoder then learns exactly the UNet's latent space)")
     parser.add_argument("--lr", type=float, default=1e-3, help="the VAE stage's; the other stages take half")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=200)
@@ -58,17 +69,19 @@ def main(argv=None):
                       unet_sizes=[int(s) for s in args.unet_sizes.split(",")],
                       decoder_sizes=[int(s) for s in args.decoder_sizes.split(",")],
                       tiling=["" if m == "none" else m for m in modes], vae_groups=args.vae_groups,
-                      keep_scale=args.keep_scale)
+                      keep_scale=args.keep_scale, retile_decode=args.retile_decode,
+                      distil_anchor=args.distil_anchor)
     if trainer.load():
         print(f"resumed at {trainer.steps}", flush=True)
     elif args.init_from:
-        trainer.init_from(args.init_from)
+        trainer.init_from(args.init_from, args.anchor_to)
         print(f"initialised from {args.init_from}", flush=True)
     if args.export_only:
         print(f"exported {trainer.steps} to {trainer.export(args.export)}", flush=True)
         return
     trainer.train(args.vae_steps, args.unet_steps, args.decoder_steps, args.checkpoint_every,
-                  report=lambda line: print(line, flush=True), retile_steps=args.retile_steps)
+                  report=lambda line: print(line, flush=True), retile_steps=args.retile_steps,
+                  distil_steps=args.distil_steps)
     if args.export:
         print(f"exported to {trainer.export(args.export)}", flush=True)
 

@@ -4,6 +4,7 @@ generator_backend/tiles.py plans the tiles and assembles them."""
 
 from __future__ import annotations
 
+from ..core import vae_latents
 from . import Technique
 
 
@@ -20,7 +21,7 @@ class TileBatch(Technique):
         # The VAE's mode, not a sample: a tile's latents must not depend on the batch it is in.
         c = run.c
         pixels = (run.req.tile_images.permute(0, 3, 1, 2) * 2 - 1).to(c.device, c.dtype)
-        run.image_latents = c.vae.encode(pixels).latent_dist.mode() * c.vae.config.scaling_factor
+        run.image_latents = vae_latents(c.vae, pixels) * c.vae.config.scaling_factor
 
     def start(self, run):
         run.latents = run.scheduler.add_noise(run.image_latents, run.noise, run.timesteps[:1])

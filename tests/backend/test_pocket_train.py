@@ -17,7 +17,7 @@ def test_resume_continues_exactly_and_export_loads(tmp_path):
     first = Trainer(tmp_path / "b", size=32, batch=2)
     first.train(vae_steps=2, unet_steps=2, decoder_steps=1, checkpoint_every=1, report=lambda _: None)
     resumed = Trainer(tmp_path / "b", size=32, batch=2)
-    assert resumed.load() and resumed.steps == {"vae": 2, "retile": 0, "unet": 2, "decoder": 1}
+    assert resumed.load() and resumed.steps == {"vae": 2, "retile": 0, "distil": 0, "unet": 2, "decoder": 1}
     resumed.train(vae_steps=2, unet_steps=2, decoder_steps=2, checkpoint_every=1, report=lambda _: None)
     for component in ("unet", "vae"):
         for name, value in weights(straight, component).items():
@@ -209,3 +209,104 @@ def test_after_retile_wrapped_unet_steps_encode_wrapped(tmp_path, exported):
     trainer.train(vae_steps=0, unet_steps=2, retile_steps=2, checkpoint_every=10, report=lambda _: None)
     # retile: plain, wrapped; unet: plain, wrapped (no margin: the encoder has learnt to wrap)
     assert seen == [(1, 1), (0, 0), (1, 1), (0, 0)]
+
+
+def test_retile_decode_reference_decodes_the_anchor_latents(tmp_path, exported):
+    trainer = Trainer(tmp_path / "run", size=32, batch=2, decoder_sizes=(32,), vae_groups=4, keep_scale=True,
+                      retile_decode="reference")
+    trainer.init_from(exported)
+    decoded = []
+    trainer.c["vae"].post_quant_conv.register_forward_pre_hook(lambda _m, args: decoded.append(args[0].clone()))
+    anchors = []
+    reference_encode = trainer.reference.encode
+    trainer.reference.encode = lambda x: anchors.append(reference_encode(x).latent_dist.mode()) or reference_encode(x)
+    trainer.train(vae_steps=0, unet_steps=0, retile_steps=1, report=lambda _: None)
+    torch.testing.assert_close(decoded[0], anchors[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="retile_decode"):
+        Trainer(tmp_path / "other", retile_decode="theirs")
+
+
+def test_distil_stage_replaces_the_vae_resumes_exactly_and_exports_a_tiny_vae(tmp_path, exported):
+    from diffusers import AutoencoderTiny, StableDiffusionPipeline
+
+    kw = dict(size=32, batch=2, unet_sizes=(32,), decoder_sizes=(32, 64), tiling=("", "xy"))
+    straight = Trainer(tmp_path / "a", **kw)
+    straight.init_from(exported)
+    unet_before = weights(straight, "unet")
+    straight.train(vae_steps=0, unet_steps=0, distil_steps=3, checkpoint_every=1, report=lambda _: None)
+    assert all(torch.equal(value, unet_before[name]) for name, value in weights(straight, "unet").items())
+    straight.train(vae_steps=0, unet_steps=2, distil_steps=3, checkpoint_every=1, report=lambda _: None)
+    first = Trainer(tmp_path / "b", **kw)
+    first.init_from(exported)
+    step = first.distil_step
+
+    def stopped_at_the_third():  # the learning rate follows the stage's length: stop the same run midway
+        if first.steps["distil"] == 2:
+            raise KeyboardInterrupt
+        return step()
+
+    first.distil_step = stopped_at_the_third
+    with pytest.raises(KeyboardInterrupt):
+        first.train(vae_steps=0, unet_steps=2, distil_steps=3, checkpoint_every=1, report=lambda _: None)
+    resumed = Trainer(tmp_path / "b", **kw)
+    assert resumed.load() and resumed.tiny is not None and resumed.steps["distil"] == 2
+    resumed.train(vae_steps=0, unet_steps=2, distil_steps=3, checkpoint_every=1, report=lambda _: None)
+    for name, value in straight.tiny.state_dict().items():
+        torch.testing.assert_close(resumed.tiny.state_dict()[name], value, rtol=0, atol=0)
+    for name, value in weights(straight, "unet").items():
+        torch.testing.assert_close(weights(resumed, "unet")[name], value, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="decoder steps"):
+        resumed.train(vae_steps=0, unet_steps=2, distil_steps=3, decoder_steps=1, report=lambda _: None)
+
+    folder = resumed.export(tmp_path / "model")
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    assert isinstance(pipe.vae, AutoencoderTiny) and pipe.vae.config.scaling_factor == 1.0
+    assert pipe.vae_scale_factor == 4 and not any(isinstance(m, torch.nn.GroupNorm) for m in pipe.vae.modules())
+    again = Trainer(tmp_path / "c", **kw)
+    again.init_from(folder)  # a distilled model goes on with its tiny VAE
+    for name, value in again.tiny.state_dict().items():
+        torch.testing.assert_close(value, resumed.tiny.state_dict()[name], rtol=0, atol=0)
+
+
+def test_tiny_vae_wrapped_decode_is_the_inside_of_a_plain_decode_of_the_repeated_canvas():
+    """Without normalisation a pixel depends on nearby latents only: no colour from the border."""
+    from generator_backend.modifiers import seamless
+
+    vae = pocket_train.build_tiny_vae(0).eval()
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        with seamless([vae], "xy"):
+            wrapped = vae.decode(latents).sample
+        plain = vae.decode(latents.repeat(1, 1, 5, 5)).sample
+    torch.testing.assert_close(wrapped, plain[..., 64:96, 64:96], rtol=0, atol=1e-5)
+    # a KL VAE's GroupNorm sees the whole canvas: the same comparison fails there
+    kl = pocket_train.build_components(0)["vae"].eval()
+    with torch.no_grad():
+        with seamless([kl], "xy"):
+            wrapped = kl.decode(latents).sample
+        plain = kl.decode(latents.repeat(1, 1, 5, 5)).sample
+    assert (wrapped - plain[..., 64:96, 64:96]).abs().max() > 1e-3
+
+
+def test_distil_anchor_adds_the_round_trip_and_more_steps_need_the_kl_vae(tmp_path, exported):
+    kw = dict(size=32, batch=2, decoder_sizes=(32,), tiling=("", "xy"))
+    pure = Trainer(tmp_path / "pure", **kw)
+    pure.init_from(exported)
+    pure.train(vae_steps=0, unet_steps=0, distil_steps=1, report=lambda _: None)
+    folder = pure.export(tmp_path / "distilled")
+    with pytest.raises(ValueError, match="distil_anchor"):
+        Trainer(tmp_path / "bad", distil_anchor=-1.0)
+    again = Trainer(tmp_path / "again", **kw, distil_anchor=0.1)
+    again.init_from(folder)
+    with pytest.raises(ValueError, match="anchor-to"):  # the loaded tiny VAE has no KL VAE beside it
+        again.train(vae_steps=0, unet_steps=0, distil_steps=1, report=lambda _: None)
+    again = Trainer(tmp_path / "again", **kw, distil_anchor=0.1)
+    again.init_from(folder, anchor=exported)
+    decodes = []
+    again.tiny.decoder.register_forward_pre_hook(lambda _m, args: decodes.append(args[0].shape))
+    before = {k: v.clone() for k, v in again.tiny.state_dict().items()}
+    again.train(vae_steps=0, unet_steps=0, distil_steps=1, checkpoint_every=1, report=lambda _: None)
+    assert len(decodes) == 2  # the reference latents, then its own round trip
+    assert any(not torch.equal(v, before[k]) for k, v in again.tiny.state_dict().items())
+    with pytest.raises(ValueError, match="distil_anchor"):
+        Trainer(tmp_path / "again", **kw).load()
