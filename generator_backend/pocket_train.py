@@ -239,10 +239,14 @@ class Trainer:
             self.tiny.load_state_dict(AutoencoderTiny.from_pretrained(Path(folder) / "vae").state_dict())
             self.ema = self._weights()
             if anchor:  # more distil steps: they keep the latent space of this KL VAE
-                self.c["vae"].load_state_dict(AutoencoderKL.from_pretrained(Path(anchor) / "vae").state_dict())
-                self.c["vae"].register_to_config(scaling_factor=loaded_scale(anchor))
+                self.reference = AutoencoderKL.from_pretrained(Path(anchor) / "vae").eval().requires_grad_(False)
                 self.distil_reference = True
             return
+        groups = json.loads((Path(folder) / "vae" / "config.json").read_text())["norm_num_groups"]
+        # GroupNorm weights load into any group count; only fewer groups (the retile stage's) is meant
+        if groups < self.vae_groups:
+            raise ValueError(f"vae_groups: {folder}'s VAE has {groups} GroupNorm groups; --vae-groups "
+                             f"{self.vae_groups} would change every latent it makes (pass --vae-groups {groups})")
         for name, cls in (("vae", AutoencoderKL), ("unet", UNet2DConditionModel), ("text_encoder", CLIPTextModel)):
             self.c[name].load_state_dict(cls.from_pretrained(Path(folder) / name).state_dict())
         # kept for a run without a UNet stage; one with a UNet stage measures it again
@@ -334,6 +338,9 @@ class Trainer:
             if key in state and key not in ("vae_groups", "retile_decode") and tuple(state[key]) != getattr(self, key):
                 raise ValueError(f"{key}: the checkpoint in {self.out} was trained with {tuple(state[key])}, "
                                  f"not {getattr(self, key)}")
+        if state.get("distil_anchor", self.distil_anchor) != self.distil_anchor:
+            raise ValueError(f"distil_anchor: the checkpoint in {self.out} has {state['distil_anchor']}, "
+                             f"not {self.distil_anchor}")
         for name in ("vae", "unet", "text_encoder"):
             self.c[name].load_state_dict(state[name])
         self.vae_opt.load_state_dict(state["vae_opt"])
@@ -348,9 +355,6 @@ class Trainer:
             config = {k: v for k, v in state["reference"]["config"].items() if not k.startswith("_")}
             self.reference = AutoencoderKL.from_config(config).eval().requires_grad_(False)
             self.reference.load_state_dict(state["reference"]["weights"])
-        if state.get("distil_anchor", self.distil_anchor) != self.distil_anchor:
-            raise ValueError(f"distil_anchor: the checkpoint in {self.out} has {state['distil_anchor']}, "
-                             f"not {self.distil_anchor}")
         self.distil_reference = state.get("distil_reference", True)
         if state.get("tiny"):
             self.start_distil()
@@ -424,7 +428,9 @@ class Trainer:
 
         if self.tiny is None:
             self.start_distil()
-        reference, tiny = self.c["vae"].eval(), self.tiny.train()
+        # the anchor's VAE (init_from's, or --anchor-to), or the one trained in stage 1
+        reference = (self.reference if self.reference is not None else self.c["vae"]).eval()
+        tiny = self.tiny.train()
         size = self.decoder_sizes[self.steps["distil"] % len(self.decoder_sizes)]
         axes = self.axes("distil", self.steps["distil"])
         pixels, _ = batch_of(self.rng, size, self.batch_size(size))
@@ -486,13 +492,15 @@ class Trainer:
             raise ValueError("retile steps anchor to a reference VAE: start them with --init-from")
         if distil_steps > self.steps["distil"] and not self.distil_reference:
             raise ValueError("distil steps learn a KL VAE's latent space: name it with --anchor-to")
+        if vae_steps > self.steps["vae"] and self.tiny is not None:
+            raise ValueError("VAE steps train a KL VAE; this run already has its distilled one (--vae-steps 0)")
         if decoder_steps and (distil_steps or self.tiny is not None):
             raise ValueError("decoder steps train a KL VAE's decoder; the distil stage replaces that VAE")
         for stage, target, step in (("vae", vae_steps, self.vae_step), ("retile", retile_steps, self.retile_step),
                                     ("distil", distil_steps, self.distil_step),
                                     ("unet", unet_steps, self.unet_step),
                                     ("decoder", decoder_steps, self.decoder_step)):
-            if stage == "unet" and not self.calibrated and self.steps["unet"] < target:
+            if stage in ("distil", "unet") and not self.calibrated and self.steps[stage] < target:
                 report(json.dumps({"stage": "calibrate", "scaling_factor": round(self.calibrate_latent_scale(), 5)}))
             while self.steps[stage] < target:
                 loss = step()

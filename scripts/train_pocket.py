@@ -51,11 +51,12 @@ def main(argv=None):
     parser.add_argument("--init-from", type=Path,
                         help="start from an exported pocket model's weights; the step counts then train on top")
     parser.add_argument("--anchor-to", type=Path,
-                        help="the exported model whose VAE latents the retile stage keeps (default: --init-from)")
+                        help="the exported model whose VAE latents the retile and distil stages keep (default: --init-from; "
+                             "read at the start of a run, a resumed run keeps its checkpoint's)")
     parser.add_argument("--retile-decode", choices=("own", "reference"), default="own",
                         help="the latents the retile stage decodes: the VAE's own, or the anchor VAE's "
                              "(the decoder then learns exactly the UNet's latent space)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="the VAE stage's; the other stages take half")
+    parser.add_argument("--lr", type=float, default=1e-3, help="the VAE and distil stages'; the retile, UNet and decoder stages take half")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=200)
     parser.add_argument("--export", type=Path, help="save the model here as a diffusers folder when done")

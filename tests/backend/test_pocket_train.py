@@ -310,3 +310,28 @@ def test_distil_anchor_adds_the_round_trip_and_more_steps_need_the_kl_vae(tmp_pa
     assert any(not torch.equal(v, before[k]) for k, v in again.tiny.state_dict().items())
     with pytest.raises(ValueError, match="distil_anchor"):
         Trainer(tmp_path / "again", **kw).load()
+
+
+def test_distil_guards_its_teacher_and_its_scale(tmp_path, exported):
+    import json
+
+    # a VAE with fewer GroupNorm groups than the trainer's would load silently and change every latent
+    regrouped = Trainer(tmp_path / "four", size=32, batch=2, vae_groups=4).export(tmp_path / "four_model")
+    assert json.loads((regrouped / "vae" / "config.json").read_text())["norm_num_groups"] == 4
+    with pytest.raises(ValueError, match="vae_groups"):
+        Trainer(tmp_path / "sixteen", size=32, batch=2).init_from(regrouped)
+    # from scratch: the latent scale is measured before the distil stage, not left at SD's 0.18215
+    scratch = Trainer(tmp_path / "scratch", size=32, batch=2, decoder_sizes=(32,))
+    lines = []
+    scratch.train(vae_steps=1, unet_steps=0, distil_steps=1, report=lines.append)
+    assert any('"calibrate"' in line for line in lines) and scratch.c["vae"].config.scaling_factor != 0.18215
+    with pytest.raises(ValueError, match="vae-steps 0"):  # the KL VAE is the tiny one's teacher now
+        scratch.train(vae_steps=2, unet_steps=0, distil_steps=1, report=lambda _: None)
+    # the teacher is --anchor-to's VAE, not --init-from's
+    other = Trainer(tmp_path / "other", size=32, batch=2, seed=5)
+    other.train(vae_steps=1, unet_steps=0, checkpoint_every=10, report=lambda _: None)
+    anchor = other.export(tmp_path / "other_model")
+    anchored = Trainer(tmp_path / "anchored", size=32, batch=2)
+    anchored.init_from(exported, anchor=anchor)
+    for name, value in other.c["vae"].state_dict().items():
+        torch.testing.assert_close(anchored.reference.state_dict()[name], value, rtol=0, atol=0)

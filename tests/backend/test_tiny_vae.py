@@ -82,3 +82,21 @@ def test_vae_tiling_keeps_the_image_size_with_a_tiny_vae(pipe):
     assert tiled.shape == whole.shape == (1, 3, 160, 160)
     # no normalisation: a tile's pixels depend on nearby latents only, so tiles blend to near the whole
     assert (tiled - whole).abs().mean() < 0.05
+
+
+def test_latent_file_fingerprint_is_unchanged_for_a_kl_vae_and_follows_a_tiny_vae(models_dir, pipe):
+    """Old latent files must still load: for an AutoencoderKL the fingerprint is the one it always was
+    (the encoder's conv_out, the decoder's conv_in, post_quant_conv)."""
+    import hashlib
+
+    from generator_backend.latent_codec import vae_digest
+
+    kl = load_pipe(models_dir, "tiny").vae
+    h = hashlib.sha256()
+    for module in (kl.encoder.conv_out, kl.decoder.conv_in, kl.post_quant_conv):
+        h.update(module.weight.detach().to("cpu", torch.float16).numpy().tobytes())
+    assert vae_digest(kl) == h.hexdigest()[:16]
+    before = vae_digest(pipe.vae)
+    with torch.no_grad():
+        pipe.vae.decoder.layers[0].weight.add_(0.01)
+    assert vae_digest(pipe.vae) != before
