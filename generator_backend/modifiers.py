@@ -44,6 +44,10 @@ def seamless(modules, axes):
                     functools.partial(_pad_input, pads=(0, 1, 0, 1), axes=axes)))
             elif (isinstance(module, torch.nn.Conv2d) and isinstance(module.padding, tuple)
                   and any(module.padding) and module.padding_mode == "zeros"):
+                if set(axes) == {"x", "y"}:  # torch's own circular mode pads the same values, without a hook
+                    restore.append((module, "padding_mode", "zeros"))
+                    module.padding_mode = "circular"
+                    continue
                 ph, pw = module.padding
                 restore.append((module, "padding", module.padding))
                 module.padding = (0, 0)

@@ -119,6 +119,8 @@ def test_tiled_generation_restores_the_models(components, image):
         assert torch.equal(v, before_unet[k])
     assert all(torch.equal(v, before_vae[k]) for k, v in snapshot(components.vae).items())
     assert not any(m._forward_pre_hooks for m in components.vae.modules())
+    assert {m.padding_mode for m in [*components.unet.modules(), *components.vae.modules()]
+            if isinstance(m, torch.nn.Conv2d)} == {"zeros"}
 
 
 def test_hooks_are_removed_when_a_job_is_cancelled(components, image):
@@ -131,6 +133,8 @@ def test_hooks_are_removed_when_a_job_is_cancelled(components, image):
         generate(components, request, on_step=cancel)
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in components.unet.modules())
     assert not any(m._forward_pre_hooks for m in components.vae.modules())
+    assert {m.padding_mode for m in [*components.unet.modules(), *components.vae.modules()]
+            if isinstance(m, torch.nn.Conv2d)} == {"zeros"}
     np.testing.assert_array_equal(run(components), run(components))
 
 

@@ -104,9 +104,11 @@ def test_tiling_modes_cycle_once_per_cycle_of_the_sizes(tmp_path):
 
 
 def padding_seen(module):
-    """Record the padding a conv runs with (modifiers.seamless sets it to 0 and wraps instead)."""
+    """Record the zero padding a conv runs with: (0, 0) where modifiers.seamless wraps it instead (torch's
+    circular mode for both axes, its own padding hook for one)."""
     seen = []
-    module.register_forward_pre_hook(lambda m, args: seen.append(tuple(m.padding)))
+    module.register_forward_pre_hook(
+        lambda m, args: seen.append((0, 0) if m.padding_mode == "circular" else tuple(m.padding)))
     return seen
 
 
@@ -119,7 +121,8 @@ def test_wrapped_steps_wrap_the_unet_and_decoder_never_the_encoder(tmp_path):
     assert seen["unet"] == [(1, 1), (0, 0)]  # plain, wrapped
     assert seen["decoder"] == [(1, 1), (0, 0)]
     assert set(seen["encoder"]) == {(1, 1)}
-    assert unet.conv_in.padding == (1, 1) and len(unet.conv_in._forward_pre_hooks) == 1  # ours only: restored
+    assert unet.conv_in.padding == (1, 1) and unet.conv_in.padding_mode == "zeros"  # restored
+    assert len(unet.conv_in._forward_pre_hooks) == 1  # ours only
 
 
 def test_tileable_latents_follow_a_shift_of_the_texture(tmp_path):
