@@ -3,9 +3,15 @@
 ``ID.session_uid`` stays the same across renames and undo, and every datablock of a newly
 loaded file gets a new one: a job bound this way never writes into another file's
 "albedo.png", and follows a scene that is renamed while it runs.
+
+Each bound datablock also carries the job's id as a custom property (``tag``), saved with the file:
+a job that waits for its file finds its datablocks again when that file is opened, whatever it was
+renamed to or wherever the file was moved.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import bpy
 
@@ -33,3 +39,32 @@ def rebind(reference):
         return None
     collection, _, name = reference
     return ref(getattr(bpy.data, collection).get(name))
+
+
+def tag_key(job_id: str) -> str:
+    """The custom-property name that marks a datablock as bound to ``job_id`` (within Blender's 63 bytes)."""
+    key = "dream_job " + job_id
+    return key if len(key.encode()) <= 63 else "dream_job " + hashlib.sha1(job_id.encode()).hexdigest()
+
+
+def tag(datablock, job_id: str, role: str):
+    try:
+        datablock[tag_key(job_id)] = role
+    except (TypeError, AttributeError):  # linked from a library: read-only (it is found by name instead)
+        pass
+
+
+def untag(datablock, job_id: str):
+    if datablock is not None and tag_key(job_id) in datablock.keys():
+        try:
+            del datablock[tag_key(job_id)]
+        except (TypeError, AttributeError):
+            pass
+
+
+def find_tagged(reference, job_id: str):
+    """The datablock of the open file that carries ``job_id``'s tag in the collection ``reference`` names."""
+    if not reference:
+        return None
+    key = tag_key(job_id)
+    return next((d for d in getattr(bpy.data, reference[0]) if key in d.keys()), None)

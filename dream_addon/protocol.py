@@ -786,6 +786,10 @@ def validate_tiled(params, arrays):
     if 0 < params["tile_size"] < 32:
         raise ProtocolError("invalid_param", "params.tile_size must be 0 (the model's size) or 32 and more",
                             field="params.tile_size", allowed={"choices": [0], "min": 32, "multiple_of": 8})
+    if "grid_x" in params and max(params["grid_x"], params["grid_y"]) * params["tile_size"] > MAX_TILED_SIDE:
+        raise ProtocolError("invalid_param", f"params.grid_x/grid_y x params.tile_size ({params['tile_size']}) "
+                            f"makes a mosaic side longer than {MAX_TILED_SIDE}: fewer cells or smaller tiles",
+                            field="params.tile_size", allowed={"max_side": MAX_TILED_SIDE})
     if params.get("cell_prompts") and params["models"]:
         raise ProtocolError("invalid_param", "per-cell prompts use one text encoder: params.models (an ensemble) "
                             "cannot join them", field="params.cell_prompts")

@@ -23,6 +23,7 @@ from .client import ClientWorker, describe_error
 from .supervisor import BackendProcess
 
 ACTIVE_STATES = ("submitting", "queued", "running")
+ENDED_STATES = ("done", "cancelled", "error")
 STARTING_MESSAGE = "Starting backend…"
 # Blender float images hold linear light, rows bottom to top: the backend converts on its device.
 BLENDER_OUTPUT = {"output_dtype": "float32", "flip_y": True, "linear": True}
@@ -191,6 +192,9 @@ class Session:
         job = JobView(job_id=f"blender-{uuid.uuid4().hex[:16]}", params=params, image_name=image_name, **view)
         job.blend_path = bpy.data.filepath
         job.refs = {role: bindings.ref(d) for role, d in (datablocks or {}).items() if d is not None}
+        for role, datablock in (datablocks or {}).items():
+            if datablock is not None:
+                bindings.tag(datablock, job.job_id, role)
         self.jobs[job.job_id] = job
         job.arrays = arrays  # kept for a resume
         if self.worker is not None:
@@ -231,6 +235,12 @@ class Session:
 
     def cancel(self, job_id: str):
         job = self.jobs.get(job_id)
+        if job is not None and job.state == "detached":  # stopped on the backend; its file is restored when open
+            if self.worker is None or not self.worker.connected:
+                return False
+            self.worker.send({"type": "cancel", "job_id": job_id})
+            job.message = "Stopped: its file gets back what the job touched when it is open again"
+            return True
         if job is None or not job.active:
             return False
         if self.worker is None:  # nothing runs it yet (the backend is starting): it ends here
@@ -243,15 +253,32 @@ class Session:
     def active_jobs(self):
         return [job for job in self.jobs.values() if job.active]
 
+    def stoppable_jobs(self):
+        """Running, queued, and waiting for their file (the backend runs those on)."""
+        return [job for job in self.jobs.values() if job.active or job.state == "detached"]
+
     # ------------------------------------------------------------------ files
     def detach_file(self):
-        """``load_pre``: the open file's jobs stop writing into Blender; the backend keeps them."""
-        name = os.path.basename(bpy.data.filepath) or "its unsaved file"
+        """``load_pre``: the open file's jobs stop writing into Blender; the backend keeps them.
+
+        A file that was never saved cannot be opened again: its jobs are stopped on the backend instead
+        of running on for nobody (their datablocks go with the file)."""
+        name = os.path.basename(bpy.data.filepath)
         for job in self.jobs.values():
-            if job.active or job.state == "lost":
-                job.state = "detached"
-                job.message = (f"Waiting for {name}: applied when it is open again "
-                               f"(the backend keeps job {job.job_id})")
+            if not (job.active or job.state == "lost"):
+                continue
+            for role in list(job.refs):
+                job.datablock(role)  # the names as they are now (renamed since the last write)
+            if not job.blend_path:
+                if self.worker is not None and self.worker.connected:
+                    self.worker.send({"type": "cancel", "job_id": job.job_id})
+                job.state, job.message = "cancelled", "Stopped: its file was closed without being saved"
+                if job.job_id in self.unanswered:
+                    self.unanswered.remove(job.job_id)
+                continue
+            job.state = "detached"
+            job.message = (f"Waiting for {name}: applied when it is open again "
+                           f"(the backend keeps job {job.job_id})")
 
     def file_saved(self):
         for job in self.jobs.values():
@@ -259,12 +286,29 @@ class Session:
                 job.blend_path = bpy.data.filepath
 
     def reattach_file(self, prefs):
-        """``load_post``: jobs started in the file just opened are bound to it again and fetched."""
+        """``load_post``: jobs started in the file just opened are bound to it again and fetched.
+
+        A job knows its file by the tags on its datablocks (renamed, or the file moved or saved under
+        another name), or else by the path it was saved at and the datablocks' names."""
         path = bpy.data.filepath
-        jobs = [job for job in self.jobs.values() if job.state == "detached" and path and job.blend_path == path]
+        jobs = []
+        for job in self.jobs.values():
+            if job.state != "detached":
+                continue
+            tagged = {role: bindings.find_tagged(r, job.job_id) for role, r in job.refs.items()}
+            if any(d is not None for d in tagged.values()):
+                job.refs = {role: bindings.ref(d) for role, d in tagged.items() if d is not None}
+            elif path and job.blend_path == path:
+                job.refs = {role: bindings.rebind(r) for role, r in job.refs.items()}
+                job.refs = {role: r for role, r in job.refs.items() if r is not None}
+            else:
+                continue
+            job.blend_path = path
+            image = job.datablock("image")
+            if image is not None:
+                job.image_name = image.name
+            jobs.append(job)
         for job in jobs:
-            job.refs = {role: bindings.rebind(r) for role, r in job.refs.items()}
-            job.refs = {role: r for role, r in job.refs.items() if r is not None}
             job.state, job.message = "lost", "Re-attached to its file; fetching"
         if jobs:
             if self.worker is None or not self.worker.thread.is_alive():
@@ -431,6 +475,13 @@ class Session:
         elif kind == "error":
             self._end(job, "error", describe_error(message))
             show_error(job.message)
+        if job.state in ENDED_STATES:
+            self._release(job)
+
+    def _release(self, job):
+        """An ended job's tags come off its datablocks (the file no longer waits for anything)."""
+        for role in list(job.refs):
+            bindings.untag(job.datablock(role), job.job_id)
 
     def _write(self, job, rgba, message, final):
         """Crop the padding away, paste the original back outside the mask, write the image."""
@@ -460,6 +511,7 @@ class Session:
         if job.refs.get("backup") and before is not None and image is not None:
             blender_images.write_pixels(image, before, flipped=True)  # a replaced image gets its pixels back
         if final:
+            self._release(job)
             blender_images.remove_created(job.datablock("object"), [job.datablock(role) for role in job.created],
                                           job.moved_faces)
 

@@ -40,13 +40,19 @@ def concept_params(scene) -> tuple[dict, dict]:
     return params, arrays
 
 
+PREVIEW_TAG = "dream_concept_preview"  # on the preview images teaching made: only those are written again
+
+
 def preview_image(word: str, size: int):
-    """The image the word's previews go to: reused when it has the size, else made anew."""
+    """(image, made) for the word's previews: an earlier teaching's preview of that size is reused; an image
+    of the user's that has the name is never written into (the new one gets Blender's next free name)."""
     name = PREVIEW_PREFIX + word
     image = bpy.data.images.get(name)
-    if image is not None and tuple(image.size) == (size, size):
-        return image
-    return blender_images.new_result_image(name, size, size)
+    if image is not None and image.get(PREVIEW_TAG) == word and tuple(image.size) == (size, size):
+        return image, False
+    image = blender_images.new_result_image(name, size, size)
+    image[PREVIEW_TAG] = word
+    return image, True
 
 
 class DREAM_OT_teach_concept(bpy.types.Operator):
@@ -58,13 +64,14 @@ class DREAM_OT_teach_concept(bpy.types.Operator):
     @report_input_errors
     def execute(self, context):
         params, arrays = concept_params(context.scene)
-        image = preview_image(params["word"], params["width"])
+        image, made = preview_image(params["word"], params["width"])
         space = context.space_data
         if space is not None and space.type == "IMAGE_EDITOR":
             space.image = image
         SESSION.submit(get_preferences(), params, image.name, arrays,
                        datablocks={"scene": context.scene, "image": image}, kind="teach_concept",
-                       operator="dream.teach_concept", scene_name=context.scene.name, total=params["train_steps"])
+                       operator="dream.teach_concept", scene_name=context.scene.name, total=params["train_steps"],
+                       created=("image",) if made else ())
         return {"FINISHED"}
 
 

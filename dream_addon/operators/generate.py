@@ -210,16 +210,17 @@ class DREAM_OT_inpaint(ImageEditorOperator, bpy.types.Operator):
 class DREAM_OT_cancel(bpy.types.Operator):
     bl_idname = "dream.cancel"
     bl_label = "Cancel"
-    bl_description = "Cancel generations (all running and queued ones, or the one named)"
+    bl_description = ("Cancel generations (all running and queued ones, and those waiting for their file, "
+                      "or the one named)")
 
     job_id: bpy.props.StringProperty(options={"SKIP_SAVE"})
 
     @classmethod
     def poll(cls, context):
-        return bool(SESSION.active_jobs())
+        return bool(SESSION.stoppable_jobs())
 
     def execute(self, context):
-        for job in SESSION.active_jobs():
+        for job in SESSION.stoppable_jobs():
             if not self.job_id or job.job_id == self.job_id:
                 SESSION.cancel(job.job_id)
         return {"FINISHED"}

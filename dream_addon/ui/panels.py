@@ -161,10 +161,10 @@ class DreamQueuePanel(DreamPanel):
 
     @classmethod
     def poll(cls, context):
-        return bool(SESSION.active_jobs())
+        return bool(SESSION.stoppable_jobs())
 
     def draw(self, context):
-        for job in SESSION.active_jobs():
+        for job in SESSION.stoppable_jobs():  # with those waiting for their file: they can be stopped too
             row = self.layout.row(align=True)
             row.progress(factor=job.step / max(job.total, 1), type="BAR",
                          text=f"{job.kind}: {job.progress_text()}")

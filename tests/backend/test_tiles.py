@@ -442,6 +442,7 @@ def test_region_weights_feather_inside_and_are_zero_outside():
     ("mosaic", {"cell_prompts": ["a", "b"], "models": [{"name": "pocket"}, {"name": "pocket"}]}, {},
      "params.cell_prompts"),
     ("mosaic", {"levels": 7}, {}, "params.levels"),
+    ("mosaic", {"grid_x": 16, "grid_y": 2, "tile_size": 1024}, {}, "params.tile_size"),  # a 16384 px side
     ("enhance", {}, {"init_image": np.zeros((64, 64, 3), np.uint8)}, "params.region_width"),
     ("enhance", {"region_x": 40, "region_width": 30, "region_height": 8}, {"init_image": np.zeros((64, 64, 3), np.uint8)},
      "params.region_width"),

@@ -117,6 +117,27 @@ def test_cancel_then_resume_teaching(scene, session, concept):
     assert fresh and min(fresh) > stopped  # it went on from the checkpoint (from the start: 1, 2, ...)
 
 
+def test_teaching_never_writes_into_the_users_image_and_stop_removes_the_preview_it_made(scene, session, concept):
+    concept.train_steps, concept.preview_every, concept.initializer = 80, 1, "red"
+    mine = bpy.data.images.new(f"Concept {concept.word}", SIZE, SIZE)  # the user's own, with that name
+    mine.pixels.foreach_set(np.full(SIZE * SIZE * 4, 0.9, np.float32))
+    theirs, images = pixels(mine).copy(), set(bpy.data.images.keys())
+    before = set(session.jobs)
+    assert bpy.ops.dream.teach_concept() == {"FINISHED"}
+    (job_id,) = set(session.jobs) - before
+    job = session.jobs[job_id]
+    deadline = time.monotonic() + 120
+    while job.previews < 1 and job.active and time.monotonic() < deadline:
+        session.drain(timeout=0.2)
+    assert job.previews >= 1 and job.image_name != mine.name, job.message
+    np.testing.assert_array_equal(pixels(mine), theirs)
+    assert bpy.ops.dream.cancel() == {"FINISHED"}
+    session.wait_for(job_id, 60)
+    assert job.state == "cancelled", job.message
+    assert set(bpy.data.images.keys()) == images  # the preview it made is gone again; the user's stays
+    np.testing.assert_array_equal(pixels(mine), theirs)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"word": "two words"}, "no spaces"),
     ({"images": 2}, "Pick 3 to 10 images"),

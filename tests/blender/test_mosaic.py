@@ -150,6 +150,7 @@ def test_stop_keeps_finished_tiles_and_resume_makes_only_the_missing_ones(pocket
     ({"levels": 2, "target": "TEXTURE"}, "active mesh"),
     ({"prompt": " "}, "Prompt is empty"),
     ({"infusion": True}, "infusion"),
+    ({"grid_x": 16, "grid_y": 16, "tile_size": 1024}, "longer than 8192"),  # was a 16384² image, then refused
 ])
 def test_bad_mosaic_input_is_refused_before_anything_is_made(pocket_scene, session, settings, message):
     settings = dict(settings)

@@ -122,6 +122,66 @@ def test_a_result_whose_image_was_never_saved_arrives_as_a_new_image(scene, sess
     assert not bpy.data.objects["Cube"].active_material.name.startswith("Dream")  # not saved: not there
 
 
+def running_texture_job(session, scene, steps=200):
+    """A Generate Texture without previews (nothing is written until the result), drained until it runs."""
+    scene.dream.steps, scene.dream.preview_interval = steps, 0.0
+    job = new_job(session, bpy.ops.dream.generate_texture)
+    wait_until(session, lambda: job.state == "running" and job.step >= 1 or not job.active, what="the job to run")
+    assert job.active, job.message
+    return job
+
+
+def test_closing_an_unsaved_file_stops_its_jobs_on_the_backend(scene, session, prefs):
+    job = running_texture_job(session, scene)  # the default scene was never saved
+    bpy.ops.wm.read_homefile(use_empty=False)  # File > New: that file can never be opened again
+    assert job.state == "cancelled" and "without being saved" in job.message, job.message
+    wait_until(session, lambda: backend_meta(prefs, job.job_id).get("state") == "cancelled", 60,
+               what="the backend to stop the job")  # it no longer runs for nobody ahead of the next job
+
+
+def test_a_renamed_result_image_in_a_moved_file_gets_the_result(scene, session, tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    bpy.ops.wm.save_as_mainfile(filepath=str(folder / "shot.blend"))
+    job = running_texture_job(session, bpy.context.scene, steps=60)
+    job.datablock("image").name = "My Bricks"  # renamed before anything is written to it
+    bpy.ops.wm.save_mainfile()
+    bpy.ops.wm.read_homefile(use_empty=False)
+    assert job.state == "detached", job.message
+    moved = tmp_path / "moved"
+    folder.rename(moved)  # the project folder moves while the job runs
+    bpy.ops.wm.open_mainfile(filepath=str(moved / "shot.blend"))
+    session.wait_for(job.job_id, 120)
+    assert job.state == "done" and "new image" not in job.message, job.message
+    image = bpy.data.images["My Bricks"]
+    assert job.datablock("image") == image and image.packed_file is not None
+    assert np.abs(pixels(image) - pixels(image).mean()).max() > 0.05  # the texture, not the flat placeholder
+    material = bpy.data.objects["Cube"].active_material
+    assert any(node.type == "TEX_IMAGE" and node.image == image for node in material.node_tree.nodes)
+    assert not any(key.startswith("dream_job") for d in (image, material, bpy.context.scene) for key in d.keys())
+
+
+def test_a_job_waiting_for_its_file_can_be_stopped_and_the_file_is_restored(scene, session, prefs, tmp_path):
+    blend = str(tmp_path / "shot.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=blend)
+    def in_use(collection):  # what the file holds (an unused datablock is not saved)
+        return {d.name for d in collection if d.users}
+
+    materials, images = in_use(bpy.data.materials), in_use(bpy.data.images)
+    job = running_texture_job(session, bpy.context.scene)
+    bpy.ops.wm.save_mainfile()  # saved with the job's new image, material and slot
+    bpy.ops.wm.read_homefile(use_empty=False)
+    assert job.state == "detached" and bpy.ops.dream.cancel.poll()
+    assert bpy.ops.dream.cancel() == {"FINISHED"}
+    wait_until(session, lambda: backend_meta(prefs, job.job_id).get("state") == "cancelled", 60,
+               what="the backend to stop the job")
+    bpy.ops.wm.open_mainfile(filepath=blend)
+    wait_until(session, lambda: not job.active and job.state != "lost", 60, what="the job to end")
+    assert job.state == "cancelled", job.message
+    assert in_use(bpy.data.materials) == materials and in_use(bpy.data.images) == images
+    assert len(bpy.data.objects["Cube"].material_slots) == 1
+
+
 # ---------------------------------------------------------------- 2. materials are never orphaned
 
 def three_material_cube():
