@@ -11,6 +11,7 @@ from ..job_builder import JobInputError
 from . import upscale
 from ..properties import PRESET_SETTINGS
 from .generate import image_job, report_input_errors
+from .mosaic import enhance_job
 
 
 class HistoryOperator:
@@ -59,8 +60,28 @@ class DREAM_OT_history_rerun(HistoryOperator, bpy.types.Operator):
                 raise JobInputError(f"{entry.source.name!r} was resized since: its mask no longer fits")
             kind = "faces" if entry.operator == "dream.texture_selected_faces" else entry.kind
             return image_job(self, context, kind, entry.source, mask=mask, rerun=entry)
+        if entry.operator in NO_RERUN:
+            raise JobInputError(NO_RERUN[entry.operator])
+        if entry.operator == "dream.enhance_region":  # on the entry's own source, from any editor
+            if entry.source is None:
+                raise JobInputError("The image this enhance repainted was deleted: nothing to re-run on")
+            recorded = json.loads(entry.params or "{}")
+            region = tuple(recorded.get(k, 0) for k in ("region_x", "region_y", "region_width", "region_height"))
+            return enhance_job(self, context, entry.source, region if region[2] else None)
         category, name = entry.operator.split(".")
-        return getattr(getattr(bpy.ops, category), name)("EXEC_DEFAULT")
+        operator = getattr(getattr(bpy.ops, category), name)
+        if not operator.poll():
+            raise JobInputError(f"{operator.get_rna_type().name} cannot run here: re-run it from its own panel")
+        return operator("EXEC_DEFAULT")
+
+
+# Entries whose Re-run cannot make sense: what to do instead.
+NO_RERUN = {
+    "dream.teach_concept": "A taught word is taught once: type a new Word in Teach a Concept and press Teach "
+                           "(Recall fills in the other settings)",
+    "dream.save_latent": "Save as Latent writes a file you choose: use Save as Latent in the Image Editor again",
+    "dream.open_latent": "Open Latent reads a file you choose: use Open Latent in the Image Editor again",
+}
 
 
 class DREAM_OT_history_delete(HistoryOperator, bpy.types.Operator):

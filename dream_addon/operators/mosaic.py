@@ -176,40 +176,52 @@ class DREAM_OT_enhance_region(ImageEditorOperator, bpy.types.Operator):
 
     @report_input_errors
     def execute(self, context):
-        scene, enhance, image = context.scene, context.scene.dream_enhance, editor_image(context)
-        _, params, arrays = prepare(self, context)
-        width, height = sized_to_image(params, image)
-        pixels = image_pixels(image)
-        arrays["init_image"] = pad_to(wire_array(image, pixels, alpha=True), params["height"], params["width"])
-        params.update(strength=round(enhance.strength, 4), region_feather=round(enhance.feather, 4),
-                      tile_size=enhance.tile_size, seamless="", linear=image.is_float, preview_interval=0.0)
-        if enhance.region == "CURSOR":
-            x, y, w, h = cursor_region(enhance, context.space_data.cursor_location, width, height)
-            # The job's canvas is padded at the top (Blender rows run bottom first): rows shift down by it.
-            params.update(region_x=x, region_y=y + params["height"] - height, region_width=w, region_height=h)
-        else:
-            mask = region_mask(enhance, width, height) if enhance.region == "MASK" else \
-                faces_mask(context, image, width, height)
-            arrays["mask"] = pad_to(mask.astype(np.uint8) * 255, params["height"], params["width"])
-        params.update(upscale_after_params(scene, SESSION.welcome))
-        scale = params["scale"]
-        check_job("enhance", params, arrays, SESSION.welcome)
-        backup, restore = None, None
-        if enhance.result_target == "REPLACE":
-            target, created = image, ("backup",)
-            backup = blender_images.new_image_like(image, f"{image.name} (before Dream)", pixels)
-            history.keep_pixels(image, backup)
-            restore = pixels
-        else:
-            target, created = blender_images.new_image_like(image, f"Dream {image.name}", pixels), ("image",)
-        SESSION.submit(get_preferences(), params, target.name, arrays,
-                       datablocks={"scene": scene, "image": target, "backup": backup, "source": image},
-                       kind="enhance", operator="dream.enhance_region", scene_name=scene.name,
-                       settings=settings_of(scene), created=created, crop=(width * scale, height * scale),
-                       original=pixels,
-                       restore=restore, backup_name=backup.name if backup is not None else "",
-                       source_name=image.name, total=1)
-        return {"FINISHED"}
+        return enhance_job(self, context, editor_image(context))
+
+
+def enhance_job(operator, context, image, region=None):
+    """Submit Enhance Region on ``image`` (the editor's, or a history entry's source for Re-run);
+    ``region`` (x, y, w, h on the job's canvas) replaces the 2D cursor's: a Re-run's recorded one."""
+    scene, enhance = context.scene, context.scene.dream_enhance
+    _, params, arrays = prepare(operator, context)
+    width, height = sized_to_image(params, image)
+    pixels = image_pixels(image)
+    arrays["init_image"] = pad_to(wire_array(image, pixels, alpha=True), params["height"], params["width"])
+    params.update(strength=round(enhance.strength, 4), region_feather=round(enhance.feather, 4),
+                  tile_size=enhance.tile_size, seamless="", linear=image.is_float, preview_interval=0.0)
+    if enhance.region == "CURSOR" and region is not None:
+        params.update(region_x=region[0], region_y=region[1], region_width=region[2], region_height=region[3])
+    elif enhance.region == "CURSOR":
+        space = context.space_data
+        if space is None or space.type != "IMAGE_EDITOR":
+            raise JobInputError("Region From 2D Cursor needs the Image Editor's cursor: run it there, or "
+                                "choose Mask or Selected Faces")
+        x, y, w, h = cursor_region(enhance, space.cursor_location, width, height)
+        # The job's canvas is padded at the top (Blender rows run bottom first): rows shift down by it.
+        params.update(region_x=x, region_y=y + params["height"] - height, region_width=w, region_height=h)
+    else:
+        mask = region_mask(enhance, width, height) if enhance.region == "MASK" else \
+            faces_mask(context, image, width, height)
+        arrays["mask"] = pad_to(mask.astype(np.uint8) * 255, params["height"], params["width"])
+    params.update(upscale_after_params(scene, SESSION.welcome))
+    scale = params["scale"]
+    check_job("enhance", params, arrays, SESSION.welcome)
+    backup, restore = None, None
+    if enhance.result_target == "REPLACE":
+        target, created = image, ("backup",)
+        backup = blender_images.new_image_like(image, f"{image.name} (before Dream)", pixels)
+        history.keep_pixels(image, backup)
+        restore = pixels
+    else:
+        target, created = blender_images.new_image_like(image, f"Dream {image.name}", pixels), ("image",)
+    SESSION.submit(get_preferences(), params, target.name, arrays,
+                   datablocks={"scene": scene, "image": target, "backup": backup, "source": image},
+                   kind="enhance", operator="dream.enhance_region", scene_name=scene.name,
+                   settings=settings_of(scene), created=created, crop=(width * scale, height * scale),
+                   original=pixels,
+                   restore=restore, backup_name=backup.name if backup is not None else "",
+                   source_name=image.name, total=1)
+    return {"FINISHED"}
 
 
 classes = (DREAM_OT_mosaic, DREAM_OT_mosaic_resume, DREAM_OT_mosaic_export, DREAM_OT_cell_prompts_from_text, DREAM_OT_enhance_region)

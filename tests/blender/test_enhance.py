@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.blender.helpers import image_editor, pixels
+from tests.blender.test_artist import editor
 from tests.blender.test_latent import pocket_scene  # noqa: F401  (fixture: the pocket model, connected)
 
 
@@ -122,3 +123,37 @@ def test_bad_region_input_is_refused_before_anything_is_made(pocket_scene, sessi
     with image_editor(image), pytest.raises(RuntimeError, match=message):
         bpy.ops.dream.enhance_region()
     assert set(bpy.data.images.keys()) == names and set(session.jobs) == jobs
+
+
+@pytest.mark.parametrize("where", ["VIEW_3D", "IMAGE_EDITOR"])
+def test_rerun_enhances_the_entrys_own_image_and_region_from_any_editor(pocket_scene, session, where):
+    image = picture("frame")
+    original = pixels(image)
+    first = enhance(session, image, cursor=(0.3, 0.6))
+    assert first.state == "done", first.message
+    other = picture("other", 40, 40)
+    other_before = pixels(other)
+    images = set(bpy.data.images.keys())
+    with editor(where, image=other if where == "IMAGE_EDITOR" else None):
+        assert bpy.ops.dream.history_rerun() == {"FINISHED"}  # was: the image on show, or a poll traceback
+    (job_id,) = [j for j in session.jobs if j != first.job_id and session.jobs[j].kind == "enhance"][-1:]
+    rerun = session.wait_for(job_id, 300)
+    assert rerun.state == "done", rerun.message
+    (made,) = set(bpy.data.images.keys()) - images
+    out = pixels(bpy.data.images[made])
+    x, y, w, h = region_box(60, 44, (0.3, 0.6), 20, 16)  # the entry's region, not the cursor's now
+    inside = np.zeros((44, 60), bool)
+    inside[y:y + h, x:x + w] = True
+    np.testing.assert_array_equal(out[~inside], original[~inside])
+    assert np.abs(out[inside] - original[inside])[..., :3].mean() > 0.01
+    assert rerun.params["seed"] != first.params["seed"]
+    np.testing.assert_array_equal(pixels(other), other_before)
+
+
+@pytest.mark.parametrize("operator, message", [("dream.teach_concept", "taught once"),
+                                               ("dream.open_latent", "Open Latent reads a file")])
+def test_rerun_of_an_entry_that_cannot_run_again_says_what_to_do(pocket_scene, operator, message):
+    entry = pocket_scene.dream_history.add()
+    entry.kind, entry.operator, entry.settings = operator.split(".")[1], operator, "{}"
+    with editor("VIEW_3D"), pytest.raises(RuntimeError, match=message):  # an error report, not a traceback
+        bpy.ops.dream.history_rerun()
