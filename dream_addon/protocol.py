@@ -426,17 +426,19 @@ def common_fields(max_size: int = 2048) -> dict:
     }
 
 
-def validate_params(params, fields: dict) -> dict:
-    """Check ``params`` against ``fields``; return a complete dict with defaults filled in."""
+def validate_params(params, fields: dict, name_in_message: str = "params") -> dict:
+    """Check ``params`` against ``fields``; return a complete dict with defaults filled in. Errors name the
+    fields under ``name_in_message`` (a fetch's "output", an export's "options")."""
+    top = name_in_message
     if not isinstance(params, dict):
-        raise ProtocolError("invalid_param", "'params' must be an object", field="params")
+        raise ProtocolError("invalid_param", f"'{top}' must be an object", field=top)
     unknown = sorted(set(params) - set(fields))
     if unknown:
-        raise ProtocolError("invalid_param", f"params.{unknown[0]} is not a parameter; allowed: {sorted(fields)}",
-                            field=f"params.{unknown[0]}", allowed=sorted(fields))
+        raise ProtocolError("invalid_param", f"{top}.{unknown[0]} is not a parameter; allowed: {sorted(fields)}",
+                            field=f"{top}.{unknown[0]}", allowed=sorted(fields))
     out = {}
     for name, spec in fields.items():
-        where = f"params.{name}"
+        where = f"{top}.{name}"
         if name not in params:
             if spec.required:
                 raise ProtocolError("invalid_param", f"{where} is required", field=where, allowed=spec.allowed())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -96,11 +97,18 @@ def _private_dir(folder: Path):
 
 
 def _write_atomic(path: Path, write):
+    """Write through a private temporary file renamed over ``path``; a failed write leaves no temporary
+    behind (on a full disk it would hold the space the next job needs)."""
     tmp = path.with_name(path.name + ".tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE))  # private before a byte is in
-    os.chmod(tmp, PRIVATE_FILE)
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE))  # private before a byte is in
+        os.chmod(tmp, PRIVATE_FILE)
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _persisting(method):

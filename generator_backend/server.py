@@ -243,14 +243,14 @@ class Connection:
     def on_fetch(self, message, arrays):
         job_id = protocol.validate_job_id(message.get("job_id"))
         output = protocol.validate_params(message.get("output", {}), {
-            k: v for k, v in protocol.txt2img_fields().items() if k in OUTPUT_FIELDS})
+            k: v for k, v in protocol.txt2img_fields().items() if k in OUTPUT_FIELDS}, "output")
         self.server.fetch(self, job_id, output)
 
     def on_export(self, message, arrays):
         from .export import export_frames
 
         job_id = protocol.validate_job_id(message.get("job_id"))
-        options = protocol.validate_params(message.get("options", {}), protocol.EXPORT_FIELDS)
+        options = protocol.validate_params(message.get("options", {}), protocol.EXPORT_FIELDS, "options")
         meta = self.server.store.load_meta(job_id)
         if meta is None or meta.get("kind") not in protocol.FRAME_KINDS or meta.get("state") != DONE \
                 or (meta["kind"] == "mosaic" and not meta.get("frames")):  # a walk, or a mosaic with a zoom

@@ -7,7 +7,7 @@ import os
 import bpy
 
 from .. import blender_images, history
-from ..job_builder import JobInputError, image_pixels, wire_array
+from ..job_builder import JobInputError, check_job, image_pixels, wire_array
 from ..latent_format import MAX_FILE_BYTES, CodecError, read_header, to_rows
 from ..preferences import get_preferences
 from ..properties import BACKEND_DEFAULT_MODEL
@@ -49,6 +49,7 @@ class DREAM_OT_save_latent(ImageEditorOperator, bpy.types.Operator):
         if params["palette"] == 1:
             raise JobInputError("Palette 1 says nothing: use 0 (no palette) or 2..256 colours")
         arrays = {"init_image": wire_array(image, image_pixels(image))}
+        check_job("compress", params, arrays, SESSION.welcome)  # the backend's limits, before anything is sent
         SESSION.submit(get_preferences(), params, "", arrays, datablocks={"scene": context.scene, "source": image},
                        kind="compress", operator="dream.save_latent", scene_name=context.scene.name,
                        latent_path=path, total=1)

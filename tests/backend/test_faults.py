@@ -1,6 +1,7 @@
 """Faults around a real backend process: output folders that cannot be written, signals,
 kill -9 and restart, a launcher that dies, models that are nowhere (issue 13)."""
 
+import errno
 import json
 import os
 import queue
@@ -112,6 +113,18 @@ def backend(tmp_path_factory, models_dir):
         del os.environ["HF_HUB_OFFLINE"]
     yield process
     process.stop()
+
+
+def test_a_write_that_fails_midway_leaves_no_temporary_file(tmp_path):
+    from generator_backend.jobs import _write_atomic
+
+    def fill_the_disk(path):
+        path.write_bytes(b"half a result")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with pytest.raises(OSError):
+        _write_atomic(tmp_path / "result.npy", fill_the_disk)
+    assert list(tmp_path.iterdir()) == []  # neither the result nor its .tmp (it would hold the space)
 
 
 def test_output_unwritable_before_a_submit(backend):

@@ -225,6 +225,20 @@ def test_reconnect_and_fetch_by_job_id(backend):
     again.close()
 
 
+@pytest.mark.parametrize("message, field", [
+    ({"type": "fetch", "job_id": "a-job", "output": "x"}, "output"),
+    ({"type": "fetch", "job_id": "a-job", "output": {"flip": True}}, "output.flip"),
+    ({"type": "export", "job_id": "a-job", "options": 5}, "options"),
+    ({"type": "export", "job_id": "a-job", "options": {"format": "bmp"}}, "options.format"),
+])
+def test_bad_fetch_output_and_export_options_name_their_own_field(backend, message, field):
+    conn = connect(backend)
+    conn.send(message)
+    error = conn.recv()[0]
+    assert error["type"] == "error" and error["field"] == field, error
+    conn.close()
+
+
 def test_token_file_is_private_and_shutdown_stops(tmp_path, models_dir):
     token_file = tmp_path / "tok"
     env = {k: v for k, v in os.environ.items() if k != protocol.TOKEN_ENV}

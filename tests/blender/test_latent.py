@@ -116,6 +116,15 @@ def test_a_file_that_is_not_a_latent_is_refused_before_anything_is_made(pocket_s
     assert set(bpy.data.images.keys()) == names and set(session.jobs) == jobs
 
 
+@pytest.mark.parametrize("size", [(4, 4), (1, 1)])
+def test_an_image_under_the_codecs_size_is_refused_before_it_is_sent(pocket_scene, session, tmp_path, size):
+    image = bpy.data.images.new("tiny", *size)
+    jobs = set(session.jobs)
+    with image_editor(image), pytest.raises(RuntimeError, match="params.width must be between 8"):
+        bpy.ops.dream.save_latent(filepath=str(tmp_path / "tiny.dlat"))
+    assert set(session.jobs) == jobs and not os.path.exists(tmp_path / "tiny.dlat")
+
+
 def test_a_latent_of_another_model_family_is_refused_by_the_backend(pocket_scene, session, tmp_path):
     image, _ = texture_image("family")
     path = str(tmp_path / "pocket.dlat")
