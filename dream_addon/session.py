@@ -7,6 +7,7 @@ the UI (and which scripts and tests call directly: timers never fire in backgrou
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import time
@@ -67,6 +68,7 @@ class JobView:
     accepted: bool = False  # the backend answered its submit
     resumed: bool = False
     last_event: str = ""  # type of the newest backend event about it
+    recovered: bool = False  # known from its file's record (another Blender process submitted it)
 
     @property
     def active(self) -> bool:
@@ -195,6 +197,7 @@ class Session:
         for role, datablock in (datablocks or {}).items():
             if datablock is not None:
                 bindings.tag(datablock, job.job_id, role)
+        remember(job)
         self.jobs[job.job_id] = job
         job.arrays = arrays  # kept for a resume
         if self.worker is not None:
@@ -308,6 +311,9 @@ class Session:
             if image is not None:
                 job.image_name = image.name
             jobs.append(job)
+        for job in recovered_jobs(self.jobs, path):
+            self.jobs[job.job_id] = job
+            jobs.append(job)
         for job in jobs:
             job.state, job.message = "lost", "Re-attached to its file; fetching"
         if jobs:
@@ -402,8 +408,8 @@ class Session:
             return
         if kind == "connection_error":
             self.status = message["message"]
-            for job in self.active_jobs():
-                self._end(job, "error", message["message"])
+            for job in self.active_jobs():  # one its file remembers waits for a backend that has its result
+                self._end(job, "lost" if job.recovered else "error", message["message"], final=not job.recovered)
             show_error(message["message"])
             return
         if kind == "disconnected":
@@ -480,6 +486,7 @@ class Session:
 
     def _release(self, job):
         """An ended job's tags come off its datablocks (the file no longer waits for anything)."""
+        forget(job)
         for role in list(job.refs):
             bindings.untag(job.datablock(role), job.job_id)
 
@@ -514,6 +521,76 @@ class Session:
             self._release(job)
             blender_images.remove_created(job.datablock("object"), [job.datablock(role) for role in job.created],
                                           job.moved_faces)
+
+
+# Jobs a file remembers, so that one saved mid-job gets its result in another Blender process (quit,
+# crashed, reopened the next day): a JSON record per job on its scene, kept until the job ends. Only
+# jobs whose result is written as it comes (a new texture) are recorded: the others need pixels (masks,
+# originals) that live in this process alone.
+PENDING_KEY = "dream_pending_jobs"
+RECORDED = ("params", "image_name", "kind", "operator", "settings", "crop", "created", "total")
+
+
+def recoverable(job) -> bool:
+    return (job.kind == "txt2img" and job.mask is None and job.original is None and job.restore is None
+            and not job.backup_name and not job.walk_target)
+
+
+def _records(scene) -> dict:
+    try:
+        records = json.loads(scene.get(PENDING_KEY, "{}"))
+    except (TypeError, ValueError):
+        return {}
+    return records if isinstance(records, dict) else {}
+
+
+def remember(job):
+    scene = job.datablock("scene")
+    if scene is None or not recoverable(job):
+        return
+    records = _records(scene)
+    records[job.job_id] = {**{name: getattr(job, name) for name in RECORDED},
+                           "moved_faces": [int(i) for i in job.moved_faces]}
+    scene[PENDING_KEY] = json.dumps(records)
+
+
+def forget(job):
+    scene = job.datablock("scene")
+    if scene is not None and job.job_id in _records(scene):
+        records = _records(scene)
+        del records[job.job_id]
+        if records:
+            scene[PENDING_KEY] = json.dumps(records)
+        else:
+            del scene[PENDING_KEY]
+
+
+def recovered_jobs(known: dict, path: str) -> list:
+    """JobViews of the jobs the open file remembers that this process does not know: fetched like
+    any job waiting for its file (the backend keeps results on disk)."""
+    jobs = []
+    for scene in bpy.data.scenes:
+        for job_id, record in _records(scene).items():
+            if job_id in known:
+                continue
+            try:
+                job_id = protocol.validate_job_id(job_id)
+                job = JobView(job_id=job_id, **{name: record[name] for name in RECORDED if name != "crop"},
+                              crop=tuple(record["crop"]) if record.get("crop") else None,
+                              moved_faces=np.array(record.get("moved_faces", []), np.int64))
+            except (TypeError, KeyError, protocol.ProtocolError):
+                continue  # not a record this version wrote: left alone
+            job.created, job.settings = tuple(job.created), dict(job.settings)
+            job.refs = {}
+            for collection in bindings.COLLECTIONS.values():
+                for datablock in getattr(bpy.data, collection):
+                    role = datablock.get(bindings.tag_key(job_id))
+                    if isinstance(role, str):
+                        job.refs[role] = bindings.ref(datablock)
+            job.scene_name, job.blend_path, job.accepted = scene.name, path, True
+            job.state, job.message, job.recovered = "detached", "Remembered by its file", True
+            jobs.append(job)
+    return jobs
 
 
 def backend_model_args(prefs) -> list:

@@ -210,19 +210,41 @@ class DREAM_OT_inpaint(ImageEditorOperator, bpy.types.Operator):
 class DREAM_OT_cancel(bpy.types.Operator):
     bl_idname = "dream.cancel"
     bl_label = "Cancel"
-    bl_description = ("Cancel generations (all running and queued ones, and those waiting for their file, "
-                      "or the one named)")
+    bl_description = "Cancel generations (all running and queued ones, or the one named)"
 
     job_id: bpy.props.StringProperty(options={"SKIP_SAVE"})
 
     @classmethod
     def poll(cls, context):
-        return bool(SESSION.stoppable_jobs())
+        return bool(SESSION.active_jobs())
 
     def execute(self, context):
-        for job in SESSION.stoppable_jobs():
+        for job in SESSION.active_jobs():
             if not self.job_id or job.job_id == self.job_id:
                 SESSION.cancel(job.job_id)
+        return {"FINISHED"}
+
+
+class DREAM_OT_stop_waiting(bpy.types.Operator):
+    bl_idname = "dream.stop_waiting"
+    bl_label = "Stop Job of Another File"
+    bl_description = ("Stop a job that waits for its file (opened since another one): the backend stops it, "
+                      "and its file gets back what the job touched when it is open again")
+
+    job_id: bpy.props.StringProperty(options={"SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context):
+        return any(job.state == "detached" for job in SESSION.jobs.values())
+
+    def execute(self, context):
+        job = SESSION.jobs.get(self.job_id)
+        if job is None or job.state != "detached":
+            self.report({"ERROR"}, f"No job {self.job_id!r} waits for its file")
+            return {"CANCELLED"}
+        if not SESSION.cancel(job.job_id):
+            self.report({"ERROR"}, "Not connected to the backend: Reconnect first, then stop it")
+            return {"CANCELLED"}
         return {"FINISHED"}
 
 
@@ -386,6 +408,6 @@ class DREAM_OT_list_remove(bpy.types.Operator):
 
 
 classes = (DREAM_OT_generate_texture, DREAM_OT_texture_selected_faces, DREAM_OT_img2img, DREAM_OT_inpaint,
-           DREAM_OT_cancel, DREAM_OT_randomize_seed, DREAM_OT_rect_from_cursor, DREAM_OT_walk,
+           DREAM_OT_cancel, DREAM_OT_stop_waiting, DREAM_OT_randomize_seed, DREAM_OT_rect_from_cursor, DREAM_OT_walk,
            DREAM_OT_restore_material,
            DREAM_OT_walk_export, DREAM_OT_walk_resume, DREAM_OT_list_add, DREAM_OT_list_remove)

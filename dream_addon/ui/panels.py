@@ -168,7 +168,8 @@ class DreamQueuePanel(DreamPanel):
             row = self.layout.row(align=True)
             row.progress(factor=job.step / max(job.total, 1), type="BAR",
                          text=f"{job.kind}: {job.progress_text()}")
-            row.operator("dream.cancel", text="", icon="X").job_id = job.job_id
+            stop = "dream.stop_waiting" if job.state == "detached" else "dream.cancel"
+            row.operator(stop, text="", icon="X").job_id = job.job_id
 
 
 class DreamHistoryPanel(DreamPanel):

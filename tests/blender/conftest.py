@@ -41,6 +41,8 @@ def backend(session, prefs, tmp_path_factory):
 def scene(backend, session):
     """A fresh default scene (cube, light, camera) with small, fast settings."""
     bpy.ops.wm.read_homefile(use_empty=False)
+    for job_id in [j for j, job in session.jobs.items() if job.state == "detached"]:
+        del session.jobs[job_id]  # an earlier test's file is gone for good: its jobs wait for nothing here
     props = bpy.context.scene.dream
     props.width, props.height, props.steps, props.preview_interval = 64, 64, 3, 0.0
     bpy.context.view_layer.objects.active = bpy.data.objects["Cube"]

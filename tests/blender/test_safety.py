@@ -3,6 +3,7 @@ open another file, press Stop, Reconnect, rename the scene -- and jobs that are 
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from tests.blender.helpers import addon, generate
+from tests.blender.test_panels import draw
 from tests.blender.test_workflow import image_editor, photo, pixels
 
 strips_of = addon("walk_frames").strips_of
@@ -171,8 +173,10 @@ def test_a_job_waiting_for_its_file_can_be_stopped_and_the_file_is_restored(scen
     job = running_texture_job(session, bpy.context.scene)
     bpy.ops.wm.save_mainfile()  # saved with the job's new image, material and slot
     bpy.ops.wm.read_homefile(use_empty=False)
-    assert job.state == "detached" and bpy.ops.dream.cancel.poll()
-    assert bpy.ops.dream.cancel() == {"FINISHED"}
+    assert job.state == "detached" and not bpy.ops.dream.cancel.poll()  # Stop is for the open file's jobs
+    log = draw("VIEW3D_PT_dream_queue")  # listed, with its own stop button
+    assert ("operator", "dream.stop_waiting") in log and ("operator", "dream.cancel") not in log
+    assert bpy.ops.dream.stop_waiting(job_id=job.job_id) == {"FINISHED"}
     wait_until(session, lambda: backend_meta(prefs, job.job_id).get("state") == "cancelled", 60,
                what="the backend to stop the job")
     bpy.ops.wm.open_mainfile(filepath=blend)
@@ -180,6 +184,60 @@ def test_a_job_waiting_for_its_file_can_be_stopped_and_the_file_is_restored(scen
     assert job.state == "cancelled", job.message
     assert in_use(bpy.data.materials) == materials and in_use(bpy.data.images) == images
     assert len(bpy.data.objects["Cube"].material_slots) == 1
+
+
+RECOVER_SCRIPT = """
+import sys, time
+sys.path.insert(0, {scripts!r})
+import blender_session, bpy, numpy as np
+module = blender_session.install_dev()
+prefs = bpy.context.preferences.addons[module].preferences
+prefs.host, prefs.port, prefs.token = {host!r}, {port!r}, {token!r}
+session = sys.modules[module + ".dream_addon.session"].SESSION
+bpy.ops.wm.open_mainfile(filepath={blend!r})  # a new Blender: it never saw the job
+deadline = time.monotonic() + 60
+while (not session.jobs or any(j.active or j.state == "lost" for j in session.jobs.values())) \
+        and time.monotonic() < deadline:
+    session.drain(timeout=0.2)
+(job,) = session.jobs.values()
+print("JOB", job.job_id, job.state, job.message)
+image, cube = bpy.data.images.get({image!r}), bpy.data.objects["Cube"]
+if image is not None:
+    out = np.empty(image.size[0] * image.size[1] * 4, np.float32)
+    image.pixels.foreach_get(out)
+    print("IMAGE", image.packed_file is not None, float(out.std()) > 0.05,
+          any(n.type == "TEX_IMAGE" and n.image == image for n in cube.active_material.node_tree.nodes))
+    print("HISTORY", len(bpy.context.scene.dream_history), bpy.context.scene.dream_history[-1].job_id)
+print("SLOTS", [slot.material.name for slot in cube.material_slots], sorted(bpy.data.materials.keys()))
+print("LEFT", "dream_pending_jobs" in bpy.context.scene.keys(), sorted(k for c in (bpy.data.images,
+      bpy.data.materials, bpy.data.scenes, bpy.data.objects) for d in c for k in d.keys() if k.startswith("dream_job")))
+"""
+
+
+@pytest.mark.parametrize("backend_has_it", [True, False])
+def test_a_file_saved_mid_job_gets_its_result_in_a_new_blender(scene, session, prefs, tmp_path, backend_has_it):
+    blend = str(tmp_path / "shot.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=blend)
+    job = running_texture_job(session, bpy.context.scene, steps=60)
+    image_name = job.image_name
+    bpy.ops.wm.save_mainfile()  # saved mid-job; then Blender quits (here: another file, then a new process)
+    bpy.ops.wm.read_homefile(use_empty=False)
+    wait_until(session, lambda: backend_meta(prefs, job.job_id).get("state") == "done", 120, what="the backend")
+    if not backend_has_it:  # its results were deleted (or another backend answers): the placeholder goes
+        shutil.rmtree(Path(prefs.output_dir) / job.job_id)
+    host, port, token = session.connection_settings(prefs)
+    script = RECOVER_SCRIPT.format(scripts=str(Path(__file__).resolve().parents[2] / "scripts"), host=host,
+                                   port=port, token=token, blend=blend, image=image_name)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "LEFT False []" in run.stdout, run.stdout[-2000:]  # nothing is remembered once it has ended
+    if backend_has_it:
+        assert f"JOB {job.job_id} done" in run.stdout, run.stdout[-2000:]
+        assert "IMAGE True True True" in run.stdout  # the texture, packed, in its material
+        assert f"HISTORY 1 {job.job_id}" in run.stdout
+    else:
+        assert f"JOB {job.job_id} error" in run.stdout and "IMAGE" not in run.stdout, run.stdout[-2000:]
+        assert "SLOTS ['Material'] ['Material']" in run.stdout  # its material and slot are taken back
 
 
 # ---------------------------------------------------------------- 2. materials are never orphaned
