@@ -462,9 +462,11 @@ def test_an_empty_mask_is_refused_as_a_job_error(worker):
     assert message["type"] == "error" and message["field"] == "arrays.mask" and "Traceback" not in message["message"]
 
 
-def test_a_mosaic_too_large_is_refused_before_any_tile(worker):
+def test_a_mosaic_too_large_is_refused_before_any_tile(worker, monkeypatch):
+    # A given tile size is refused at submit (test above); the model's own size (tile_size 0) only here.
     params = protocol.validate_job("mosaic", {"prompt": "a", "width": 64, "height": 64, "grid_x": 16,
-                                              "tile_size": 1024}, {}, max_size=2048)[0]
+                                              "tile_size": 0}, {}, max_size=2048)[0]
+    monkeypatch.setattr(tiles, "native_size", lambda c: 1024)  # an SDXL-sized model: 16 cells of 1024 px
     job = Job("mosaic-too-large", "mosaic", params, {})
     recorder = Recorder()
     job.subscribe(recorder)
