@@ -47,9 +47,15 @@ def tag_key(job_id: str) -> str:
     return key if len(key.encode()) <= 63 else "dream_job " + hashlib.sha1(job_id.encode()).hexdigest()
 
 
+def tag_roles(datablock, job_id: str) -> set:
+    """The roles ``datablock`` plays for ``job_id`` (one image may be a job's target and its source)."""
+    value = datablock.get(tag_key(job_id)) if datablock.library is None else None
+    return set(value.split(",")) if isinstance(value, str) else set()
+
+
 def tag(datablock, job_id: str, role: str):
     try:
-        datablock[tag_key(job_id)] = role
+        datablock[tag_key(job_id)] = ",".join(sorted(tag_roles(datablock, job_id) | {role}))
     except (TypeError, AttributeError):  # linked from a library: read-only (it is found by name instead)
         pass
 
@@ -62,9 +68,9 @@ def untag(datablock, job_id: str):
             pass
 
 
-def find_tagged(reference, job_id: str):
-    """The datablock of the open file that carries ``job_id``'s tag in the collection ``reference`` names."""
+def find_tagged(reference, job_id: str, role: str):
+    """The datablock of the open file (never one linked from a library) tagged as ``job_id``'s ``role``, in the
+    collection ``reference`` names."""
     if not reference:
         return None
-    key = tag_key(job_id)
-    return next((d for d in getattr(bpy.data, reference[0]) if key in d.keys()), None)
+    return next((d for d in getattr(bpy.data, reference[0]) if role in tag_roles(d, job_id)), None)

@@ -298,14 +298,15 @@ class Session:
         for job in self.jobs.values():
             if job.state != "detached":
                 continue
-            tagged = {role: bindings.find_tagged(r, job.job_id) for role, r in job.refs.items()}
-            if any(d is not None for d in tagged.values()):
-                job.refs = {role: bindings.ref(d) for role, d in tagged.items() if d is not None}
+            tagged = {role: bindings.find_tagged(r, job.job_id, role) for role, r in job.refs.items()}
+            if tagged.get("scene") is not None:  # its own scene is in this file: each role by its tag, else name
+                refs = {role: bindings.ref(d) if d is not None else bindings.rebind(job.refs[role])
+                        for role, d in tagged.items()}
             elif path and job.blend_path == path:
-                job.refs = {role: bindings.rebind(r) for role, r in job.refs.items()}
-                job.refs = {role: r for role, r in job.refs.items() if r is not None}
+                refs = {role: bindings.rebind(r) for role, r in job.refs.items()}
             else:
                 continue
+            job.refs = {role: r for role, r in refs.items() if r is not None}
             job.blend_path = path
             image = job.datablock("image")
             if image is not None:
@@ -584,9 +585,8 @@ def recovered_jobs(known: dict, path: str) -> list:
             job.refs = {}
             for collection in bindings.COLLECTIONS.values():
                 for datablock in getattr(bpy.data, collection):
-                    role = datablock.get(bindings.tag_key(job_id))
-                    if isinstance(role, str):
-                        job.refs[role] = bindings.ref(datablock)
+                    for role in bindings.tag_roles(datablock, job_id):
+                        job.refs.setdefault(role, bindings.ref(datablock))
             job.scene_name, job.blend_path, job.accepted = scene.name, path, True
             job.state, job.message, job.recovered = "detached", "Remembered by its file", True
             jobs.append(job)

@@ -109,6 +109,28 @@ def test_opening_another_file_never_gets_the_running_jobs_result(scene, session,
     assert entry.job_id == job.job_id and entry.image == image_a
 
 
+def test_a_replace_job_back_in_its_file_binds_each_datablock_to_its_own_role(scene, session, tmp_path):
+    blend = str(tmp_path / "shot.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=blend)
+    job, image, before = running_replace_job(bpy.context.scene, session, steps=200)
+    bpy.ops.wm.save_mainfile()
+    bpy.ops.wm.read_homefile(use_empty=False)
+    bpy.ops.wm.open_mainfile(filepath=blend)
+    # Three images play four roles: the target and the source are albedo.png, the backup its copy (its
+    # name sorts after it); each role by its own tag, not the first tagged image of the collection.
+    assert {role: job.datablock(role).name for role in ("image", "source", "backup")} == {
+        "image": "albedo.png", "source": "albedo.png", "backup": "albedo.png (before Dream)"}
+    if job.active:
+        bpy.ops.dream.cancel()
+    session.wait_for(job.job_id, 120)
+    albedo = bpy.data.images["albedo.png"]  # never deleted as if it were the backup the job made
+    if job.state == "cancelled":
+        np.testing.assert_array_equal(pixels(albedo), before)
+    else:
+        assert job.state == "done", job.message
+        np.testing.assert_array_equal(pixels(bpy.data.images["albedo.png (before Dream)"]), before)
+
+
 def test_a_result_whose_image_was_never_saved_arrives_as_a_new_image(scene, session, tmp_path):
     file_a = str(tmp_path / "saved_before.blend")
     bpy.ops.wm.save_as_mainfile(filepath=file_a)
