@@ -147,7 +147,9 @@ class Session:
                               **({"resume": True} if job.resumed else {})}, job.arrays)
         else:
             job.state, job.message = "running", "Reconnected; fetching"
-            self.worker.send({"type": "fetch", "job_id": job.job_id, "output": BLENDER_OUTPUT})
+            # The output the job asked for (a byte image takes sRGB, not the default linear light).
+            output = {name: job.params.get(name, value) for name, value in BLENDER_OUTPUT.items()}
+            self.worker.send({"type": "fetch", "job_id": job.job_id, "output": output})
 
     def ensure_connected(self, prefs):
         if self.backend_starting():

@@ -230,6 +230,8 @@ if image is not None:
     print("IMAGE", image.packed_file is not None, float(out.std()) > 0.05,
           any(n.type == "TEX_IMAGE" and n.image == image for n in cube.active_material.node_tree.nodes))
     print("HISTORY", len(bpy.context.scene.dream_history), bpy.context.scene.dream_history[-1].job_id)
+    stored = np.load({result!r})[::-1]  # the backend's result, sRGB, rows top first; the image holds bytes
+    print("MATCH", float(np.abs(out.reshape(stored.shape[0], stored.shape[1], 4)[..., :3] - stored).max()) <= 0.5 / 255)
 print("SLOTS", [slot.material.name for slot in cube.material_slots], [m for m in bpy.data.materials.keys()
       if m.startswith("Dream")])
 print("LEFT", "dream_pending_jobs" in bpy.context.scene.keys(), sorted(k for c in (bpy.data.images,
@@ -246,18 +248,19 @@ def test_a_file_saved_mid_job_gets_its_result_in_a_new_blender(scene, session, p
     bpy.ops.wm.save_mainfile()  # saved mid-job; then Blender quits (here: another file, then a new process)
     bpy.ops.wm.read_homefile(use_empty=False)
     wait_until(session, lambda: backend_meta(prefs, job.job_id).get("state") == "done", 120, what="the backend")
+    result = Path(prefs.output_dir) / job.job_id / "result.npy"
     if not backend_has_it:  # its results were deleted (or another backend answers): the placeholder goes
-        shutil.rmtree(Path(prefs.output_dir) / job.job_id)
+        shutil.rmtree(result.parent)
     host, port, token = session.connection_settings(prefs)
     script = RECOVER_SCRIPT.format(scripts=str(Path(__file__).resolve().parents[2] / "scripts"), host=host,
-                                   port=port, token=token, blend=blend, image=image_name)
+                                   port=port, token=token, blend=blend, image=image_name, result=str(result))
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "LEFT False []" in run.stdout, run.stdout[-2000:]  # nothing is remembered once it has ended
     if backend_has_it:
         assert f"JOB {job.job_id} done" in run.stdout, run.stdout[-2000:]
         assert "IMAGE True True True" in run.stdout  # the texture, packed, in its material
-        assert f"HISTORY 1 {job.job_id}" in run.stdout
+        assert f"HISTORY 1 {job.job_id}" in run.stdout and "MATCH True" in run.stdout  # sRGB, as it was asked
     else:
         assert f"JOB {job.job_id} error" in run.stdout and "IMAGE" not in run.stdout, run.stdout[-2000:]
         assert "SLOTS ['Material'] []" in run.stdout  # its material and slot are taken back
@@ -396,7 +399,7 @@ def test_stop_or_backend_death_during_replace_restores_the_image(scene, session,
 
 # ---------------------------------------------------------------- 4. reconnect, start
 
-def test_reconnect_during_a_job_still_delivers_its_result(scene, session):
+def test_reconnect_during_a_job_still_delivers_its_result(scene, session, prefs):
     scene.dream.steps, scene.dream.preview_interval = 30, 0.0
     job = new_job(session, bpy.ops.dream.generate_texture)
     wait_until(session, lambda: job.step >= 1 or not job.active, what="the first step")
@@ -404,7 +407,9 @@ def test_reconnect_during_a_job_still_delivers_its_result(scene, session):
     assert bpy.ops.dream.backend_reconnect() == {"FINISHED"}
     session.wait_for(job.job_id, 120)
     assert job.state == "done", job.message
-    assert np.abs(pixels(bpy.data.images[job.image_name])).max() > 0
+    # Fetched in the output it was submitted with: a byte image gets sRGB (it came back linear: too dark).
+    stored = np.load(Path(prefs.output_dir) / job.job_id / "result.npy")[::-1]
+    np.testing.assert_allclose(pixels(bpy.data.images[job.image_name])[..., :3], stored, atol=0.5 / 255)
 
 
 def test_generate_while_the_backend_starts_waits_for_it(scene, session, backend_back):
