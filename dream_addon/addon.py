@@ -27,6 +27,7 @@ def register():
     bpy.app.timers.register(session.drain_timer, first_interval=0.25, persistent=True)
     bpy.app.handlers.load_pre.append(session.on_load_pre)
     bpy.app.handlers.load_post.append(session.on_load_post)
+    bpy.app.handlers.save_pre.append(session.on_save_pre)
     bpy.app.handlers.save_post.append(session.on_save_post)
 
 
@@ -35,6 +36,7 @@ def unregister():
         bpy.app.timers.unregister(session.drain_timer)
     for handlers, handler in ((bpy.app.handlers.load_pre, session.on_load_pre),
                               (bpy.app.handlers.load_post, session.on_load_post),
+                              (bpy.app.handlers.save_pre, session.on_save_pre),
                               (bpy.app.handlers.save_post, session.on_save_post)):
         if handler in handlers:
             handlers.remove(handler)

@@ -182,7 +182,7 @@ class Session:
             self.backend.stop()
         self.status = "Backend stopped"
         for job in self.active_jobs():
-            self._end(job, "error", describe_error({"code": "backend_stopped"}))
+            self._end_or_wait(job, describe_error({"code": "backend_stopped"}))
 
     # ------------------------------------------------------------------ jobs
     def submit(self, prefs, params: dict, image_name: str, arrays=None, datablocks=None, **view) -> JobView:
@@ -275,7 +275,7 @@ class Session:
             for role in list(job.refs):
                 job.datablock(role)  # the names as they are now (renamed since the last write)
             if not job.blend_path:
-                if self.worker is not None and self.worker.connected:
+                if self.worker is not None:  # sent once the connection is up, if it is still opening
                     self.worker.send({"type": "cancel", "job_id": job.job_id})
                 job.state, job.message = "cancelled", "Stopped: its file was closed without being saved"
                 if job.job_id in self.unanswered:
@@ -317,6 +317,7 @@ class Session:
         for job in recovered_jobs(self.jobs, path):
             self.jobs[job.job_id] = job
             jobs.append(job)
+        prune_tags(self.jobs)
         for job in jobs:
             job.state, job.message = "lost", "Re-attached to its file; fetching"
         if jobs:
@@ -384,7 +385,7 @@ class Session:
             last = self.backend.tail[-1] if self.backend.tail else f"code {self.backend.returncode}"
             message = f"The backend exited ({last}); see its log in the preferences"
             for job in self.active_jobs():
-                self._end(job, "error", message)
+                self._end_or_wait(job, message)
             return
         for job in self.active_jobs():
             self._end(job, "lost", describe_error({"code": "connection_lost", "message": "no connection"}),
@@ -411,8 +412,8 @@ class Session:
             return
         if kind == "connection_error":
             self.status = message["message"]
-            for job in self.active_jobs():  # one its file remembers waits for a backend that has its result
-                self._end(job, "lost" if job.recovered else "error", message["message"], final=not job.recovered)
+            for job in self.active_jobs():
+                self._end_or_wait(job, message["message"])
             show_error(message["message"])
             return
         if kind == "disconnected":
@@ -511,6 +512,14 @@ class Session:
             job.message += f"; kept as the new image {image.name!r} (its target was gone)"
         return blender_images.write_pixels(image, rgba, flipped=flipped, final=final)
 
+    def _end_or_wait(self, job, message):
+        """The backend is gone: a job ends in error, but one its file remembers waits for a backend that
+        has its result on disk (its placeholder stays)."""
+        if job.recovered:
+            self._end(job, "lost", message, final=False)
+        else:
+            self._end(job, "error", message)
+
     def _end(self, job, state, message, final=True):
         """A job ends without a result (or is lost for now): put back what it touched."""
         job.state, job.message = state, message
@@ -534,9 +543,16 @@ PENDING_KEY = "dream_pending_jobs"
 RECORDED = ("params", "image_name", "kind", "operator", "settings", "crop", "created", "total")
 
 
+RECOVERABLE_OPERATORS = ("dream.generate_texture", "dream.texture_selected_faces")
+
+
 def recoverable(job) -> bool:
-    return (job.kind == "txt2img" and job.mask is None and job.original is None and job.restore is None
-            and not job.backup_name and not job.walk_target)
+    return (job.kind == "txt2img" and job.operator in RECOVERABLE_OPERATORS and job.mask is None
+            and job.original is None and job.restore is None and not job.backup_name and not job.walk_target)
+
+
+def _local_scenes():
+    return [scene for scene in bpy.data.scenes if scene.library is None]
 
 
 def _records(scene) -> dict:
@@ -547,52 +563,98 @@ def _records(scene) -> dict:
     return records if isinstance(records, dict) else {}
 
 
+def _write_records(scene, records: dict):
+    try:
+        if records:
+            scene[PENDING_KEY] = json.dumps(records)
+        elif PENDING_KEY in scene.keys():
+            del scene[PENDING_KEY]
+    except (TypeError, AttributeError):  # a scene that cannot hold properties (linked): nothing recorded
+        pass
+
+
 def remember(job):
     scene = job.datablock("scene")
-    if scene is None or not recoverable(job):
+    if scene is None or scene.library is not None or not recoverable(job):
         return
     records = _records(scene)
     records[job.job_id] = {**{name: getattr(job, name) for name in RECORDED},
                            "moved_faces": [int(i) for i in job.moved_faces]}
-    scene[PENDING_KEY] = json.dumps(records)
+    _write_records(scene, records)
 
 
 def forget(job):
-    scene = job.datablock("scene")
-    if scene is not None and job.job_id in _records(scene):
+    """The job's record goes from every scene that holds it (a copied scene copies its properties)."""
+    for scene in _local_scenes():
         records = _records(scene)
-        del records[job.job_id]
-        if records:
-            scene[PENDING_KEY] = json.dumps(records)
-        else:
-            del scene[PENDING_KEY]
+        if job.job_id in records:
+            del records[job.job_id]
+            _write_records(scene, records)
+
+
+def _job_from_record(job_id, record, path):
+    """A JobView from a record this version wrote, or None: anything else a file holds is left alone."""
+    try:
+        job_id = protocol.validate_job_id(job_id)
+        fields = {name: record[name] for name in RECORDED}
+        if fields["kind"] != "txt2img" or fields["operator"] not in RECOVERABLE_OPERATORS:
+            return None
+        if not (isinstance(fields["params"], dict) and isinstance(fields["settings"], dict)
+                and isinstance(fields["image_name"], str)):
+            return None
+        crop = fields.pop("crop")
+        if crop is not None and not (len(crop) == 2 and all(isinstance(v, int) and 0 < v <= 65536 for v in crop)):
+            return None
+        faces = np.array(record.get("moved_faces", []), np.int64).reshape(-1)
+        job = JobView(job_id=job_id, **{**fields, "total": max(1, int(fields["total"])),
+                                        "created": tuple(r for r in fields["created"] if r in ("image", "material"))},
+                      crop=tuple(crop) if crop is not None else None, moved_faces=faces)
+    except (TypeError, KeyError, ValueError, OverflowError, protocol.ProtocolError):
+        return None
+    job.blend_path, job.accepted, job.recovered = path, True, True
+    job.state, job.message = "detached", "Remembered by its file"
+    return job
 
 
 def recovered_jobs(known: dict, path: str) -> list:
     """JobViews of the jobs the open file remembers that this process does not know: fetched like
-    any job waiting for its file (the backend keeps results on disk)."""
-    jobs = []
-    for scene in bpy.data.scenes:
+    any job waiting for its file (the backend keeps results on disk). Only jobs whose scene and image
+    carry their tags come back (a copied scene's stale record is left to be forgotten)."""
+    jobs = {}
+    for scene in _local_scenes():
         for job_id, record in _records(scene).items():
-            if job_id in known:
+            if job_id in known or job_id in jobs:
                 continue
-            try:
-                job_id = protocol.validate_job_id(job_id)
-                job = JobView(job_id=job_id, **{name: record[name] for name in RECORDED if name != "crop"},
-                              crop=tuple(record["crop"]) if record.get("crop") else None,
-                              moved_faces=np.array(record.get("moved_faces", []), np.int64))
-            except (TypeError, KeyError, protocol.ProtocolError):
-                continue  # not a record this version wrote: left alone
-            job.created, job.settings = tuple(job.created), dict(job.settings)
-            job.refs = {}
+            job = _job_from_record(job_id, record, path)
+            if job is None:
+                continue
             for collection in bindings.COLLECTIONS.values():
                 for datablock in getattr(bpy.data, collection):
-                    for role in bindings.tag_roles(datablock, job_id):
+                    for role in bindings.tag_roles(datablock, job.job_id):
                         job.refs.setdefault(role, bindings.ref(datablock))
-            job.scene_name, job.blend_path, job.accepted = scene.name, path, True
-            job.state, job.message, job.recovered = "detached", "Remembered by its file", True
-            jobs.append(job)
-    return jobs
+            if "scene" not in job.refs or "image" not in job.refs:
+                continue
+            obj = job.datablock("object")
+            if obj is not None and obj.type == "MESH":
+                job.moved_faces = job.moved_faces[(job.moved_faces >= 0) & (job.moved_faces < len(obj.data.polygons))]
+            job.scene_name = job.datablock("scene").name
+            jobs[job.job_id] = job
+    return list(jobs.values())
+
+
+def prune_tags(known: dict):
+    """Tags and records of jobs this process does not know (nor recovered): they wait for nothing."""
+    keys = {bindings.tag_key(job_id) for job_id in known}
+    for collection in bindings.COLLECTIONS.values():
+        for datablock in getattr(bpy.data, collection):
+            if datablock.library is not None:
+                continue
+            for key in [k for k in datablock.keys() if k.startswith("dream_job ") and k not in keys]:
+                del datablock[key]
+    for scene in _local_scenes():
+        records = _records(scene)
+        if any(job_id not in known for job_id in records):
+            _write_records(scene, {job_id: r for job_id, r in records.items() if job_id in known})
 
 
 def backend_model_args(prefs) -> list:
@@ -619,6 +681,14 @@ SESSION = Session()
 def on_load_pre(*_args):
     """Another file is about to be opened: the jobs of this one must not write into it."""
     SESSION.detach_file()
+
+
+@bpy.app.handlers.persistent
+def on_save_pre(*_args):
+    """Ended jobs leave no tag or record in the saved file (an undo may have put them back)."""
+    for job in SESSION.jobs.values():
+        if job.state in ENDED_STATES:
+            SESSION._release(job)
 
 
 @bpy.app.handlers.persistent

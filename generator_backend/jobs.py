@@ -159,7 +159,11 @@ class JobStore:
 
         folder = self.job_dir(job.job_id)
         _private_dir(folder)
-        _write_atomic(folder / "result.npy", lambda p: np.save(open(p, "wb"), image))
+        def write_array(path):
+            with open(path, "wb") as file:  # closed on a failed write too, so the .tmp can go
+                np.save(file, image)
+
+        _write_atomic(folder / "result.npy", write_array)
         png = (image * 255).round().clip(0, 255).astype(np.uint8)
         _write_atomic(folder / "result.png", lambda p: Image.fromarray(png).save(p, format="PNG"))
         meta = {"job_id": job.job_id, "kind": job.kind, "state": DONE, "params": job.params, "model": model,

@@ -49,29 +49,28 @@ class DREAM_OT_history_rerun(HistoryOperator, bpy.types.Operator):
         entry = self.entry(context)
         if entry.operator == "dream.upscale":  # its own settings, on its own original (with its detail pass)
             return upscale.rerun(self, context, entry)
+        if entry.operator in NO_RERUN:  # refused before the panel's settings and seed change
+            raise JobInputError(NO_RERUN[entry.operator])
+        own_source = entry.kind in ("img2img", "inpaint") or entry.operator == "dream.enhance_region"
+        if own_source and entry.source is None:
+            raise JobInputError("The image this generation repainted was deleted: nothing to re-run on")
+        category, name = entry.operator.split(".")
+        operator = getattr(getattr(bpy.ops, category), name)
+        if not own_source and not operator.poll():
+            raise JobInputError(f"{operator.get_rna_type().name} cannot run here: re-run it from its own panel")
         props = context.scene.dream
         history.apply(props, json.loads(entry.settings))
         props.seed = random_seed()
         if entry.kind in ("img2img", "inpaint"):  # on the entry's own source, from any editor
-            if entry.source is None:
-                raise JobInputError("The image this generation repainted was deleted: nothing to re-run on")
             mask = history.decode_mask(entry.mask)
             if mask is not None and mask.shape != tuple(entry.source.size)[::-1]:
                 raise JobInputError(f"{entry.source.name!r} was resized since: its mask no longer fits")
             kind = "faces" if entry.operator == "dream.texture_selected_faces" else entry.kind
             return image_job(self, context, kind, entry.source, mask=mask, rerun=entry)
-        if entry.operator in NO_RERUN:
-            raise JobInputError(NO_RERUN[entry.operator])
         if entry.operator == "dream.enhance_region":  # on the entry's own source, from any editor
-            if entry.source is None:
-                raise JobInputError("The image this enhance repainted was deleted: nothing to re-run on")
             recorded = json.loads(entry.params or "{}")
             region = tuple(recorded.get(k, 0) for k in ("region_x", "region_y", "region_width", "region_height"))
             return enhance_job(self, context, entry.source, region if region[2] else None)
-        category, name = entry.operator.split(".")
-        operator = getattr(getattr(bpy.ops, category), name)
-        if not operator.poll():
-            raise JobInputError(f"{operator.get_rna_type().name} cannot run here: re-run it from its own panel")
         return operator("EXEC_DEFAULT")
 
 

@@ -154,6 +154,8 @@ def test_rerun_enhances_the_entrys_own_image_and_region_from_any_editor(pocket_s
                                                ("dream.open_latent", "Open Latent reads a file")])
 def test_rerun_of_an_entry_that_cannot_run_again_says_what_to_do(pocket_scene, operator, message):
     entry = pocket_scene.dream_history.add()
-    entry.kind, entry.operator, entry.settings = operator.split(".")[1], operator, "{}"
+    entry.kind, entry.operator, entry.settings = operator.split(".")[1], operator, '{"prompt": "recorded"}'
+    pocket_scene.dream.prompt, pocket_scene.dream.seed = "mine", 77
     with editor("VIEW_3D"), pytest.raises(RuntimeError, match=message):  # an error report, not a traceback
         bpy.ops.dream.history_rerun()
+    assert (pocket_scene.dream.prompt, pocket_scene.dream.seed) == ("mine", 77)  # refused: the panel as it was

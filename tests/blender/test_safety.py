@@ -266,6 +266,33 @@ def test_a_file_saved_mid_job_gets_its_result_in_a_new_blender(scene, session, p
         assert "SLOTS ['Material'] []" in run.stdout  # its material and slot are taken back
 
 
+def test_what_a_file_remembers_is_checked_and_nothing_stale_is_kept(scene, session, tmp_path):
+    from tests.blender.helpers import generate
+
+    job = generate(session)
+    assert job.state == "done", job.message
+    image = bpy.data.images[job.image_name]
+    image["dream_job " + job.job_id] = "image"  # as an undo after the result would put the tag back
+    scene["dream_pending_jobs"] = json.dumps({
+        job.job_id: {"kind": "txt2img"},  # the ended job's record, back by the same undo
+        "../../etc/passwd": {"kind": "txt2img"}, "blender-0123456789abcdef": {"kind": "walk", "params": {}},
+        "blender-fedcba9876543210": "not a record", "blender-00000000000000aa": {
+            "kind": "txt2img", "operator": "dream.generate_texture", "params": {}, "settings": {}, "image_name": "x",
+            "crop": [64, "x"], "created": ["image"], "total": 3, "moved_faces": [[1, 2], [3]]}})
+    copy = scene.copy()  # a copied scene copies the properties
+    copy.use_fake_user, copy_name = True, copy.name
+    blend = str(tmp_path / "remembers.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=blend)
+    assert "dream_job " + job.job_id not in image.keys()  # an ended job leaves nothing in the saved file
+    assert json.loads(scene.get("dream_pending_jobs", "{}")).get(job.job_id) is None
+    jobs = set(session.jobs)
+    bpy.ops.wm.open_mainfile(filepath=blend)  # no traceback, no job made from what is not a record of ours
+    assert set(session.jobs) == jobs
+    for each in bpy.data.scenes:  # records of jobs nobody knows are dropped, in the copy too
+        assert "dream_pending_jobs" not in each.keys(), each.name
+    assert copy_name in bpy.data.scenes
+
+
 # ---------------------------------------------------------------- 2. materials are never orphaned
 
 def three_material_cube():
