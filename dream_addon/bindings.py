@@ -41,10 +41,13 @@ def rebind(reference):
     return ref(getattr(bpy.data, collection).get(name))
 
 
+TAG_PREFIX = "dream_job "
+
+
 def tag_key(job_id: str) -> str:
     """The custom-property name that marks a datablock as bound to ``job_id`` (within Blender's 63 bytes)."""
-    key = "dream_job " + job_id
-    return key if len(key.encode()) <= 63 else "dream_job " + hashlib.sha1(job_id.encode()).hexdigest()
+    key = TAG_PREFIX + job_id
+    return key if len(key.encode()) <= 63 else TAG_PREFIX + hashlib.sha1(job_id.encode()).hexdigest()
 
 
 def tag_roles(datablock, job_id: str) -> set:

@@ -649,7 +649,7 @@ def prune_tags(known: dict):
         for datablock in getattr(bpy.data, collection):
             if datablock.library is not None:
                 continue
-            for key in [k for k in datablock.keys() if k.startswith("dream_job ") and k not in keys]:
+            for key in [k for k in datablock.keys() if k.startswith(bindings.TAG_PREFIX) and k not in keys]:
                 del datablock[key]
     for scene in _local_scenes():
         records = _records(scene)
