@@ -6,6 +6,8 @@ layout "auto", so the layout pass runs). Times the layout pass at a share of the
     .venv/bin/python benchmarks/bench_pocket.py --repeats 7 --fractions 1.0,0.5
     # two weight folders side by side (before/after a training), at the backend's default share:
     .venv/bin/python benchmarks/bench_pocket.py --repeats 7 --against /path/to/old_pocket_model
+    # ... where the VAE itself was replaced (say so: the UNets must still match)
+    .venv/bin/python benchmarks/bench_pocket.py --repeats 7 --against /path/to/old_pocket_model --vae-changed
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--fractions", default="1.0,0.5", help="layout-pass shares of the steps to compare")
     parser.add_argument("--against", type=Path, help="another pocket folder, timed interleaved with --model")
+    parser.add_argument("--vae-changed", action="store_true",
+                        help="with --against: the VAEs may differ (a replaced VAE is what is timed); the UNets may not")
     args = parser.parse_args(argv)
     if args.against:
         return compare_models(args)
@@ -65,19 +69,21 @@ def main(argv=None):
         print(f"| {name} | {median:.3f} | {median / reference:.2f}x |")
 
 
-def same_architecture(a, b):
+def same_architecture(a, b, parts=("unet", "vae")):
     """Configs of two pocket folders that must match for a fair time comparison (weights aside)."""
     import json
 
-    keys = ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types", "sample_size")
+    keys = ("_class_name", "block_out_channels", "layers_per_block", "down_block_types", "up_block_types",
+            "sample_size")
     configs = [{part: {k: v for k, v in json.loads((folder / part / "config.json").read_text()).items() if k in keys}
-                for part in ("unet", "vae")} for folder in (a, b)]
+                for part in parts} for folder in (a, b)]
     return configs[0] == configs[1]
 
 
 def compare_models(args):
     """The demo's texture with two weight folders, interleaved, the same request and layout share."""
-    assert same_architecture(args.model, args.against), "the two folders differ in architecture"
+    parts = ("unet",) if args.vae_changed else ("unet", "vae")
+    assert same_architecture(args.model, args.against, parts), f"the two folders differ in architecture ({parts})"
     sides = {f"{folder}": ModelManager([f"pocket={folder}"], device="cpu").get() for folder in (args.against, args.model)}
     times = {name: [] for name in sides}
     for repeat in range(args.repeats + 1):  # the first round warms up
@@ -92,7 +98,7 @@ def compare_models(args):
     reference = statistics.median(next(iter(times.values())))
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"| {name} | {median:.3f} | {median / reference:.2f}x |")
+        print(f"| {name} ({type(sides[name].vae).__name__}) | {median:.3f} | {median / reference:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -130,20 +130,24 @@ def main(argv=None):
     args = parser.parse_args(argv)
     c = ModelManager([f"pocket={args.model}"], device="cpu").get()
     classifier, prompts = TextureClassifier(size=args.size), prompt_set(args.prompts)
-    print("| size | mode | colour | pattern | seam error | s / image |\n|---|---|---|---|---|---|")
+    print("| size | mode | colour | pattern | seam error | s / image | colour misses |\n|---|---|---|---|---|---|---|")
     for mode in args.modes.split(","):
         colours = patterns = 0
+        misses = []
         seams, started = [], time.perf_counter()
         for colour, pattern in prompts:
             req = GenerationRequest(prompt=f"{colour} {pattern}", seed=0, steps=20, guidance=3.0, width=args.size,
                                     height=args.size, scheduler="default", layout="auto", tile_axes=AXES)
             image = make_image(c, mode, req)
-            colours += classifier.colour(image) == colour
+            named = classifier.colour(image)
+            colours += named == colour
+            misses += [f"{colour}>{named}"] if named != colour else []
             patterns += classifier.pattern(image) == pattern
             seams.append(seam_error(image))
         n = len(prompts)
         print(f"| {args.size} | {mode} | {colours / n:.1%} | {patterns / n:.1%} | {np.mean(seams):.2f} | "
-              f"{(time.perf_counter() - started) / n:.2f} |", flush=True)
+              f"{(time.perf_counter() - started) / n:.2f} | "
+              f"{', '.join(f'{k} {misses.count(k)}' for k in sorted(set(misses)))} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,18 @@ from pathlib import Path
 
 log = logging.getLogger("generator_backend.models")
 
+
+class _TinyVaeTypeNote(logging.Filter):
+    """diffusers' SD pipelines type their VAE as AutoencoderKL and warn at every load of an
+    AutoencoderTiny (the pocket model's), which they run as any VAE: not worth a user's attention."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not (message.startswith("Expected types for vae:") and "AutoencoderTiny" in message)
+
+
+logging.getLogger("diffusers.pipelines.pipeline_utils").addFilter(_TinyVaeTypeNote())
+
 BUILTIN_MODELS = ("tiny", "tiny-b", "tiny-inpaint", "pocket",  # tiny*: built offline by tiny_model.py
                   "tiny-xl", "tiny-xl-b", "tiny-xl-inpaint")  # SDXL-shaped, by tiny_xl.py
 POCKET_DIR = Path(__file__).resolve().parent / "pocket_model"  # the trained model shipped in the package

@@ -137,6 +137,7 @@ CALIBRATION_IMAGES = 256  # at the base size: enough for the latent std within ~
 TILINGS = ("", "x", "y", "xy")  # seamless axes a UNet step may train with ("" = zero padding)
 DECAY_FRACTION = 0.25  # of the UNet stage, at its end, over which the learning rate falls to zero
 RETILE_DECODE = ("own", "reference")  # the latents the retile stage's decoder learns from
+COLOUR_WEIGHT = 4.0  # of the 8-px mean colour against the pixel loss, in a tiny VAE's decoder stage
 RETILE_ANCHOR = 1.0  # weight of the latent anchor (scaled latents) against the pixel loss in the retile stage
 
 
@@ -147,9 +148,11 @@ def tileable_latents(vae, pixels, axes="xy", margin=TILE_MARGIN):
     """Latents of tileable ``pixels`` (B, 3, H, W) away from the borders across ``axes``: the canvas
     is wrapped by ``margin`` pixels on those sides, encoded with zero padding as always, and the
     centre kept."""
-    f = 2 ** (len(vae.config.block_out_channels) - 1)
     mx, my = (margin if "x" in axes else 0), (margin if "y" in axes else 0)
-    latents = vae.encode(F.pad(pixels, (mx, mx, my, my), mode="circular")).latent_dist.mode()
+    padded = F.pad(pixels, (mx, mx, my, my), mode="circular")
+    from .core import vae_latents  # core imports diffusers: not at module load
+    latents = vae_latents(vae, padded)
+    f = padded.shape[-1] // latents.shape[-1]
     return latents[..., my // f:latents.shape[-2] - my // f, mx // f:latents.shape[-1] - mx // f]
 
 
@@ -173,7 +176,8 @@ class Trainer:
     """Holds the components, optimisers and random states; ``save``/``load`` make runs resumable."""
 
     def __init__(self, out: Path, seed=0, size=32, batch=16, lr=1e-3, unet_sizes=None, decoder_sizes=None,
-                 tiling=None, vae_groups=16, keep_scale=False, retile_decode="own", distil_anchor=None):
+                 tiling=None, vae_groups=16, keep_scale=False, retile_decode="own", distil_anchor=None,
+                 mean_weight=0.0):
         self.out, self.seed, self.size, self.batch = Path(out), seed, size, batch
         self.vae_groups, self.keep_scale = vae_groups, keep_scale
         if retile_decode not in RETILE_DECODE:
@@ -182,6 +186,9 @@ class Trainer:
         if distil_anchor is not None and not distil_anchor >= 0:
             raise ValueError(f"distil_anchor: {distil_anchor!r}; a weight >= 0, or None for pure distillation")
         self.distil_anchor = distil_anchor
+        if not mean_weight >= 0:
+            raise ValueError(f"mean_weight: {mean_weight!r}; a weight >= 0")
+        self.mean_weight = mean_weight
         self.unet_sizes = tuple(unet_sizes or (size,))
         self.tiling = tuple(tiling or ("",))
         bad = [axes for axes in self.tiling if axes not in TILINGS]
@@ -202,6 +209,7 @@ class Trainer:
         self.torch_gen = torch.Generator().manual_seed(seed)
         self.lr = lr
         self.tiny, self.distil_opt = None, None  # the distil stage's VAE and optimiser, once it starts
+        self.tiny_decoder_opt = None  # the decoder stage's, for a tiny VAE
         self.distil_reference = True  # whether self.c["vae"] holds the KL VAE the distil stage learns from
         self.steps = {"vae": 0, "retile": 0, "distil": 0, "unet": 0, "decoder": 0}
         self.targets = {"retile": 0, "distil": 0, "unet": 0, "decoder": 0}
@@ -317,9 +325,11 @@ class Trainer:
                  "calibrated": self.calibrated, "scaling_factor": self.c["vae"].config.scaling_factor,
                  "unet_sizes": self.unet_sizes, "decoder_sizes": self.decoder_sizes, "tiling": self.tiling,
                  "vae_groups": self.vae_groups, "retile_decode": self.retile_decode,
-                 "distil_anchor": self.distil_anchor, "distil_reference": self.distil_reference,
-                 "tiny": None if self.tiny is None else {"vae": self.tiny.state_dict(),
-                                                         "opt": self.distil_opt.state_dict()},
+                 "distil_anchor": self.distil_anchor, "mean_weight": self.mean_weight,
+                 "distil_reference": self.distil_reference,
+                 "tiny": None if self.tiny is None else {
+                     "vae": self.tiny.state_dict(), "opt": self.distil_opt.state_dict(),
+                     "decoder_opt": None if self.tiny_decoder_opt is None else self.tiny_decoder_opt.state_dict()},
                  "retile_opt": self.retile_opt.state_dict(),
                  "reference": None if self.reference is None else {
                      "config": dict(self.reference.config), "weights": self.reference.state_dict()}}
@@ -341,6 +351,9 @@ class Trainer:
         if state.get("distil_anchor", self.distil_anchor) != self.distil_anchor:
             raise ValueError(f"distil_anchor: the checkpoint in {self.out} has {state['distil_anchor']}, "
                              f"not {self.distil_anchor}")
+        if state.get("mean_weight", 0.0) != self.mean_weight:
+            raise ValueError(f"mean_weight: the checkpoint in {self.out} has {state.get('mean_weight', 0.0)}, "
+                             f"not {self.mean_weight}")
         for name in ("vae", "unet", "text_encoder"):
             self.c[name].load_state_dict(state[name])
         self.vae_opt.load_state_dict(state["vae_opt"])
@@ -360,6 +373,9 @@ class Trainer:
             self.start_distil()
             self.tiny.load_state_dict(state["tiny"]["vae"])
             self.distil_opt.load_state_dict(state["tiny"]["opt"])
+            if state["tiny"].get("decoder_opt"):
+                self.tiny_decoder_opt = torch.optim.AdamW(self.tiny.decoder.parameters(), lr=self.lr / 2)
+                self.tiny_decoder_opt.load_state_dict(state["tiny"]["decoder_opt"])
         self.steps, self.log = {"decoder": 0, "retile": 0, "distil": 0, **state["steps"]}, state["log"]
         self.rng.bit_generator.state = state["rng"]
         self.torch_gen.set_state(state["torch_gen"])
@@ -467,18 +483,32 @@ class Trainer:
             t = torch.randint(0, 1000, (latents.shape[0],), generator=self.torch_gen)
             noisy = self.c["scheduler"].add_noise(latents, noise, t)
             prediction = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        loss = self._optimise("unet", self.unet_opt, F.mse_loss(prediction, noise))
+        loss = F.mse_loss(prediction, noise)
+        if self.mean_weight:  # the colour: per-pixel MSE weighs each channel's spatial mean by 1/(H*W) only
+            loss = loss + self.mean_weight * F.mse_loss(prediction.mean((2, 3)), noise.mean((2, 3)))
+        loss = self._optimise("unet", self.unet_opt, loss)
         self._update_ema()
         return loss
 
     def decoder_step(self):
+        """The decoder alone (the encoder, and with it the UNet's latent space, frozen); a tiny VAE's
+        decoder also learns the colour of each 8-px patch (``COLOUR_WEIGHT``): the mean colour is what
+        goes wrong when a wrapped UNet's border-free latents are decoded."""
         from .modifiers import seamless
 
-        vae = self.c["vae"].train()
+        vae = self.unet_vae.train()
         size = self.decoder_sizes[self.steps["decoder"] % len(self.decoder_sizes)]
         pixels, _ = batch_of(self.rng, size, self.batch_size(size))
         axes = self.axes("decoder", self.steps["decoder"])
         latents = self.latents(pixels, axes)
+        if self.tiny is not None:
+            if self.tiny_decoder_opt is None:
+                self.tiny_decoder_opt = torch.optim.AdamW(vae.decoder.parameters(), lr=self.lr / 2)
+            with seamless([vae.decoder], axes):
+                decoded = vae.decode(latents).sample
+            loss = F.mse_loss(decoded, pixels) + COLOUR_WEIGHT * F.mse_loss(F.avg_pool2d(decoded, 8),
+                                                                             F.avg_pool2d(pixels, 8))
+            return self._optimise("decoder", self.tiny_decoder_opt, loss)
         with seamless([vae.decoder], axes):
             loss = F.mse_loss(vae.decode(latents).sample, pixels)
         return self._optimise("decoder", self.decoder_opt, loss)
@@ -494,8 +524,6 @@ class Trainer:
             raise ValueError("distil steps learn a KL VAE's latent space: name it with --anchor-to")
         if vae_steps > self.steps["vae"] and self.tiny is not None:
             raise ValueError("VAE steps train a KL VAE; this run already has its distilled one (--vae-steps 0)")
-        if decoder_steps and (distil_steps or self.tiny is not None):
-            raise ValueError("decoder steps train a KL VAE's decoder; the distil stage replaces that VAE")
         for stage, target, step in (("vae", vae_steps, self.vae_step), ("retile", retile_steps, self.retile_step),
                                     ("distil", distil_steps, self.distil_step),
                                     ("unet", unet_steps, self.unet_step),
@@ -528,6 +556,10 @@ class Trainer:
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
         pipe.save_pretrained(folder, safe_serialization=True)
+        if self.tiny is not None:  # AutoencoderTiny registers this itself and warns when a config names it
+            config = Path(folder) / "vae" / "config.json"
+            config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items()
+                                          if k != "block_out_channels"}, indent=2, sort_keys=True) + "\n")
         write_vocabulary(folder, training_words())  # what the backend warns about (prompt_words.py)
         (Path(folder) / "training_log.json").write_text(json.dumps({"steps": self.steps, "log": self.log}))
         return folder

@@ -44,6 +44,9 @@ def main(argv=None):
     parser.add_argument("--distil-anchor", type=float,
                         help="the distil stage also trains the tiny VAE's own round trip, its encoder kept near "
                              "the KL VAE's latents at this weight (default: pure distillation)")
+    parser.add_argument("--mean-weight", type=float, default=0.0,
+                        help="the UNet stage also learns each channel's spatial mean of the noise at this weight "
+                             "(the colour; per-pixel MSE weighs it by 1/(H*W) only)")
     parser.add_argument("--vae-groups", type=int, default=16,
                         help="GroupNorm groups of the VAE (fewer keep more of the colour without a border)")
     parser.add_argument("--keep-scale", action="store_true",
@@ -71,7 +74,7 @@ def main(argv=None):
                       decoder_sizes=[int(s) for s in args.decoder_sizes.split(",")],
                       tiling=["" if m == "none" else m for m in modes], vae_groups=args.vae_groups,
                       keep_scale=args.keep_scale, retile_decode=args.retile_decode,
-                      distil_anchor=args.distil_anchor)
+                      distil_anchor=args.distil_anchor, mean_weight=args.mean_weight)
     if trainer.load():
         print(f"resumed at {trainer.steps}", flush=True)
     elif args.init_from:

@@ -229,6 +229,22 @@ def test_retile_decode_reference_decodes_the_anchor_latents(tmp_path, exported):
         Trainer(tmp_path / "other", retile_decode="theirs")
 
 
+def stopped_midway(trainer, folder, stage, steps):
+    """Start ``trainer`` from ``folder`` and stop it after two ``stage`` steps, as an interrupted run: the
+    learning rate follows the stage's length, so a resume must be of this same run."""
+    trainer.init_from(folder)
+    step = getattr(trainer, f"{stage}_step")
+
+    def stopped_at_the_third():
+        if trainer.steps[stage] == 2:
+            raise KeyboardInterrupt
+        return step()
+
+    setattr(trainer, f"{stage}_step", stopped_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(vae_steps=0, checkpoint_every=1, report=lambda _: None, **steps)
+
+
 def test_distil_stage_replaces_the_vae_resumes_exactly_and_exports_a_tiny_vae(tmp_path, exported):
     from diffusers import AutoencoderTiny, StableDiffusionPipeline
 
@@ -239,18 +255,7 @@ def test_distil_stage_replaces_the_vae_resumes_exactly_and_exports_a_tiny_vae(tm
     straight.train(vae_steps=0, unet_steps=0, distil_steps=3, checkpoint_every=1, report=lambda _: None)
     assert all(torch.equal(value, unet_before[name]) for name, value in weights(straight, "unet").items())
     straight.train(vae_steps=0, unet_steps=2, distil_steps=3, checkpoint_every=1, report=lambda _: None)
-    first = Trainer(tmp_path / "b", **kw)
-    first.init_from(exported)
-    step = first.distil_step
-
-    def stopped_at_the_third():  # the learning rate follows the stage's length: stop the same run midway
-        if first.steps["distil"] == 2:
-            raise KeyboardInterrupt
-        return step()
-
-    first.distil_step = stopped_at_the_third
-    with pytest.raises(KeyboardInterrupt):
-        first.train(vae_steps=0, unet_steps=2, distil_steps=3, checkpoint_every=1, report=lambda _: None)
+    stopped_midway(Trainer(tmp_path / "b", **kw), exported, "distil", dict(unet_steps=2, distil_steps=3))
     resumed = Trainer(tmp_path / "b", **kw)
     assert resumed.load() and resumed.tiny is not None and resumed.steps["distil"] == 2
     resumed.train(vae_steps=0, unet_steps=2, distil_steps=3, checkpoint_every=1, report=lambda _: None)
@@ -258,8 +263,6 @@ def test_distil_stage_replaces_the_vae_resumes_exactly_and_exports_a_tiny_vae(tm
         torch.testing.assert_close(resumed.tiny.state_dict()[name], value, rtol=0, atol=0)
     for name, value in weights(straight, "unet").items():
         torch.testing.assert_close(weights(resumed, "unet")[name], value, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="decoder steps"):
-        resumed.train(vae_steps=0, unet_steps=2, distil_steps=3, decoder_steps=1, report=lambda _: None)
 
     folder = resumed.export(tmp_path / "model")
     pipe = StableDiffusionPipeline.from_pretrained(folder)
@@ -269,6 +272,47 @@ def test_distil_stage_replaces_the_vae_resumes_exactly_and_exports_a_tiny_vae(tm
     again.init_from(folder)  # a distilled model goes on with its tiny VAE
     for name, value in again.tiny.state_dict().items():
         torch.testing.assert_close(value, resumed.tiny.state_dict()[name], rtol=0, atol=0)
+
+
+def test_decoder_stage_of_a_tiny_vae_trains_its_decoder_alone_with_the_colour_term_and_resumes(tmp_path, exported):
+    """After the distil stage the encoder, and with it the UNet's latent space, must not move: only
+    the tiny decoder learns, wrapped on a wrapped step, on pixels plus the 8-px mean colour."""
+    import torch.nn.functional as F
+
+    from generator_backend.core import vae_latents
+
+    kw = dict(size=32, batch=2, unet_sizes=(32,), decoder_sizes=(32, 64), tiling=("", "xy"))
+    distilled = Trainer(tmp_path / "d", **kw)
+    distilled.init_from(exported)
+    distilled.train(vae_steps=0, unet_steps=0, distil_steps=1, report=lambda _: None)
+    folder = distilled.export(tmp_path / "distilled")
+
+    straight = Trainer(tmp_path / "a", **kw)
+    straight.init_from(folder)
+    tiny_before, unet_before = {k: v.clone() for k, v in straight.tiny.state_dict().items()}, weights(straight)
+    state = straight.rng.bit_generator.state
+    pixels, _ = pocket_train.batch_of(straight.rng, 32, 2)  # the first step's batch
+    straight.rng.bit_generator.state = state
+    with torch.no_grad():
+        decoded = straight.tiny.decode(vae_latents(straight.tiny, pixels)).sample
+    expected = (F.mse_loss(decoded, pixels) + pocket_train.COLOUR_WEIGHT
+                * F.mse_loss(F.avg_pool2d(decoded, 8), F.avg_pool2d(pixels, 8))).item()
+    seen = padding_seen(straight.tiny.decoder.layers[0])
+    losses, step = [], straight.decoder_step
+    straight.decoder_step = lambda: losses.append(step()) or losses[-1]
+    straight.train(vae_steps=0, unet_steps=0, decoder_steps=4, checkpoint_every=1, report=lambda _: None)
+    assert losses[0] == pytest.approx(expected, rel=1e-6)
+    changed = {k.split(".")[0] for k, v in straight.tiny.state_dict().items() if not torch.equal(v, tiny_before[k])}
+    assert changed == {"decoder"}
+    assert all(torch.equal(value, unet_before[name]) for name, value in weights(straight).items())
+    assert seen == [(1, 1), (1, 1), (0, 0), (0, 0)]  # sizes 32 and 64 plain, then both wrapped
+
+    stopped_midway(Trainer(tmp_path / "b", **kw), folder, "decoder", dict(unet_steps=0, decoder_steps=4))
+    resumed = Trainer(tmp_path / "b", **kw)
+    assert resumed.load() and resumed.tiny_decoder_opt is not None and resumed.steps["decoder"] == 2
+    resumed.train(vae_steps=0, unet_steps=0, decoder_steps=4, checkpoint_every=1, report=lambda _: None)
+    for name, value in straight.tiny.state_dict().items():
+        torch.testing.assert_close(resumed.tiny.state_dict()[name], value, rtol=0, atol=0)
 
 
 def test_tiny_vae_wrapped_decode_is_the_inside_of_a_plain_decode_of_the_repeated_canvas():
@@ -338,3 +382,25 @@ def test_distil_guards_its_teacher_and_its_scale(tmp_path, exported):
     anchored.init_from(exported, anchor=anchor)
     for name, value in other.c["vae"].state_dict().items():
         torch.testing.assert_close(anchored.reference.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_mean_weight_adds_the_noise_mean_to_the_unet_loss_and_a_resume_keeps_it(tmp_path):
+    """Colour is each latent channel's spatial mean; the per-pixel MSE weighs it by 1/(H*W) only."""
+    import torch.nn.functional as F
+
+    trainer = Trainer(tmp_path / "run", size=32, batch=2, mean_weight=50.0)
+    seen = {}
+    add_noise = trainer.c["scheduler"].add_noise
+    trainer.c["scheduler"].add_noise = lambda latents, noise, t: seen.update(noise=noise) or add_noise(latents, noise, t)
+    trainer.c["unet"].register_forward_hook(lambda _m, _a, out: seen.update(prediction=out.sample.detach()))
+    trainer.targets["unet"] = 4
+    loss = trainer.unet_step()
+    prediction, noise = seen["prediction"], seen["noise"]
+    assert loss == pytest.approx((F.mse_loss(prediction, noise)
+                                  + 50.0 * F.mse_loss(prediction.mean((2, 3)), noise.mean((2, 3)))).item(), rel=1e-6)
+    assert F.mse_loss(prediction.mean((2, 3)), noise.mean((2, 3))) > 0  # the term is there to weigh
+    trainer.save()
+    with pytest.raises(ValueError, match="mean_weight"):
+        Trainer(tmp_path / "run", size=32, batch=2).load()
+    with pytest.raises(ValueError, match="mean_weight"):
+        Trainer(tmp_path / "bad", mean_weight=-1.0)

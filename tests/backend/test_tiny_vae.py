@@ -100,3 +100,31 @@ def test_latent_file_fingerprint_is_unchanged_for_a_kl_vae_and_follows_a_tiny_va
     with torch.no_grad():
         pipe.vae.decoder.layers[0].weight.add_(0.01)
     assert vae_digest(pipe.vae) != before
+
+
+def test_a_pocket_model_with_a_tiny_vae_loads_without_warnings(tmp_path):
+    """A user sees the backend's log: diffusers' type note about AutoencoderTiny and its
+    re-registered config key are noise there (the pipelines run the tiny VAE as any VAE)."""
+    import logging
+
+    from generator_backend.models import POCKET_DIR, ModelManager
+    from generator_backend.pocket_train import Trainer
+
+    trainer = Trainer(tmp_path / "run", size=32, batch=2)
+    trainer.init_from(POCKET_DIR)
+    trainer.train(vae_steps=0, unet_steps=0, distil_steps=1, report=lambda _: None)
+    folder = trainer.export(tmp_path / "distilled")  # what the distil stage exports
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    loggers = [logging.getLogger(name) for name in ("diffusers.pipelines.pipeline_utils",
+                                                    "diffusers.configuration_utils")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        c = ModelManager([f"pocket={folder}"], device="cpu").get()
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    assert type(c.vae).__name__ == "AutoencoderTiny" and c.vae_scale_factor == 4
+    assert [r.getMessage() for r in records] == []
