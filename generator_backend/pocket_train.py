@@ -38,7 +38,9 @@ decoder turns the loaded VAE's scaled latents back into the pixels, its encoder 
 in the same tiling cycle (wrapped steps: the border-free ``tileable_latents``, the student wrapped).
 Without GroupNorm every output pixel depends only on the latents around it, so a wrapped decode is
 the inside of a plain one and colour cannot come from the border. Its ``scaling_factor`` is 1: it
-makes the scaled latents the loaded UNet already knows.
+makes the scaled latents the loaded UNet already knows. After it, stage 3 trains the tiny decoder
+alone (its encoder frozen, so a UNet trained on its latents stays valid), with a term for the mean
+colour of each 8-px patch, since that is what a wrapped UNet's latents lose in the decode.
 
 The result is saved as a Stable Diffusion folder (``save_pretrained``).
 """
