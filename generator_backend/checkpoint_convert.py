@@ -156,6 +156,12 @@ def save_single_file(folder, path, dtype=None, text_layout="clip"):
     from safetensors.torch import save_file
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    import json
+
+    kind = json.loads((Path(folder) / "vae" / "config.json").read_text())["_class_name"]
+    if kind != "AutoencoderKL":  # loaded as one, a tiny VAE fails deep in accelerate ("meta tensor")
+        raise ValueError(f"save_single_file: {folder}'s VAE is an {kind}; the single-file layout holds an "
+                         "AutoencoderKL only")
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
     text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")

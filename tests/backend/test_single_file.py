@@ -105,6 +105,18 @@ def test_pocket_converts_and_loads_back(tmp_path):
     assert torch.equal(generate(manager.get("pocket-file"), request()), generate(manager.get("pocket"), request()))
 
 
+def test_a_model_with_a_tiny_vae_is_refused_by_name(tmp_path):
+    """The single-file layout has an AutoencoderKL's keys only (a distilled pocket model has a tiny VAE)."""
+    from generator_backend.pocket_train import build_tiny_vae
+
+    folder = tmp_path / "distilled"
+    shutil.copytree(POCKET_DIR, folder, ignore=shutil.ignore_patterns("vae"))
+    build_tiny_vae(0).save_pretrained(folder / "vae")
+    with pytest.raises(ValueError, match="VAE is an AutoencoderTiny; the single-file layout holds an AutoencoderKL"):
+        save_single_file(folder, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 @pytest.mark.parametrize("architecture,family", [("sd15", "sd1"), ("sd2", "sd2"), ("sdxl", "sdxl")])
 def test_the_shipped_configurations_match_the_real_architectures(tmp_path, architecture, family):
     """Each shipped config folder builds (on the meta device) the parameter count of the real model,
