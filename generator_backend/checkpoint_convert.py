@@ -10,6 +10,7 @@ blocks and layers per block.
 
 from __future__ import annotations
 
+import json
 import re
 
 UNET_PREFIX = "model.diffusion_model."
@@ -155,8 +156,6 @@ def save_single_file(folder, path, dtype=None, text_layout="clip"):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    import json
 
     kind = json.loads((Path(folder) / "vae" / "config.json").read_text())["_class_name"]
     if kind != "AutoencoderKL":  # loaded as one, a tiny VAE fails deep in accelerate ("meta tensor")
